@@ -1,0 +1,93 @@
+"""The LightningModule: one network, one loss, plain gradient descent, and the run's status.
+
+Step semantics (pinned by tests): everything logged at global step k is computed from the
+parameters *before* the k-th update. When training ends after N updates, one more forward pass
+(no update) logs ``train/loss`` at step N: the post's "new forward pass".
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import lightning as L
+import torch
+from torch import Tensor, nn
+
+from backprop_lab import functions as F
+from backprop_lab.tblog import log_scalars
+
+STATUSES = ("converged", "finished", "diverged", "interrupted")
+
+
+class BackpropModule(L.LightningModule):
+    """Trains ``net`` to minimise ``loss_fn(net(x), y)`` with the optimizer ``optimizer(params)`` builds.
+
+    ``tol`` > 0 stops the run once a batch's loss falls below it (status ``converged``). A loss that
+    is inf or NaN stops the run before that update is taken (status ``diverged``).
+    """
+
+    def __init__(
+        self,
+        net: nn.Module,
+        optimizer: Callable[..., torch.optim.Optimizer],
+        loss_fn: Callable[[Tensor, Tensor], Tensor] = F.mse_loss,
+        tol: float = 0.0,
+    ):
+        super().__init__()
+        self.net = net
+        self.optimizer_factory = optimizer
+        self.loss_fn = loss_fn
+        self.tol = tol
+        self.best_loss = math.inf
+        self.final_loss = math.nan
+        self.diverged_at: int | None = None
+        self._last_batch: tuple[Tensor, Tensor] | None = None
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.net(x)
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        return self.optimizer_factory(self.net.parameters())
+
+    def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor | None:
+        x, y = batch
+        self._last_batch = batch
+        loss = self.loss_fn(self.net(x), y)
+        step = self.global_step
+        # One host sync per step: divergence and convergence are decided on the value.
+        value = loss.item()
+        if step % self.trainer.log_every_n_steps == 0 or not math.isfinite(value):
+            log_scalars(self.trainer, {"train/loss": value}, step)
+        if not math.isfinite(value):
+            self.diverged_at = step
+            self.final_loss = value
+            self.trainer.should_stop = True
+            return None  # skips backward and the update: no step is taken from a non-finite loss
+        self.best_loss = min(self.best_loss, value)
+        self.final_loss = value
+        if value < self.tol:
+            self.trainer.should_stop = True
+        return loss
+
+    def on_train_end(self) -> None:
+        """The final forward pass: the loss of the last batch under the trained parameters, at step N."""
+        if self.diverged_at is not None or self._last_batch is None:
+            return
+        x, y = self._last_batch
+        with torch.no_grad():
+            value = self.loss_fn(self.net(x), y).item()
+        self.final_loss = value
+        if math.isfinite(value):
+            self.best_loss = min(self.best_loss, value)
+        log_scalars(self.trainer, {"train/loss": value}, self.global_step)
+
+    @property
+    def status(self) -> str:
+        if self.diverged_at is not None:
+            return "diverged"
+        if self.trainer is not None and self.trainer.interrupted:
+            return "interrupted"
+        if self.tol > 0 and self.final_loss < self.tol:
+            return "converged"
+        return "finished"

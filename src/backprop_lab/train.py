@@ -1,0 +1,188 @@
+"""The training entry point of the package: a composed config in, a finished run and its result out.
+
+``scripts/train.py`` is a thin Hydra wrapper around :func:`train`; tests and notebooks call it directly
+with a config composed by ``hydra.compose``.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import warnings
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import lightning as L
+from hydra.utils import instantiate
+from lightning.pytorch.callbacks import TQDMProgressBar
+from lightning.pytorch.loggers import TensorBoardLogger
+from omegaconf import DictConfig, OmegaConf
+
+from backprop_lab.module import BackpropModule
+from backprop_lab.monitors import DeadReLUMonitor, GradientMonitor
+from backprop_lab.tblog import log_text
+
+log = logging.getLogger("backprop_lab")
+
+# In-memory tensors gain nothing from DataLoader workers; Lightning would warn on every run.
+warnings.filterwarnings("ignore", ".*does not have many workers.*")
+# Lightning 2.6 on torch 2.13 warns about its own use of a torch API; nothing a user can act on.
+warnings.filterwarnings("ignore", ".*isinstance\\(treespec, LeafSpec\\)` is deprecated.*")
+
+
+def _tidy_lightning_logging() -> None:
+    """Lightning's messages once (it adds a console handler even where Hydra's handlers exist) and no ads."""
+    lightning_logger = logging.getLogger("lightning")
+    if logging.getLogger().hasHandlers():
+        for handler in list(lightning_logger.handlers):
+            lightning_logger.removeHandler(handler)
+    rank_zero = logging.getLogger("lightning.pytorch.utilities.rank_zero")
+    rank_zero.addFilter(lambda record: "litlogger" not in record.getMessage())
+
+
+_tidy_lightning_logging()
+
+
+@dataclass
+class TrainResult:
+    """What a run ended with. ``status`` is one of converged, finished, diverged, interrupted."""
+
+    status: str
+    final_loss: float
+    best_loss: float
+    steps: int
+    log_dir: str
+    diverged_at: int | None = None
+    dead_since: dict[str, int | None] = field(default_factory=dict)
+    wall_time_s: float = 0.0
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def flat_hparams(cfg: DictConfig) -> dict[str, float | int | str | bool]:
+    """The config as TensorBoard hparams: dotted keys, scalars only (lists become strings)."""
+    out: dict = {}
+
+    def walk(node, prefix: str) -> None:
+        for k, v in node.items():
+            if str(k).startswith("_"):
+                continue
+            key = f"{prefix}{k}"
+            if isinstance(v, dict):
+                walk(v, key + ".")
+            else:
+                out[key] = v if isinstance(v, (int, float, str, bool)) else str(v)
+
+    walk(OmegaConf.to_container(cfg, resolve=True), "")
+    return out
+
+
+def _config_markdown(cfg: DictConfig) -> str:
+    # Indented by four spaces: TensorBoard's text plugin renders markdown, this keeps it verbatim.
+    return "\n".join("    " + line for line in OmegaConf.to_yaml(cfg, resolve=True).splitlines())
+
+
+def _tensorboard_hint(log_dir: Path) -> str:
+    return f"TensorBoard logs: {log_dir}  (open with: tensorboard --logdir {log_dir})"
+
+
+def train(cfg: DictConfig, run_dir: str | Path) -> TrainResult:
+    """Train ``cfg.model`` on ``cfg.data`` with ``cfg.optim`` for ``cfg.trainer.max_steps`` updates.
+
+    Logs go to ``run_dir`` (TensorBoard event files, the resolved config as text, the hparams).
+    The config is expected to be validated already (:func:`backprop_lab.config.validate`).
+    """
+    run_dir = Path(run_dir)
+    started = time.perf_counter()
+    L.seed_everything(cfg.seed, workers=True, verbose=False)
+
+    net = instantiate(cfg.model)
+    data = instantiate(cfg.data, steps=cfg.trainer.max_steps, seed=cfg.seed)
+    module = BackpropModule(net, optimizer=instantiate(cfg.optim), tol=cfg.tol)
+
+    monitors = []
+    if cfg.monitor.gradients:
+        monitors.append(GradientMonitor(root="net", histogram_every_n_steps=cfg.monitor.histogram_every_n_steps))
+    dead_relu = DeadReLUMonitor(root="net") if cfg.monitor.dead_relu else None
+    if dead_relu is not None:
+        monitors.append(dead_relu)
+
+    logger = TensorBoardLogger(save_dir=str(run_dir), name="", version="", default_hp_metric=False)
+    trainer_kwargs = OmegaConf.to_container(cfg.trainer, resolve=True)
+    # About 20 progress updates per run unless asked otherwise: a bar redrawn every step of a
+    # 2-parameter model costs more than the step and floods logs that are not a terminal.
+    refresh = cfg.progress_every_n_steps or max(1, cfg.trainer.max_steps // 20)
+    callbacks = [TQDMProgressBar(refresh_rate=refresh)] if trainer_kwargs["enable_progress_bar"] else []
+    trainer = L.Trainer(
+        **trainer_kwargs,
+        max_epochs=-1,
+        logger=logger,
+        callbacks=callbacks + monitors,
+        default_root_dir=str(run_dir),
+    )
+    if trainer.is_global_zero:
+        log.info(_tensorboard_hint(run_dir))
+    log_text(trainer, "config", _config_markdown(cfg))
+
+    trainer.fit(module, datamodule=data)
+
+    result = TrainResult(
+        status=module.status,
+        final_loss=module.final_loss,
+        best_loss=module.best_loss,
+        # Lightning counts the skipped update of a diverged step; no parameter moved in it.
+        steps=module.diverged_at if module.diverged_at is not None else trainer.global_step,
+        log_dir=str(run_dir),
+        diverged_at=module.diverged_at,
+        dead_since=dict(dead_relu.dead_since) if dead_relu else {},
+        wall_time_s=time.perf_counter() - started,
+    )
+    _log_hparams(logger, cfg, result, dead_relu)
+    logger.finalize("success")
+    if trainer.is_global_zero:
+        for line in closing_lines(cfg, result, net):
+            log.info(line)
+    return result
+
+
+def _log_hparams(logger: TensorBoardLogger, cfg: DictConfig, result: TrainResult, dead_relu) -> None:
+    """One hparams record per run, with its final metrics, for TensorBoard's HParams dashboard."""
+    params = flat_hparams(cfg)
+    params["status"] = result.status
+    metrics = {
+        "hparams/final_loss": result.final_loss,
+        "hparams/best_loss": result.best_loss,
+        "hparams/steps": float(result.steps),
+    }
+    if dead_relu is not None and dead_relu.last_dead_fraction:
+        fractions = list(dead_relu.last_dead_fraction.values())
+        metrics["hparams/final_dead_fraction"] = sum(fractions) / len(fractions)
+    logger.log_hyperparams(params, metrics)
+
+
+def closing_lines(cfg: DictConfig, result: TrainResult, net) -> list[str]:
+    """What the run prints last: how it ended, why a ReLU layer died, where its logs are."""
+    lines = [
+        f"run {result.status} after {result.steps} steps: loss {result.final_loss:.6g} "
+        f"(best {result.best_loss:.6g}) in {result.wall_time_s:.1f} s"
+    ]
+    if result.status == "diverged":
+        lines.append(
+            f"the loss became non-finite at step {result.diverged_at}: the updates overshot and grew "
+            f"without bound; try a smaller learning rate than optim.lr={cfg.optim.lr}"
+        )
+    for layer, since in result.dead_since.items():
+        if since is None:
+            continue
+        where = f"the ReLU layer '{layer}'"
+        detail = ""
+        if hasattr(net, "w1") and net.w1.numel() == 1:
+            where = f"the ReLU unit '{layer}'"
+            detail = f" (now w1 = {net.w1.item():.4g}, so z1 = w1·x = {net.w1.item() * cfg.data.x:.4g})"
+        lines.append(
+            f"{where} died at step {since}: its input z was ≤ 0 on every sample{detail}, so ReLU′(z) = 0 and "
+            f"no gradient has reached the weights before it since; the loss stays at {result.final_loss:.6g}"
+        )
+    lines.append(_tensorboard_hint(Path(result.log_dir)))
+    return lines
