@@ -103,7 +103,7 @@ def test_full_error_env_shows_the_traceback(tmp_path):
 def test_help_and_cfg_answer_without_training(tmp_path):
     proc = run_cli("--help", cwd=tmp_path)
     assert proc.returncode == 0
-    assert "model: linear, relu, sigmoid" in proc.stdout
+    assert "model: linear, mlp, relu, sigmoid" in proc.stdout
     proc = run_cli("model=relu", "--cfg", "job", cwd=tmp_path)
     assert proc.returncode == 0
     assert "relu_grad_at_zero: 0" in proc.stdout

@@ -6,12 +6,15 @@ A refused value prints one line naming the key and exits 2; ``HYDRA_FULL_ERROR=1
 
 from __future__ import annotations
 
+import math
 import os
 import sys
 
+from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
-from backprop_lab.config import ConfigError, check_accelerator, validate
+from backprop_lab.config import ConfigError, check_accelerator, check_devices, validate
+from backprop_lab.sweep import check_multirun_trainer
 
 
 def refuse(error: ConfigError) -> None:
@@ -22,16 +25,21 @@ def refuse(error: ConfigError) -> None:
 
 
 def run(cfg: DictConfig) -> float:
-    """Validate ``cfg``, train it in Hydra's output directory and return the final loss."""
+    """Validate ``cfg``, train it in Hydra's output directory and return the final loss.
+
+    The return value is what Hydra's Optuna sweeper minimises: a diverged run returns inf, which Optuna
+    ranks last (a NaN would count as a failed trial). Every status returns normally, so a sweep goes on.
+    """
+    hydra_cfg = HydraConfig.get()
     try:
         validate(cfg)
+        check_multirun_trainer(cfg, hydra_cfg.mode, hydra_cfg.launcher._target_)
         check_accelerator(cfg.trainer.accelerator)
+        check_devices(cfg.trainer.accelerator, cfg.trainer.devices)
     except ConfigError as error:
         refuse(error)
 
-    from hydra.core.hydra_config import HydraConfig
-
     from backprop_lab.train import train
 
-    result = train(cfg, run_dir=HydraConfig.get().runtime.output_dir)
-    return result.final_loss
+    result = train(cfg, run_dir=hydra_cfg.runtime.output_dir, overrides=list(hydra_cfg.overrides.task))
+    return result.final_loss if math.isfinite(result.final_loss) else math.inf

@@ -8,6 +8,7 @@ so a one-example data set costs no per-epoch overhead at every step.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator
 
 import lightning as L
@@ -63,19 +64,40 @@ class TensorDataModule(L.LightningDataModule):
     """Base for in-memory data: subclasses implement :meth:`make_tensors`.
 
     ``steps`` (the trainer's max_steps) batches of ``batch_size`` make up the run's one epoch.
+    After :meth:`setup`: ``probe_x``, ``probe_y`` (a fixed set the monitors evaluate, from
+    :meth:`make_probe`), ``in_features``, ``out_features``, and the class's ``task``.
     """
+
+    task = "regression"  # or "classification"; decides the loss (backprop_lab.train)
 
     def __init__(self, batch_size: int = 1, steps: int = 1, seed: int = 0, shuffle: bool = True):
         super().__init__()
         self.batch_size, self.steps, self.seed, self.shuffle = batch_size, steps, seed, shuffle
         self.train_set: TensorPairDataset | None = None
+        self.probe_x: Tensor | None = None
+        self.probe_y: Tensor | None = None
 
     def make_tensors(self) -> tuple[Tensor, Tensor]:
         raise NotImplementedError
 
+    def make_probe(self) -> tuple[Tensor, Tensor]:
+        """The held-out probe set; by default the training data itself (the post's one example)."""
+        return self.train_set.x, self.train_set.y
+
     def setup(self, stage: str | None = None) -> None:
         if self.train_set is None:
             self.train_set = TensorPairDataset(*self.make_tensors())
+            self.probe_x, self.probe_y = self.make_probe()
+
+    @property
+    def in_features(self) -> int:
+        self.setup()
+        return self.train_set.x.shape[-1]
+
+    @property
+    def out_features(self) -> int:
+        self.setup()
+        return self.train_set.y.shape[-1]
 
     def train_dataloader(self) -> DataLoader:
         self.setup()
@@ -92,3 +114,67 @@ class ExampleDataModule(TensorDataModule):
 
     def make_tensors(self) -> tuple[Tensor, Tensor]:
         return torch.tensor([[self.x]]), torch.tensor([[self.y]])
+
+
+# --- data sets generated in code (no downloads) ----------------------------------------------------
+
+
+class GeneratedDataModule(TensorDataModule):
+    """A data set drawn from ``seed``: ``n_samples`` training pairs, then ``n_probe`` held-out ones.
+
+    Subclasses implement :meth:`sample`. One generator draws the training set first and the probe set
+    after it, so the probe set never overlaps the training set and is the same in every run of a seed.
+    """
+
+    def __init__(self, n_samples: int, n_probe: int, noise: float, batch_size: int, steps: int = 1, seed: int = 0):
+        super().__init__(batch_size=batch_size, steps=steps, seed=seed, shuffle=True)
+        self.n_samples, self.n_probe, self.noise = n_samples, n_probe, float(noise)
+        self._probe: tuple[Tensor, Tensor] | None = None
+
+    def sample(self, n: int, gen: torch.Generator) -> tuple[Tensor, Tensor]:
+        raise NotImplementedError
+
+    def make_tensors(self) -> tuple[Tensor, Tensor]:
+        gen = torch.Generator().manual_seed(self.seed)
+        train = self.sample(self.n_samples, gen)
+        self._probe = self.sample(self.n_probe, gen)
+        return train
+
+    def make_probe(self) -> tuple[Tensor, Tensor]:
+        return self._probe
+
+
+class SineDataModule(GeneratedDataModule):
+    """1-D regression: x ~ U(−π, π), y = sin(x) + noise·ε with ε ~ N(0, 1); shapes (N, 1).
+
+    The probe set is ``n_probe`` evenly spaced x over [−π, π] with the noiseless y = sin(x): the
+    function the network should learn, in order, ready to be drawn as a curve.
+    """
+
+    def sample(self, n: int, gen: torch.Generator) -> tuple[Tensor, Tensor]:
+        x = (torch.rand(n, 1, generator=gen) * 2 - 1) * math.pi
+        y = torch.sin(x) + self.noise * torch.randn(n, 1, generator=gen)
+        return x, y
+
+    def make_probe(self) -> tuple[Tensor, Tensor]:
+        x = torch.linspace(-math.pi, math.pi, self.n_probe).unsqueeze(1)
+        return x, torch.sin(x)
+
+
+class MoonsDataModule(GeneratedDataModule):
+    """2-D binary classification: two interleaving half circles ("two moons"), labels y ∈ {0, 1}.
+
+    Class 0 lies on (cos t, sin t), class 1 on (1 − cos t, 1/2 − sin t), t ~ U(0, π), each point
+    moved by noise·ε with ε ~ N(0, I), the whole set shifted by (−1/2, −1/4) so it is centred at 0.
+    Half of the points (rounded down) are class 1. Shapes: x (N, 2), y (N, 1).
+    """
+
+    task = "classification"
+
+    def sample(self, n: int, gen: torch.Generator) -> tuple[Tensor, Tensor]:
+        y = (torch.arange(n) >= n - n // 2).to(torch.float32).unsqueeze(1)
+        t = torch.rand(n, 1, generator=gen) * math.pi
+        outer = torch.cat([torch.cos(t), torch.sin(t)], dim=1)
+        inner = torch.cat([1 - torch.cos(t), 0.5 - torch.sin(t)], dim=1)
+        x = torch.where(y.bool(), inner, outer) + self.noise * torch.randn(n, 2, generator=gen)
+        return x - torch.tensor([0.5, 0.25]), y

@@ -19,6 +19,13 @@ from backprop_lab.tblog import log_scalars
 
 STATUSES = ("converged", "finished", "diverged", "interrupted")
 
+# The loss for a data module's ``task``: squared error as in the post; for labels in {0, 1}, binary
+# cross-entropy on the logits ŷ (its gradient σ(ŷ) − y does not vanish on a confidently wrong logit).
+LOSS_BY_TASK: dict[str, Callable[[Tensor, Tensor], Tensor]] = {
+    "regression": F.mse_loss,
+    "classification": F.bce_with_logits,
+}
+
 
 class BackpropModule(L.LightningModule):
     """Trains ``net`` to minimise ``loss_fn(net(x), y)`` with the optimizer ``optimizer(params)`` builds.
@@ -56,7 +63,7 @@ class BackpropModule(L.LightningModule):
         loss = self.loss_fn(self.net(x), y)
         step = self.global_step
         # One host sync per step: divergence and convergence are decided on the value.
-        value = loss.item()
+        value = self._mean_over_ranks(loss)
         if step % self.trainer.log_every_n_steps == 0 or not math.isfinite(value):
             log_scalars(self.trainer, {"train/loss": value}, step)
         if not math.isfinite(value):
@@ -70,13 +77,20 @@ class BackpropModule(L.LightningModule):
             self.trainer.should_stop = True
         return loss
 
+    def _mean_over_ranks(self, loss: Tensor) -> float:
+        """The loss as a number, averaged over DDP ranks: every rank then logs, stops and diverges alike."""
+        if self.trainer.world_size > 1:
+            # reduce works in place; the clone keeps the loss that backward starts from untouched
+            loss = self.trainer.strategy.reduce(loss.detach().clone(), reduce_op="mean")
+        return loss.item()
+
     def on_train_end(self) -> None:
         """The final forward pass: the loss of the last batch under the trained parameters, at step N."""
         if self.diverged_at is not None or self._last_batch is None:
             return
         x, y = self._last_batch
         with torch.no_grad():
-            value = self.loss_fn(self.net(x), y).item()
+            value = self._mean_over_ranks(self.loss_fn(self.net(x), y))
         self.final_loss = value
         if math.isfinite(value):
             self.best_loss = min(self.best_loss, value)

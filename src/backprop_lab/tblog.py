@@ -3,14 +3,18 @@
 Lightning's ``self.log`` costs about 1.7 ms per call on a CPU (it aggregates, syncs and formats for
 the progress bar); ``SummaryWriter.add_scalar`` costs ~77 µs per value. Writing a step's scalars as
 one ``Summary`` event costs ~16 µs per value, which keeps monitoring a 2-parameter network cheap.
-Loggers other than TensorBoard get ``log_metrics`` as usual. Only rank 0 writes.
+Each event costs ~50–70 µs more in the training thread (the hand-off to TensorBoard's writer thread),
+so with :class:`StepScalars` on the trainer every ``log_scalars`` call of a step (the loss, then each
+monitor) goes out as one event at the step's end. Loggers other than TensorBoard get ``log_metrics``
+as usual. Only rank 0 writes.
 """
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Mapping
 
-from lightning.pytorch import Trainer
+from lightning.pytorch import Callback, Trainer
 from lightning.pytorch.loggers import TensorBoardLogger
 from tensorboard.compat.proto.summary_pb2 import Summary
 
@@ -23,9 +27,18 @@ def tensorboard_writers(trainer: Trainer) -> list:
 
 
 def log_scalars(trainer: Trainer, scalars: Mapping[str, float], step: int) -> None:
-    """Write ``scalars`` at global step ``step`` to every logger of ``trainer``."""
+    """Write ``scalars`` at global step ``step`` to every logger of ``trainer`` (at the step's end
+    where the trainer has a :class:`StepScalars` callback, at once otherwise)."""
     if not scalars or not trainer.is_global_zero:
         return
+    buffer = _BUFFERS.get(trainer)
+    if buffer is not None:
+        buffer.add(trainer, scalars, step)
+    else:
+        _write(trainer, scalars, step)
+
+
+def _write(trainer: Trainer, scalars: Mapping[str, float], step: int) -> None:
     for lg in trainer.loggers:
         if isinstance(lg, TensorBoardLogger):
             summary = Summary(value=[Summary.Value(tag=k, simple_value=v) for k, v in scalars.items()])
@@ -42,3 +55,46 @@ def log_histogram(trainer: Trainer, tag: str, values, step: int) -> None:
 def log_text(trainer: Trainer, tag: str, text: str, step: int = 0) -> None:
     for writer in tensorboard_writers(trainer):
         writer.add_text(tag, text, step)
+
+
+_BUFFERS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # trainer -> its StepScalars
+
+
+class StepScalars(Callback):
+    """Gathers the ``log_scalars`` calls of one step and writes them as one event when the step ends.
+
+    Put it last among the trainer's callbacks. It writes at the end of each training batch, whenever a
+    call for another step arrives (e.g. after training), and at ``teardown`` or ``on_exception`` (both
+    run before Lightning closes its loggers), so nothing logged is lost; after that, calls write at once.
+    """
+
+    def __init__(self):
+        self._step: int | None = None
+        self._scalars: dict[str, float] = {}
+
+    def setup(self, trainer: Trainer, pl_module, stage: str) -> None:
+        _BUFFERS[trainer] = self
+
+    def add(self, trainer: Trainer, scalars: Mapping[str, float], step: int) -> None:
+        if self._scalars and step != self._step:
+            self.flush(trainer)
+        self._step = step
+        self._scalars.update(scalars)
+
+    def flush(self, trainer: Trainer) -> None:
+        if self._scalars:
+            _write(trainer, self._scalars, self._step)
+        self._step, self._scalars = None, {}
+
+    def on_train_batch_end(self, trainer: Trainer, *args) -> None:
+        self.flush(trainer)
+
+    def _close(self, trainer: Trainer) -> None:
+        self.flush(trainer)
+        _BUFFERS.pop(trainer, None)
+
+    def teardown(self, trainer: Trainer, pl_module, stage: str) -> None:
+        self._close(trainer)
+
+    def on_exception(self, trainer: Trainer, pl_module, exception: BaseException) -> None:
+        self._close(trainer)

@@ -6,28 +6,38 @@ with a config composed by ``hydra.compose``.
 
 from __future__ import annotations
 
+import inspect
 import logging
 import time
 import warnings
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import lightning as L
-from hydra.utils import instantiate
+from hydra.utils import get_class, instantiate
 from lightning.pytorch.callbacks import TQDMProgressBar
 from lightning.pytorch.loggers import TensorBoardLogger
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf
 
-from backprop_lab.module import BackpropModule
-from backprop_lab.monitors import DeadReLUMonitor, GradientMonitor
-from backprop_lab.tblog import log_text
+from backprop_lab.module import LOSS_BY_TASK, BackpropModule
+from backprop_lab.monitors import DeadReLUMonitor, GradientMonitor, custom_scalars_layout
+from backprop_lab.pictures import PictureMonitor
+from backprop_lab.replay import log_replay
+from backprop_lab.sweep import write_summary
+from backprop_lab.tblog import StepScalars, log_text, tensorboard_writers
 
 log = logging.getLogger("backprop_lab")
+
+SIGTERM_EXIT = 128 + 15  # the shell's exit status of a process ended by SIGTERM
 
 # In-memory tensors gain nothing from DataLoader workers; Lightning would warn on every run.
 warnings.filterwarnings("ignore", ".*does not have many workers.*")
 # Lightning 2.6 on torch 2.13 warns about its own use of a torch API; nothing a user can act on.
 warnings.filterwarnings("ignore", ".*isinstance\\(treespec, LeafSpec\\)` is deprecated.*")
+# A diverged step returns None from training_step on purpose (no update from a non-finite loss).
+warnings.filterwarnings("ignore", ".*`training_step` returned `None`.*")
 
 
 def _tidy_lightning_logging() -> None:
@@ -55,6 +65,7 @@ class TrainResult:
     diverged_at: int | None = None
     dead_since: dict[str, int | None] = field(default_factory=dict)
     wall_time_s: float = 0.0
+    final_dead_fraction: float | None = None  # mean over ReLU layers at the end; None without ReLUs
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -87,26 +98,35 @@ def _tensorboard_hint(log_dir: Path) -> str:
     return f"TensorBoard logs: {log_dir}  (open with: tensorboard --logdir {log_dir})"
 
 
-def train(cfg: DictConfig, run_dir: str | Path) -> TrainResult:
-    """Train ``cfg.model`` on ``cfg.data`` with ``cfg.optim`` for ``cfg.trainer.max_steps`` updates.
+def _sizes_from_data(model_cfg: DictConfig, data: L.LightningDataModule) -> dict[str, int]:
+    """``in_features``/``out_features`` of the data set, for a model that takes them (the MLP)."""
+    if "in_features" not in inspect.signature(get_class(model_cfg._target_)).parameters:
+        return {}  # the post's networks: their one input and output are fixed
+    return {"in_features": data.in_features, "out_features": data.out_features}
 
-    Logs go to ``run_dir`` (TensorBoard event files, the resolved config as text, the hparams).
-    The config is expected to be validated already (:func:`backprop_lab.config.validate`).
+
+def build_run(cfg: DictConfig, run_dir: str | Path) -> tuple[BackpropModule, L.LightningDataModule, L.Trainer]:
+    """The run :func:`train` fits, built but not started: ``(module, datamodule, trainer)``.
+
+    Separate from :func:`train` so the benchmark (``backprop_lab.bench``) can time ``trainer.fit`` alone.
     """
     run_dir = Path(run_dir)
-    started = time.perf_counter()
     L.seed_everything(cfg.seed, workers=True, verbose=False)
 
-    net = instantiate(cfg.model)
     data = instantiate(cfg.data, steps=cfg.trainer.max_steps, seed=cfg.seed)
-    module = BackpropModule(net, optimizer=instantiate(cfg.optim), tol=cfg.tol)
+    data.setup()  # draws from its own seeded generator: the model's init below is the same either way
+    net = instantiate(cfg.model, **_sizes_from_data(cfg.model, data))
+    module = BackpropModule(net, optimizer=instantiate(cfg.optim), loss_fn=LOSS_BY_TASK[data.task], tol=cfg.tol)
 
     monitors = []
     if cfg.monitor.gradients:
         monitors.append(GradientMonitor(root="net", histogram_every_n_steps=cfg.monitor.histogram_every_n_steps))
-    dead_relu = DeadReLUMonitor(root="net") if cfg.monitor.dead_relu else None
+    every = cfg.monitor.histogram_every_n_steps
+    dead_relu = DeadReLUMonitor(root="net", probe_every_n_steps=every) if cfg.monitor.dead_relu else None
     if dead_relu is not None:
         monitors.append(dead_relu)
+    if cfg.monitor.pictures:  # last: it draws what the monitors above recorded at the same step
+        monitors.append(PictureMonitor(cfg.monitor.pictures, every_n_steps=cfg.monitor.picture_every_n_steps, root="net"))
 
     logger = TensorBoardLogger(save_dir=str(run_dir), name="", version="", default_hp_metric=False)
     trainer_kwargs = OmegaConf.to_container(cfg.trainer, resolve=True)
@@ -118,16 +138,51 @@ def train(cfg: DictConfig, run_dir: str | Path) -> TrainResult:
         **trainer_kwargs,
         max_epochs=-1,
         logger=logger,
-        callbacks=callbacks + monitors,
+        callbacks=[*callbacks, *monitors, StepScalars()],  # last: one TensorBoard event per step
         default_root_dir=str(run_dir),
     )
     if trainer.is_global_zero:
         log.info(_tensorboard_hint(run_dir))
     log_text(trainer, "config", _config_markdown(cfg))
+    if cfg.replay.to_tensorboard:  # the post's step, number by number, on a copy of net: the Text tab
+        log_replay(trainer, cfg, net)
+    for writer in tensorboard_writers(trainer):
+        writer.add_custom_scalars(custom_scalars_layout())
+    return module, data, trainer
 
-    trainer.fit(module, datamodule=data)
 
-    result = TrainResult(
+def train(cfg: DictConfig, run_dir: str | Path, overrides: Sequence[str] = ()) -> TrainResult:
+    """Train ``cfg.model`` on ``cfg.data`` with ``cfg.optim`` for ``cfg.trainer.max_steps`` updates.
+
+    Logs go to ``run_dir`` (TensorBoard event files, the resolved config as text, the hparams, and
+    ``summary.json`` with ``overrides``, the command-line overrides that made ``cfg``).
+    The config is expected to be validated already (:func:`backprop_lab.config.validate`).
+    A run stopped by SIGTERM or Ctrl-C writes its summary (status ``interrupted``) and raises SystemExit.
+    """
+    run_dir = Path(run_dir)
+    started = time.perf_counter()
+    module, data, trainer = build_run(cfg, run_dir)
+    logger = trainer.logger
+    dead_relu = next((c for c in trainer.callbacks if isinstance(c, DeadReLUMonitor)), None)
+
+    try:
+        trainer.fit(module, datamodule=data)
+    except SystemExit as stop:
+        # Lightning ends a run on SIGTERM (SIGTERMException) or Ctrl-C (sys.exit(1)) after the current
+        # step and closes its loggers, so the logs stay readable; record the run, then stop the process.
+        _finish(cfg, _result(module, trainer, run_dir, dead_relu, started), trainer, overrides)
+        raise SystemExit(SIGTERM_EXIT if isinstance(stop, SIGTERMException) else stop.code) from None
+
+    result = _result(module, trainer, run_dir, dead_relu, started)
+    _log_hparams(logger, cfg, result)
+    logger.finalize("success")
+    _finish(cfg, result, trainer, overrides)
+    return result
+
+
+def _result(module: BackpropModule, trainer: L.Trainer, run_dir: Path, dead_relu, started: float) -> TrainResult:
+    fractions = list(dead_relu.last_dead_fraction.values()) if dead_relu is not None else []
+    return TrainResult(
         status=module.status,
         final_loss=module.final_loss,
         best_loss=module.best_loss,
@@ -137,16 +192,20 @@ def train(cfg: DictConfig, run_dir: str | Path) -> TrainResult:
         diverged_at=module.diverged_at,
         dead_since=dict(dead_relu.dead_since) if dead_relu else {},
         wall_time_s=time.perf_counter() - started,
+        final_dead_fraction=sum(fractions) / len(fractions) if fractions else None,
     )
-    _log_hparams(logger, cfg, result, dead_relu)
-    logger.finalize("success")
-    if trainer.is_global_zero:
-        for line in closing_lines(cfg, result, net):
-            log.info(line)
-    return result
 
 
-def _log_hparams(logger: TensorBoardLogger, cfg: DictConfig, result: TrainResult, dead_relu) -> None:
+def _finish(cfg: DictConfig, result: TrainResult, trainer: L.Trainer, overrides: Sequence[str]) -> None:
+    """summary.json and the closing lines, once (rank 0)."""
+    if not trainer.is_global_zero:
+        return
+    write_summary(Path(result.log_dir), {"overrides": list(overrides), **result.to_dict()})
+    for line in closing_lines(cfg, result, trainer.lightning_module.net):
+        log.info(line)
+
+
+def _log_hparams(logger: TensorBoardLogger, cfg: DictConfig, result: TrainResult) -> None:
     """One hparams record per run, with its final metrics, for TensorBoard's HParams dashboard."""
     params = flat_hparams(cfg)
     params["status"] = result.status
@@ -155,9 +214,8 @@ def _log_hparams(logger: TensorBoardLogger, cfg: DictConfig, result: TrainResult
         "hparams/best_loss": result.best_loss,
         "hparams/steps": float(result.steps),
     }
-    if dead_relu is not None and dead_relu.last_dead_fraction:
-        fractions = list(dead_relu.last_dead_fraction.values())
-        metrics["hparams/final_dead_fraction"] = sum(fractions) / len(fractions)
+    if result.final_dead_fraction is not None:
+        metrics["hparams/final_dead_fraction"] = result.final_dead_fraction
     logger.log_hyperparams(params, metrics)
 
 

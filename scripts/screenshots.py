@@ -1,0 +1,131 @@
+"""Regenerate the README's TensorBoard screenshots (docs/screenshots/*.png) from real runs.
+
+    python scripts/screenshots.py                 # runs, serves, shoots, stops; about a minute
+    python scripts/screenshots.py --keep /tmp/tb  # keep the runs there to look at them yourself
+
+It trains the named experiments (or the post's networks where an experiment config is missing) into a
+temporary directory with the real CLI, starts ``tensorboard`` on a free loopback port, takes each page
+with headless Chromium (``apt-get install chromium``; ``--chromium`` names another binary), and stops
+the server. A PNG over 500 KB is re-encoded with a 256-colour palette.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+from PIL import Image
+
+ROOT = Path(__file__).resolve().parents[1]
+OUT = ROOT / "docs" / "screenshots"
+MAX_BYTES = 500_000
+
+# run name (TensorBoard shows the directory name) -> overrides
+RUNS = {
+    "dead_relu": ["experiment=dead_relu"],
+    "leaky_fix": ["experiment=leaky_fix"],
+    "vanishing_sigmoid": ["experiment=vanishing_sigmoid"],
+    "post_relu": ["model=relu"],
+    "post_sigmoid": ["model=sigmoid"],
+}
+COMMON = ["monitor.picture_every_n_steps=100", "trainer.enable_progress_bar=false"]
+
+# file name -> the page's address after the host (TensorBoard keeps a dashboard's state in the hash)
+PAGES = {
+    "scalars": "#scalars&tagFilter=relu%2Fdead_fraction%7Cgrad_norm%2Ffc1.weight%7Cgrad_norm%2Fout.weight",
+    "custom_scalars": "#custom_scalars",
+    "images": "#images&tagFilter=unit_activity%7Closs_surface",
+    "hparams": "#hparams",
+}
+
+
+def train_runs(logdir: Path) -> None:
+    for name, overrides in RUNS.items():
+        experiment = overrides[0].partition("=")[2]
+        if overrides[0].startswith("experiment=") and not (ROOT / "configs" / "experiment" / f"{experiment}.yaml").exists():
+            print(f"skip {name}: configs/experiment/{experiment}.yaml does not exist")
+            continue
+        cmd = [sys.executable, str(ROOT / "scripts" / "train.py"), *overrides, *COMMON, f"hydra.run.dir={logdir / name}"]
+        print("run:", " ".join(cmd[1:]))
+        subprocess.run(cmd, cwd=logdir, check=True, capture_output=True, timeout=600)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_for_runs(url: str, timeout: float = 90.0) -> None:
+    """Until TensorBoard has loaded a scalar of every run (bounded)."""
+    import json
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(url + "/data/plugin/scalars/tags", timeout=5) as r:
+                if len(json.load(r)) >= len(RUNS) - 3:
+                    return
+        except OSError:
+            pass
+        time.sleep(0.5)
+    raise SystemExit(f"tensorboard at {url} did not answer within {timeout} s")
+
+
+def shoot(chromium: str, url: str, path: Path, profile: Path) -> None:
+    flags = [
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--no-first-run",
+        "--hide-scrollbars",
+        f"--user-data-dir={profile}",
+        "--window-size=1400,1000",
+        "--virtual-time-budget=15000",
+        f"--screenshot={path}",
+    ]
+    subprocess.run([chromium, *flags, url], check=True, capture_output=True, timeout=120)
+    if path.stat().st_size > MAX_BYTES:
+        Image.open(path).convert("RGB").quantize(colors=256).save(path, optimize=True)
+    print(f"{path.relative_to(ROOT)}: {path.stat().st_size // 1000} KB")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--keep", type=Path, help="train into this directory and keep it")
+    parser.add_argument("--chromium", default=shutil.which("chromium") or "/usr/bin/chromium")
+    args = parser.parse_args()
+
+    with tempfile.TemporaryDirectory() as tmp:
+        logdir = args.keep or Path(tmp) / "runs"
+        logdir.mkdir(parents=True, exist_ok=True)
+        train_runs(logdir)
+        port = free_port()
+        server = subprocess.Popen(
+            [sys.executable, "-m", "tensorboard.main", "--logdir", str(logdir), "--port", str(port), "--host", "127.0.0.1", "--load_fast=false"],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        try:
+            url = f"http://127.0.0.1:{port}"
+            wait_for_runs(url)
+            OUT.mkdir(parents=True, exist_ok=True)
+            for name, page in PAGES.items():
+                shoot(args.chromium, f"{url}/{page}", OUT / f"{name}.png", Path(tmp) / "chromium")
+        finally:
+            server.terminate()
+            server.wait(timeout=10)
+
+
+if __name__ == "__main__":
+    main()

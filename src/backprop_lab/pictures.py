@@ -1,0 +1,360 @@
+"""Pictures in TensorBoard's Images tab, drawn with matplotlib (Agg, no display) by one callback.
+
+:class:`PictureMonitor` draws, every ``every_n_steps`` and once at the end of training, each picture
+that applies to the run (one that does not apply is skipped without a word):
+
+- ``pictures/loss_surface``: for a network of one or two trainable numbers (the post's nets), the
+  loss over the probe set as a curve L(w) or as contours over (w1, w2), with the gradient-descent
+  path the run took drawn on it;
+- ``pictures/fit``: the function the network computes, with the data: ŷ(x) over the training and
+  probe points (1-D regression), or the decision boundary over the plane (2-D classification);
+- ``pictures/unit_activity``: layer × unit × step, each unit's active fraction (h > 0) on the probe
+  set, black where the unit is dead (needs a :class:`~backprop_lab.monitors.DeadReLUMonitor`);
+- ``pictures/grad_norm_by_layer``: every layer's gradient norm over the steps on a log scale, first
+  layer to last, so a vanishing gradient shows as a gap (needs a
+  :class:`~backprop_lab.monitors.GradientMonitor`).
+
+Figures are built on :class:`matplotlib.figure.Figure` and rendered by the Agg canvas directly, so
+no pyplot backend is chosen and nothing opens a window.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from lightning.pytorch import Callback, LightningModule, Trainer
+from torch import Tensor, nn
+
+from backprop_lab.config import PICTURES
+from backprop_lab.monitors import DeadReLUMonitor, GradientMonitor, _root, probe_set
+from backprop_lab.tblog import tensorboard_writers
+
+SIZE = (6.4, 4.4)  # inches at 100 dpi: 640×440 pixels, a few tens of KB as PNG
+
+
+# --- rendering ---------------------------------------------------------------------------------------
+
+
+def new_figure(size: tuple[float, float] = SIZE):
+    from matplotlib.figure import Figure
+
+    return Figure(figsize=size, dpi=100, layout="constrained")
+
+
+def figure_to_array(fig) -> np.ndarray:
+    """The figure as an (H, W, 3) uint8 image."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    canvas = FigureCanvasAgg(fig)
+    canvas.draw()
+    return np.asarray(canvas.buffer_rgba())[..., :3].copy()
+
+
+def log_figure(trainer: Trainer, tag: str, fig, step: int) -> None:
+    image = figure_to_array(fig)
+    for writer in tensorboard_writers(trainer):
+        writer.add_image(tag, image, step, dataformats="HWC")
+
+
+# --- the loss surface of a one- or two-number network ------------------------------------------------
+
+
+def trainable(net: nn.Module) -> list[tuple[str, nn.Parameter]]:
+    return [(n, p) for n, p in net.named_parameters() if p.requires_grad]
+
+
+def axis_names(net: nn.Module) -> list[str]:
+    """One name per trainable number: the parameter's name, indexed where it has several."""
+    return [n if p.numel() == 1 else f"{n}[{i}]" for n, p in trainable(net) for i in range(p.numel())]
+
+
+def loss_on_grid(net: nn.Module, loss_fn, x: Tensor, y: Tensor, thetas: Tensor) -> Tensor:
+    """L(θ) for every row θ of ``thetas`` (G, k): the trainable numbers of ``net`` set to θ, on (x, y).
+
+    One vectorised call (``torch.func.functional_call`` under ``torch.vmap``); a loss that vmap
+    cannot batch is evaluated row by row instead.
+    """
+    named = trainable(net)
+    sizes = [p.numel() for _, p in named]
+
+    def loss_at(theta: Tensor) -> Tensor:
+        parts = theta.split(sizes)
+        params = {n: t.reshape(p.shape) for (n, p), t in zip(named, parts)}
+        return loss_fn(torch.func.functional_call(net, params, (x,)), y)
+
+    with torch.no_grad():
+        try:
+            return torch.vmap(loss_at, chunk_size=4096)(thetas)
+        except RuntimeError:
+            return torch.stack([loss_at(t) for t in thetas])
+
+
+def _span(values: np.ndarray) -> tuple[float, float]:
+    """The path's range, widened by half its length and at least 0.5 on each side."""
+    lo, hi = float(values.min()), float(values.max())
+    pad = max(0.5 * (hi - lo), 0.5)
+    return lo - pad, hi + pad
+
+
+def draw_loss_surface(names: list[str], path: np.ndarray, surface, step: int):
+    """L(w) with the path ``path`` (steps, 1), or contours of L(w1, w2) with the path (steps, 2).
+
+    ``surface(thetas) -> losses`` evaluates the loss at the rows of an (G, k) array.
+    """
+    fig = new_figure()
+    ax = fig.add_subplot()
+    path_loss = surface(path)
+    if path.shape[1] == 1:
+        w = np.linspace(*_span(path[:, 0]), 401)
+        ax.plot(w, surface(w[:, None]), color="tab:blue", label="L(w)")
+        ax.plot(path[:, 0], path_loss, "o-", color="tab:red", ms=3, lw=1, label="gradient descent")
+        ax.set_xlabel(names[0])
+        ax.set_ylabel("loss L")
+    else:
+        w1, w2 = np.meshgrid(np.linspace(*_span(path[:, 0]), 121), np.linspace(*_span(path[:, 1]), 121))
+        loss = surface(np.stack([w1.ravel(), w2.ravel()], axis=1)).reshape(w1.shape)
+        # log10 L, floored 4 decades below the top: the valleys of a zero minimum stay visible
+        top = np.log10(max(float(np.nanmax(loss)), 1e-12))
+        filled = ax.contourf(w1, w2, np.log10(np.maximum(loss, 10 ** (top - 4))), levels=25, cmap="viridis")
+        fig.colorbar(filled, ax=ax, label="log₁₀ L")
+        ax.plot(path[:, 0], path[:, 1], "o-", color="tab:red", ms=2.5, lw=1, label="gradient descent")
+        ax.set_xlabel(names[0])
+        ax.set_ylabel(names[1])
+    ax.plot(*(path[0] if path.shape[1] == 2 else (path[0, 0], path_loss[0])), "s", color="white", mec="k", label="start")
+    ax.plot(*(path[-1] if path.shape[1] == 2 else (path[-1, 0], path_loss[-1])), "*", color="gold", mec="k", ms=12, label=f"step {step}")
+    ax.legend(loc="best", fontsize=8)
+    ax.set_title(f"loss surface and gradient-descent path, step {step}")
+    return fig
+
+
+# --- what the network computes, with the data -----------------------------------------------------------
+
+
+def draw_fit(x: np.ndarray, y: np.ndarray, probe_x: np.ndarray, probe_y: np.ndarray, grid: np.ndarray, y_hat: np.ndarray, step: int):
+    """1-D regression: training points, probe points and ŷ(x) over ``grid``."""
+    fig = new_figure()
+    ax = fig.add_subplot()
+    ax.scatter(x, y, s=6, color="0.6", label="training data")
+    ax.scatter(probe_x, probe_y, s=6, color="tab:green", label="probe set")
+    ax.plot(grid, y_hat, color="tab:red", lw=2, label="network ŷ(x)")
+    ax.set_xlabel("x")
+    ax.set_ylabel("y")
+    ax.legend(loc="best", fontsize=8)
+    ax.set_title(f"fitted function, step {step}")
+    return fig
+
+
+def draw_boundary(x: np.ndarray, labels: np.ndarray, g1: np.ndarray, g2: np.ndarray, out: np.ndarray, threshold: float, step: int):
+    """2-D classification: the network's output over the plane, its ``threshold`` contour, the data."""
+    fig = new_figure()
+    ax = fig.add_subplot()
+    reach = max(float(np.nanmax(np.abs(out - threshold))), 1e-6)
+    filled = ax.contourf(g1, g2, out, levels=21, cmap="RdBu_r", vmin=threshold - reach, vmax=threshold + reach)
+    fig.colorbar(filled, ax=ax, label="network output")
+    if out.min() < threshold < out.max():
+        ax.contour(g1, g2, out, levels=[threshold], colors="k", linewidths=2)
+    cls = labels > (labels.min() + labels.max()) / 2
+    ax.scatter(x[~cls, 0], x[~cls, 1], s=8, color="tab:blue", edgecolors="w", linewidths=0.3, label="class 0")
+    ax.scatter(x[cls, 0], x[cls, 1], s=8, color="tab:red", edgecolors="w", linewidths=0.3, label="class 1")
+    ax.set_xlabel("x₁")
+    ax.set_ylabel("x₂")
+    ax.legend(loc="upper right", fontsize=8)
+    ax.set_title(f"decision boundary (output = {threshold:g}), step {step}")
+    return fig
+
+
+# --- the monitors' histories ------------------------------------------------------------------------------
+
+
+def draw_unit_activity(steps: list[int], activity: dict[str, list[np.ndarray]], source: str, step: int, leaky: frozenset = frozenset()):
+    """One panel per layer: units (rows) × recorded steps (columns), coloured by active fraction.
+
+    Column i spans steps[i] to steps[i + 1] (the last one a step wide): the state recorded at a step
+    is drawn until the next record. Layers in ``leaky`` pass a·g where h ≤ 0: their silent units are
+    not dead, and the title says so.
+    """
+    layers = [n for n in activity if activity[n]]
+    heights = [max(len(activity[n][-1]), 2) for n in layers]
+    fig = new_figure((SIZE[0], min(2.0 + 0.02 * sum(heights) + 0.6 * len(layers), 9.0)))
+    axes = fig.subplots(len(layers), 1, sharex=True, squeeze=False, height_ratios=heights)[:, 0]
+    edges = np.array([*steps, steps[-1] + 1], dtype=float)
+    for ax, name in zip(axes, layers):
+        grid = np.stack(activity[name], axis=1)  # units × steps
+        image = ax.pcolormesh(edges, np.arange(grid.shape[0] + 1) - 0.5, grid, cmap="magma", vmin=0, vmax=1)
+        ax.invert_yaxis()
+        silent = float(np.mean(grid[:, -1] == 0))
+        ax.set_ylabel(f"{name}\nunit")
+        what = "with h ≤ 0 on every sample (leaky: not dead)" if name in leaky else "dead"
+        ax.set_title(f"{name}: {silent:.0%} of {grid.shape[0]} units {what} at step {steps[-1]}", fontsize=9)
+    axes[-1].set_xlabel("step")
+    fig.colorbar(image, ax=list(axes), label="active fraction (0 = dead)")
+    fig.suptitle(f"unit activity on the {source} (h > 0), step {step}")
+    return fig
+
+
+def draw_grad_norms(steps: np.ndarray, norms: dict[str, np.ndarray], step: int):
+    """Gradient norm of each parameter over the steps, log scale, coloured from first layer to last."""
+    from matplotlib import colormaps
+
+    weights = [n for n in norms if n.endswith("weight")] or list(norms)
+    fig = new_figure()
+    ax = fig.add_subplot()
+    colours = colormaps["viridis"](np.linspace(0, 0.9, len(weights)))
+    for name, colour in zip(weights, colours):
+        values = np.where(norms[name] > 0, norms[name], np.nan)  # a zero norm has no logarithm
+        ax.plot(steps, values, color=colour, lw=1.2, label=name)
+    ax.set_yscale("log")
+    ax.set_xlabel("step")
+    ax.set_ylabel("‖∂L/∂w‖")
+    ax.legend(loc="best", fontsize=8)
+    title = f"gradient norm by layer, step {step}"
+    first, last = norms[weights[0]][-1], norms[weights[-1]][-1]
+    if len(weights) > 1 and last > 0:
+        title += f"\n‖g‖ of {weights[0]} / ‖g‖ of {weights[-1]} = {first / last:.3g} at step {steps[-1]}"
+    ax.set_title(title)
+    return fig
+
+
+# --- the callback --------------------------------------------------------------------------------------------
+
+
+class PictureMonitor(Callback):
+    """Draws ``pictures`` (a subset of :data:`backprop_lab.config.PICTURES`) into the Images tab.
+
+    Every ``every_n_steps`` (from step ``every_n_steps`` on, before that step's update) and once at
+    the end of training. ``root`` names the network inside the LightningModule (it is called as
+    ``root(x)``); ``loss_fn(y_hat, y)`` is the loss for the surface (default: the module's
+    ``loss_fn`` attribute). Data comes from ``trainer.datamodule``: ``probe_x``, ``probe_y``,
+    ``task`` (``regression`` or ``classification``) and ``train_set.x``/``.y`` where present.
+    ``threshold`` is the output value on the decision boundary (0 for logits or ±1 targets).
+    """
+
+    def __init__(
+        self,
+        pictures: tuple[str, ...] | list[str] = PICTURES,
+        every_n_steps: int = 500,
+        root: str | None = None,
+        loss_fn=None,
+        threshold: float = 0.0,
+    ):
+        unknown = set(pictures) - set(PICTURES)
+        if unknown:
+            raise ValueError(f"unknown pictures {sorted(unknown)}: use {', '.join(PICTURES)}")
+        self.pictures = tuple(pictures)
+        self.every_n_steps = every_n_steps
+        self.root = root
+        self.loss_fn = loss_fn
+        self.threshold = threshold
+        self._path: list[Tensor] = []  # the trainable numbers before each update (device tensors)
+        self._tracks_path = False
+
+    def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        numbers = sum(p.numel() for _, p in trainable(_root(pl_module, self.root)))
+        self._tracks_path = "loss_surface" in self.pictures and 1 <= numbers <= 2
+
+    def on_before_optimizer_step(self, trainer: Trainer, pl_module: LightningModule, optimizer) -> None:
+        if self._tracks_path:
+            self._path.append(self._numbers(pl_module))  # no sync: stays on the device until drawn
+        step = trainer.global_step
+        if step > 0 and step % self.every_n_steps == 0:
+            self.draw(trainer, pl_module, step)
+
+    def on_train_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        numbers = self._numbers(pl_module) if self._tracks_path else None
+        if numbers is not None and bool(numbers.isfinite().all()):
+            self._path.append(numbers)
+        self.draw(trainer, pl_module, trainer.global_step)
+
+    def _numbers(self, pl_module: LightningModule) -> Tensor:
+        return torch.cat([p.detach().reshape(-1) for _, p in trainable(_root(pl_module, self.root))])
+
+    def draw(self, trainer: Trainer, pl_module: LightningModule, step: int) -> None:
+        """Every picture that applies, at ``step``."""
+        if not tensorboard_writers(trainer):
+            return
+        drawers = {
+            "loss_surface": self._loss_surface,
+            "fit": self._fit,
+            "unit_activity": self._unit_activity,
+            "grad_norm_by_layer": self._grad_norms,
+        }
+        for name in self.pictures:
+            fig = drawers[name](trainer, pl_module, step)
+            if fig is not None:
+                log_figure(trainer, f"pictures/{name}", fig, step)
+
+    def _loss_surface(self, trainer: Trainer, pl_module: LightningModule, step: int):
+        loss_fn = self.loss_fn or getattr(pl_module, "loss_fn", None)
+        probe = probe_set(trainer)
+        if not self._path or loss_fn is None or probe is None:
+            return None
+        net = _root(pl_module, self.root)
+        x, y = (t.to(pl_module.device) for t in probe)
+        path = torch.stack(self._path).to(torch.float64).cpu().numpy()
+        path = path[np.isfinite(path).all(axis=1)]
+        dtype = self._path[0].dtype
+
+        def surface(thetas: np.ndarray) -> np.ndarray:
+            grid = torch.as_tensor(thetas, dtype=dtype, device=pl_module.device)
+            return loss_on_grid(net, loss_fn, x, y, grid).to(torch.float64).cpu().numpy()
+
+        return draw_loss_surface(axis_names(net), path, surface, step) if len(path) else None
+
+    def _fit(self, trainer: Trainer, pl_module: LightningModule, step: int):
+        probe = probe_set(trainer)
+        task = getattr(trainer.datamodule, "task", None)
+        if probe is None or task not in ("regression", "classification"):
+            return None
+        train_set = getattr(trainer.datamodule, "train_set", None)
+        x, y = (train_set.x, train_set.y) if train_set is not None else probe
+        px, py = probe
+        if len(x) < 2:  # the post's single example: nothing to fit a curve through
+            return None
+        if task == "regression" and x.shape[-1] == 1 and y.shape[-1] == 1:
+            lo, hi = _span_of(torch.cat([x, px]))
+            grid = torch.linspace(lo[0], hi[0], 400).unsqueeze(1)
+            y_hat = self._predict(pl_module, grid)
+            return draw_fit(x.numpy(), y.numpy(), px.numpy(), py.numpy(), grid.numpy(), y_hat[:, 0], step)
+        if task == "classification" and x.shape[-1] == 2:
+            lo, hi = _span_of(torch.cat([x, px]))
+            g1, g2 = torch.meshgrid(torch.linspace(lo[0], hi[0], 150), torch.linspace(lo[1], hi[1], 150), indexing="xy")
+            out = self._predict(pl_module, torch.stack([g1.ravel(), g2.ravel()], dim=1))[:, 0].reshape(g1.shape)
+            return draw_boundary(x.numpy(), y[:, 0].numpy(), g1.numpy(), g2.numpy(), out, self.threshold, step)
+        return None
+
+    def _predict(self, pl_module: LightningModule, x: Tensor) -> np.ndarray:
+        net = _root(pl_module, self.root)
+        was_training = net.training
+        try:
+            net.eval()
+            with torch.no_grad():
+                y_hat = net(x.to(device=pl_module.device, dtype=pl_module.dtype))
+        finally:
+            net.train(was_training)
+        return y_hat.reshape(len(x), -1).to(torch.float64).cpu().numpy()
+
+    def _unit_activity(self, trainer: Trainer, pl_module: LightningModule, step: int):
+        monitor = _callback(trainer, DeadReLUMonitor)
+        if monitor is None or not monitor.activity_steps:
+            return None
+        source = "probe set" if probe_set(trainer) is not None else "training batch"
+        leaky = frozenset(n for n, a in monitor.negative_slopes.items() if a > 0)
+        return draw_unit_activity(monitor.activity_steps, monitor.activity, source, step, leaky)
+
+    def _grad_norms(self, trainer: Trainer, pl_module: LightningModule, step: int):
+        monitor = _callback(trainer, GradientMonitor)
+        if monitor is None or not len(monitor.history_steps):
+            return None
+        steps, norms = monitor.grad_norm_history
+        return draw_grad_norms(steps, norms, step)
+
+
+def _callback(trainer: Trainer, kind: type):
+    return next((c for c in trainer.callbacks if isinstance(c, kind)), None)
+
+
+def _span_of(x: Tensor) -> tuple[list[float], list[float]]:
+    """Per input dim, the data's range widened by 10 % (at least 0.5 on each side)."""
+    lo, hi = x.min(dim=0).values, x.max(dim=0).values
+    pad = torch.clamp(0.1 * (hi - lo), min=0.5)
+    return (lo - pad).tolist(), (hi + pad).tolist()

@@ -1,0 +1,339 @@
+"""Sweeps: run names, a check of every job before the first one starts, and a summary at the end.
+
+Hydra runs the sweep (its sweepers and launchers); :class:`SweepSummary`, a Hydra callback configured in
+``configs/train.yaml`` (``hydra.callbacks.sweep_summary``), adds what Hydra leaves out:
+
+* before any job starts, every job's config is composed and validated, so a bad value in the seventh
+  setting fails the sweep at once, with one line naming the key (Hydra only composes the jobs, and our
+  range checks would otherwise run job by job);
+* after the last job, the jobs' ``summary.json`` become a table (sorted by final loss, best marked),
+  ``summary.csv`` in the sweep directory, and a picture of final loss against each swept number in
+  TensorBoard (``<sweep dir>/sweep_summary``, tag ``sweep/final_loss``).
+
+This module imports neither torch nor Lightning: the CLI imports it for :func:`check_multirun_trainer`.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import json
+import math
+import re
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from hydra.experimental.callback import Callback
+from hydra.types import RunMode
+from omegaconf import DictConfig, OmegaConf
+
+from backprop_lab.config import ConfigError, validate
+
+SUMMARY_FILE = "summary.json"
+BASIC_SWEEPER = "hydra._internal.core_plugins.basic_sweeper.BasicSweeper"
+# Column order of summary.csv after the run name and the swept keys.
+RESULT_KEYS = ("status", "final_loss", "best_loss", "steps", "diverged_at", "final_dead_fraction", "wall_time_s")
+MAX_NAME_BYTES = 200  # file systems allow 255 per path component
+
+
+# --- run names ----------------------------------------------------------------------------------------
+
+
+def run_name(override_dirname: str, num: int = 0) -> str:
+    """A job's directory name from its overrides (``model=sigmoid,optim.lr=0.1``), safe as one path component.
+
+    Characters other than letters, digits and ``.,=+-@%:[]`` become ``_`` (a ``/`` in a value would
+    otherwise nest directories); a name too long for the file system is cut and keeps a hash of the
+    whole; a job without overrides is ``job<num>``.
+    """
+    name = re.sub(r"[^\w.,=+\-@%:\[\]]", "_", override_dirname)
+    if not name:
+        return f"job{num}"
+    if len(name.encode()) > MAX_NAME_BYTES:
+        digest = hashlib.sha1(override_dirname.encode()).hexdigest()[:10]
+        name = name.encode()[: MAX_NAME_BYTES - 11].decode(errors="ignore") + "-" + digest
+    return name
+
+
+def run_label(model: str, experiment: str | None = None) -> str:
+    """A single run's directory suffix: the experiment's name when one is chosen, else the model's."""
+    return experiment or model
+
+
+# At import, not in register_configs(): launcher workers (joblib, submitit) resolve hydra.sweep.subdir
+# after unpickling the job function, which imports backprop_lab.cli and so this module.
+OmegaConf.register_new_resolver("run_name", run_name, replace=True)
+OmegaConf.register_new_resolver("run_label", run_label, replace=True)
+
+
+# --- multi-process trainers and local launchers -------------------------------------------------------
+
+
+def is_multi_process(trainer: DictConfig) -> bool:
+    """Whether Lightning would start more than one process on this node for ``trainer``."""
+    devices = trainer.devices
+    if isinstance(devices, int):
+        return devices > 1
+    return str(trainer.strategy).startswith("ddp")  # devices=auto: all GPUs of the node
+
+
+def check_multirun_trainer(cfg: DictConfig, mode: RunMode, launcher_target: str) -> None:
+    """Refuse a multi-process trainer in a multirun on a launcher that runs jobs on this machine.
+
+    Lightning's DDP re-launches the command line (``sys.argv``) for ranks 1..N-1; in a multirun that line
+    holds ``-m`` and the whole sweep, so every rank would start the sweep again. On SLURM each job runs
+    its own DDP under SLURM's process environment instead, which works.
+    """
+    if mode != RunMode.MULTIRUN or not is_multi_process(cfg.trainer) or launcher_target.endswith("SlurmLauncher"):
+        return
+    launcher = launcher_target.rsplit(".", 1)[-1]
+    raise ConfigError(
+        f"trainer.devices={cfg.trainer.devices!r} (strategy {cfg.trainer.strategy!r}) is not accepted in a "
+        f"multirun (-m) on the {launcher}: DDP re-launches the command line, which would start the whole sweep "
+        "again in every process. Run each setting as a single run without -m (e.g. trainer=ddp optim.lr=0.1), "
+        "or sweep with trainer.devices=1, or on a SLURM cluster with hydra/launcher=slurm"
+    )
+
+
+# --- the check before the first job -------------------------------------------------------------------
+
+
+def job_overrides(config: DictConfig, loader) -> list[list[str]]:
+    """The overrides of every job of a basic sweep, as Hydra's BasicSweeper will expand them."""
+    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    params = [f"{k}={v}" for k, v in (config.hydra.sweeper.get("params") or {}).items()]
+    overrides = OverridesParser.create(config_loader=loader).parse_overrides(
+        params + list(config.hydra.overrides.task)
+    )
+    for override in overrides:
+        if override.is_sweep_override() and override.is_discrete_sweep():
+            if not list(override.sweep_string_iterator()):
+                raise ConfigError(f"{override.input_line!r}: the sweep over {override.get_key_element()} is empty")
+    (jobs,) = BasicSweeper.split_arguments(overrides, None)
+    return jobs
+
+
+def check_sweep(config: DictConfig) -> int:
+    """Compose and validate every job of the sweep ``config`` describes; return the number of jobs.
+
+    Sweepers other than Hydra's basic one (Optuna) choose their jobs as they go: for them the config
+    without the swept keys is checked, and each job is checked again when it starts.
+    """
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
+    launcher = config.hydra.launcher._target_
+    if config.hydra.sweeper._target_ != BASIC_SWEEPER:
+        validate(config)
+        check_multirun_trainer(config, RunMode.MULTIRUN, launcher)
+        return 0
+    loader = GlobalHydra.instance().config_loader()
+    jobs = job_overrides(config, loader)
+    seen: dict[str, int] = {}
+    for num, overrides in enumerate(jobs):
+        try:
+            job_cfg = loader.load_sweep_config(config, overrides)
+            validate(job_cfg)
+            check_multirun_trainer(job_cfg, RunMode.MULTIRUN, launcher)
+        except (ConfigError, HydraException, OmegaConfBaseException) as error:
+            cause = f" ({str(error.__cause__).splitlines()[0]})" if error.__cause__ else ""
+            raise ConfigError(f"job #{num} ({' '.join(overrides)}): {error}{cause}") from error
+        name = run_name(job_cfg.hydra.job.override_dirname, num)
+        if name in seen:
+            raise ConfigError(
+                f"jobs #{seen[name]} and #{num} would write into the same directory {name!r}: "
+                "sweep each value once (and not over keys in hydra.job.config.override_dirname.exclude_keys)"
+            )
+        seen[name] = num
+    return len(jobs)
+
+
+# --- the summary after the last job -------------------------------------------------------------------
+
+
+def _strict_json(value: Any) -> Any:
+    """Non-finite floats as the strings "inf", "-inf", "nan" (which float() reads back): JSON has no inf."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    if isinstance(value, dict):
+        return {k: _strict_json(v) for k, v in value.items()}
+    return value
+
+
+def write_summary(run_dir: Path, summary: dict[str, Any]) -> Path:
+    """A run's summary.json (written by backprop_lab.train.train on rank 0), in strict JSON."""
+    path = Path(run_dir) / SUMMARY_FILE
+    path.write_text(json.dumps(_strict_json(summary), indent=2, allow_nan=False) + "\n")
+    return path
+
+
+def read_summaries(sweep_dir: Path) -> list[dict[str, Any]]:
+    """Every job's summary.json under ``sweep_dir``, with ``run`` (its directory, relative) added."""
+    rows = []
+    for path in sorted(sweep_dir.rglob(SUMMARY_FILE)):
+        row = json.loads(path.read_text())
+        row["run"] = str(path.parent.relative_to(sweep_dir))
+        rows.append(row)
+    return rows
+
+
+def _loss(value: Any) -> float:
+    """A loss from summary.json for sorting: non-finite (written as "inf"/"nan") and missing sort last."""
+    loss = math.inf if value is None else float(value)
+    return loss if math.isfinite(loss) else math.inf
+
+
+def sort_by_final_loss(rows: list[dict]) -> list[dict]:
+    return sorted(rows, key=lambda r: (_loss(r.get("final_loss")), _loss(r.get("best_loss")), r["run"]))
+
+
+def override_values(row: dict) -> dict[str, str]:
+    """{key: value} of a job's command-line overrides ("optim.lr=0.1" -> {"optim.lr": "0.1"})."""
+    return dict(o.split("=", 1) for o in row.get("overrides", []) if "=" in o)
+
+
+def swept_keys(rows: list[dict]) -> list[str]:
+    """Override keys whose value differs between jobs (all of a lone job's keys), in first-seen order."""
+    keys: dict[str, set] = {}
+    for row in rows:
+        for key, value in override_values(row).items():
+            keys.setdefault(key, set()).add(value)
+    return [k for k, values in keys.items() if len(values) > 1 or len(rows) == 1]
+
+
+def _number(text: str) -> float | None:
+    try:
+        return float(text)
+    except ValueError:
+        return None
+
+
+def numeric_keys(rows: list[dict], keys: list[str]) -> list[str]:
+    return [k for k in keys if all(_number(override_values(r).get(k, "x")) is not None for r in rows)]
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, float):
+        return f"{value:.6g}"
+    return str(value)
+
+
+def table_rows(rows: list[dict], keys: list[str]) -> list[list[str]]:
+    """The table's cells: ``best`` on the first row (sorted), the swept keys, then RESULT_KEYS."""
+    out = []
+    for i, row in enumerate(rows):
+        values = override_values(row)
+        mark = "best" if i == 0 and _loss(row.get("final_loss")) < math.inf else ""
+        out.append([mark, *(values.get(k, "") for k in keys), *(_cell(row.get(k)) for k in RESULT_KEYS)])
+    return out
+
+
+def print_table(rows: list[dict], keys: list[str], sweep_dir: Path) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"sweep {sweep_dir}: {len(rows)} runs, sorted by final loss")
+    for header in ["", *keys, *RESULT_KEYS]:
+        table.add_column(header, overflow="fold")
+    for cells in table_rows(rows, keys):
+        table.add_row(*cells, style="bold green" if cells[0] == "best" else None)
+    # Wide enough for the whole table where stdout is a file (CI logs); a terminal keeps its own width.
+    console = Console(width=max(Console().width, 160)) if not Console().is_terminal else Console()
+    console.print(table)
+
+
+def write_csv(rows: list[dict], keys: list[str], path: Path) -> None:
+    """summary.csv: run, the swept keys, RESULT_KEYS; one row per job, sorted by final loss."""
+    with path.open("w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["run", *keys, *RESULT_KEYS])
+        for row in rows:
+            values = override_values(row)
+            writer.writerow([row["run"], *(values.get(k, "") for k in keys), *(row.get(k, "") for k in RESULT_KEYS)])
+
+
+def final_loss_figure(rows: list[dict], keys: list[str]):
+    """Final loss against each numeric swept key; log-x for learning rates and for values spanning 100x.
+
+    Diverged runs (no finite final loss) are drawn as red crosses along the top edge.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")  # no display; the figure is only encoded as PNG
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(keys), figsize=(4.5 * len(keys), 3.5), squeeze=False)
+    for ax, key in zip(axes[0], keys):
+        xs = [float(override_values(r)[key]) for r in rows]
+        losses = [_loss(r.get("final_loss")) for r in rows]
+        finite = sorted((x, y) for x, y in zip(xs, losses) if y < math.inf)
+        if finite:
+            ax.plot(*zip(*finite), "o-")
+        if finite and all(y > 0 for _, y in finite):
+            ax.set_yscale("log")
+        failed = [x for x, y in zip(xs, losses) if y == math.inf]
+        if failed:
+            ax.plot(failed, [0.95] * len(failed), "rx", transform=ax.get_xaxis_transform(), label="diverged")
+            ax.legend()
+        if min(xs) > 0 and (key.endswith("lr") or max(xs) >= 100 * min(xs)):
+            ax.set_xscale("log")
+        ax.set_xlabel(key)
+        ax.set_ylabel("final loss")
+    fig.tight_layout()
+    return fig
+
+
+def log_figure(fig, log_dir: Path, tag: str = "sweep/final_loss") -> None:
+    """Write ``fig`` as an image event with tensorboard's own writer (no torch needed in this process)."""
+    import matplotlib.pyplot as plt
+    from tensorboard.compat.proto.event_pb2 import Event
+    from tensorboard.compat.proto.summary_pb2 import Summary
+    from tensorboard.summary.writer.event_file_writer import EventFileWriter
+
+    png = io.BytesIO()
+    fig.savefig(png, format="png", dpi=100)
+    width, height = (int(v) for v in fig.get_size_inches() * 100)
+    plt.close(fig)
+    image = Summary.Image(height=height, width=width, colorspace=4, encoded_image_string=png.getvalue())
+    writer = EventFileWriter(str(log_dir))
+    writer.add_event(Event(wall_time=time.time(), step=0, summary=Summary(value=[Summary.Value(tag=tag, image=image)])))
+    writer.close()
+
+
+def summarize(sweep_dir: Path) -> list[dict]:
+    """Table, summary.csv and picture of the sweep in ``sweep_dir``; returns the sorted summaries."""
+    rows = sort_by_final_loss(read_summaries(sweep_dir))
+    if not rows:  # e.g. a scripts/replay.py multirun, which trains nothing
+        return rows
+    keys = swept_keys(rows)
+    print_table(rows, keys, sweep_dir)
+    write_csv(rows, keys, sweep_dir / "summary.csv")
+    numbers = numeric_keys(rows, keys)
+    if numbers:
+        log_figure(final_loss_figure(rows, numbers), sweep_dir / "sweep_summary")
+    print(f"sweep summary: {sweep_dir / 'summary.csv'}  (tensorboard --logdir {sweep_dir})")
+    return rows
+
+
+class SweepSummary(Callback):
+    """Checks every job before the first one starts; summarises the sweep after the last one."""
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        try:
+            check_sweep(config)
+        except ConfigError as error:
+            # SystemExit, not an exception (even with HYDRA_FULL_ERROR=1): Hydra turns a callback's
+            # exceptions into warnings and would start the sweep anyway.
+            print(f"error: {error}", file=sys.stderr)
+            sys.exit(2)
+
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        summarize(Path(config.hydra.sweep.dir))
