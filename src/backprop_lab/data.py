@@ -8,6 +8,7 @@ so a one-example data set costs no per-epoch overhead at every step.
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Iterator
 
@@ -51,11 +52,15 @@ class RepeatSampler(Sampler[int]):
         return self.num_samples
 
     def __iter__(self) -> Iterator[int]:
+        if not self.shuffle:  # no tensor per pass: with one example, a pass is a step
+            return itertools.islice(itertools.cycle(range(self.n)), self.num_samples)
+        return self._shuffled()
+
+    def _shuffled(self) -> Iterator[int]:
         gen = torch.Generator().manual_seed(self.seed)
         left = self.num_samples
         while left > 0:
-            order = torch.randperm(self.n, generator=gen) if self.shuffle else torch.arange(self.n)
-            chunk = order[:left].tolist()
+            chunk = torch.randperm(self.n, generator=gen)[:left].tolist()
             left -= len(chunk)
             yield from chunk
 

@@ -88,7 +88,6 @@ class GradientMonitor(Callback):
         self.histogram_every_n_steps = histogram_every_n_steps
         self.history_steps = array("q")
         self.history: dict[str, array] = {}  # grad_norm/<name> at history_steps, 8 bytes a value
-        self._lr_cache: tuple[tuple[float, ...], Tensor] | None = None
 
     @property
     def grad_norm_history(self) -> tuple[np.ndarray, dict[str, np.ndarray]]:
@@ -97,13 +96,6 @@ class GradientMonitor(Callback):
     def _named(self, pl_module: LightningModule) -> list[tuple[str, nn.Parameter]]:
         return [(n, p) for n, p in _root(pl_module, self.root).named_parameters() if p.requires_grad]
 
-    def _learning_rates(self, optimizer, params: list[Tensor], device: torch.device) -> Tensor:
-        lr_of = {id(p): float(g["lr"]) for g in optimizer.param_groups for p in g["params"]}
-        lrs = tuple(lr_of.get(id(p), math.nan) for p in params)
-        if self._lr_cache is None or self._lr_cache[0] != lrs or self._lr_cache[1].device != device:
-            self._lr_cache = (lrs, torch.tensor(lrs, dtype=torch.float64, device=device))  # one copy per lr change
-        return self._lr_cache[1]
-
     def on_before_optimizer_step(self, trainer: Trainer, pl_module: LightningModule, optimizer) -> None:
         if not _is_log_step(trainer, self.log_every_n_steps):
             return
@@ -111,35 +103,43 @@ class GradientMonitor(Callback):
         named = [(n, p) for n, p in self._named(pl_module) if p.grad is not None]
         if not named:
             return
-        names = [n for n, _ in named]
-        params = [p.detach() for _, p in named]
-        grads = [p.grad.detach() for _, p in named]
-        g_norm = torch.stack(torch._foreach_norm(grads)).to(torch.float64)
-        w_norm = torch.stack(torch._foreach_norm(params)).to(torch.float64)
-        ratio = self._learning_rates(optimizer, [p for _, p in named], g_norm.device) * g_norm / w_norm
-        one = [i for i, p in enumerate(params) if p.numel() == 1]
-        scalars = [torch.stack([params[i].reshape(()) for i in one] + [grads[i].reshape(()) for i in one])] if one else []
-        host = torch.cat([g_norm, ratio, *(s.to(torch.float64) for s in scalars)]).tolist()  # the one sync
-        k = len(names)
-        out = {f"grad_norm/{n}": v for n, v in zip(names, host[:k])}
-        # ‖w‖ = 0 (or a parameter no optimizer updates) gives inf or NaN: nothing to chart.
-        out.update({f"update_ratio/{n}": v for n, v in zip(names, host[k : 2 * k]) if math.isfinite(v)})
-        for j, i in enumerate(one):
-            out[f"params/{names[i]}"] = host[2 * k + j]
-            out[f"grads/{names[i]}"] = host[2 * k + len(one) + j]
+        one = [(n, p) for n, p in named if p.numel() == 1]
+        many = [(n, p) for n, p in named if p.numel() > 1]
+        # On the device: the one-element parameters and gradients themselves (their norms and ratios
+        # follow on the host), and ‖g‖, ‖w‖ of the larger ones. Then one copy to the host (one sync).
+        parts = []
+        if one:
+            parts += [p.detach().reshape(1) for _, p in one] + [p.grad.detach().reshape(1) for _, p in one]
+        if many:
+            parts += torch._foreach_norm([p.grad.detach() for _, p in many])
+            parts += torch._foreach_norm([p.detach() for _, p in many])
+        host = torch.cat([t.reshape(1).to(torch.float64) for t in parts]).tolist()
+
+        k, m = len(one), len(many)
+        w = {n: abs(host[i]) for i, (n, _) in enumerate(one)} | {n: host[2 * k + m + i] for i, (n, _) in enumerate(many)}
+        g = {n: abs(host[k + i]) for i, (n, _) in enumerate(one)} | {n: host[2 * k + i] for i, (n, _) in enumerate(many)}
+        lr_of = {id(p): float(group["lr"]) for group in optimizer.param_groups for p in group["params"]}
+        out: dict[str, float] = {}
+        for i, (n, _) in enumerate(one):
+            out[f"params/{n}"], out[f"grads/{n}"] = host[i], host[k + i]
+        for n, p in named:
+            out[f"grad_norm/{n}"] = g[n]
+            ratio = lr_of.get(id(p), math.nan) * g[n] / w[n] if w[n] > 0 else math.nan
+            if math.isfinite(ratio):  # ‖w‖ = 0, or a parameter no optimizer updates: nothing to chart
+                out[f"update_ratio/{n}"] = ratio
         log_scalars(trainer, out, step)
-        self._remember(step, names, host[:k])
+        self._remember(step, [n for n, _ in named], [g[n] for n, _ in named])
         if step % self.histogram_every_n_steps == 0:
-            for n, p, g in zip(names, params, grads):
-                if p.numel() > 1:
-                    log_histogram(trainer, f"params/{n}", p, step)
-                    log_histogram(trainer, f"grads/{n}", g, step)
+            for n, p in many:
+                log_histogram(trainer, f"params/{n}", p.detach(), step)
+                log_histogram(trainer, f"grads/{n}", p.grad.detach(), step)
 
     def _remember(self, step: int, names: list[str], norms: list[float]) -> None:
         self.history_steps.append(step)
         for n, v in zip(names, norms):
-            # A parameter that had no gradient at earlier log steps is NaN there.
-            self.history.setdefault(n, array("d", [math.nan] * (len(self.history_steps) - 1))).append(v)
+            if n not in self.history:  # a parameter without a gradient at earlier log steps is NaN there
+                self.history[n] = array("d", [math.nan] * (len(self.history_steps) - 1))
+            self.history[n].append(v)
 
     def on_train_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         one = [(n, p) for n, p in self._named(pl_module) if p.numel() == 1]

@@ -38,7 +38,11 @@ SIZE = (6.4, 4.4)  # inches at 100 dpi: 640×440 pixels, a few tens of KB as PNG
 def new_figure(size: tuple[float, float] = SIZE):
     from matplotlib.figure import Figure
 
-    return Figure(figsize=size, dpi=100, layout="constrained")
+    # Fixed margins, not layout="constrained": the constrained solver measures every tick label and
+    # cost ~0.35 s of the ~0.45 s a picture took to render here.
+    fig = Figure(figsize=size, dpi=100)
+    fig.subplots_adjust(left=0.12, right=0.97, bottom=0.12, top=0.9, hspace=0.35)
+    return fig
 
 
 def figure_to_array(fig) -> np.ndarray:
