@@ -81,3 +81,18 @@ def test_an_experiment_is_one_command(tmp_path):
     assert s["relu/dead_fraction/act2"][0] == pytest.approx(15 / 64)
     assert s["relu/dead_fraction/act2"][19] > 0.8
     assert "grad_norm/fc1.weight" in s and "grad_norm/out.weight" in s
+
+
+@pytest.mark.parametrize(
+    "overrides, log_every, histogram_every",
+    [
+        (["model=relu"], 1, 50),  # the post's nets: every step
+        (["model=mlp"], 10, 200),  # a wider net: its model config thins the monitors out
+        (["model=mlp", "trainer.log_every_n_steps=3"], 3, 200),  # the command line still wins
+        (["experiment=dead_relu"], 1, 10),  # a short experiment, watched step by step
+    ],
+)
+def test_models_and_experiments_set_their_monitoring_intervals(overrides, log_every, histogram_every):
+    cfg = compose_config(*overrides)
+    assert cfg.trainer.log_every_n_steps == log_every
+    assert cfg.monitor.histogram_every_n_steps == histogram_every
