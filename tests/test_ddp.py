@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 
 import pytest
+import torch
 
 from backprop_lab.config import ConfigError, check_devices
 from conftest import compose_config, read_scalars, run_cli, train_run
@@ -65,3 +66,55 @@ def test_more_devices_than_exist_is_refused_by_the_cli(tmp_path):
     assert "trainer.devices=4096 is more than this machine has" in proc.stderr
     assert "Traceback" not in proc.stderr
     assert not list((tmp_path / "outputs").rglob("summary.json")) and not list((tmp_path / "outputs").rglob("events*"))
+
+
+def test_a_global_batch_that_does_not_split_over_the_processes_is_refused():
+    from backprop_lab.config import validate
+
+    with pytest.raises(ConfigError, match=r"data.batch_size=33 is not accepted with trainer.devices=2"):
+        validate(compose_config("trainer=ddp", "model=mlp", "data.batch_size=33"))
+    validate(compose_config("trainer=ddp", "model=mlp", "data.batch_size=32"))  # splits: accepted
+
+
+def test_each_rank_takes_its_share_of_every_global_batch():
+    from backprop_lab.data import RankShare, RepeatSampler
+
+    order = list(RepeatSampler(8, 8, seed=0))  # one pass = two global batches of 4
+    shares = [list(RankShare(RepeatSampler(8, 8, seed=0), 4, rank, 2)) for rank in (0, 1)]
+    assert shares[0] == order[0:2] + order[4:6]
+    assert shares[1] == order[2:4] + order[6:8]
+
+
+@pytest.mark.slow
+def test_two_process_ddp_on_minibatches_matches_one_process_on_the_global_batch(tmp_path):
+    # Two ranks, each with 16 of every global batch of 32 moons: DDP averages their gradients, which is
+    # the gradient of the global batch, so every step matches one process.
+    overrides = [
+        "model=mlp", "data=moons", "data.batch_size=32", "trainer.max_steps=4",
+        "trainer.log_every_n_steps=1", "trainer.enable_progress_bar=false", "monitor.pictures=[]",
+    ]
+    proc = run_cli("trainer=ddp", "trainer.accelerator=cpu", *overrides, f"hydra.run.dir={tmp_path / 'ddp'}", cwd=tmp_path, timeout=180)
+    assert proc.returncode == 0, proc.stderr
+    ddp = read_scalars(tmp_path / "ddp")
+    _, single = train_run(tmp_path / "single", *overrides)
+    for step in range(5):
+        assert ddp["train/loss"][step] == pytest.approx(single["train/loss"][step], rel=1e-5)
+    for step in range(4):
+        assert ddp["grad_norm/fc1.weight"][step] == pytest.approx(single["grad_norm/fc1.weight"][step], rel=1e-4)
+
+
+def test_under_ddp_a_rank_loads_half_of_each_global_batch_and_the_post_example_stays_whole():
+    from types import SimpleNamespace
+
+    from hydra.utils import instantiate
+
+    moons = instantiate(compose_config("model=mlp", "data=moons", "data.batch_size=32").data, steps=2, seed=0)
+    single = [x for x, _ in moons.train_dataloader()]
+    moons.trainer = SimpleNamespace(world_size=2, global_rank=1)
+    shares = [x for x, _ in moons.train_dataloader()]
+    assert [len(x) for x in shares] == [16, 16]
+    assert all(torch.equal(s, b[16:]) for s, b in zip(shares, single))  # rank 1: the second half
+
+    example = instantiate(compose_config("model=sigmoid").data, steps=2, seed=0)
+    example.trainer = SimpleNamespace(world_size=2, global_rank=1)
+    assert [x.tolist() for x, _ in example.train_dataloader()] == [[[1.0]], [[1.0]]]

@@ -254,6 +254,7 @@ def validate(cfg: DictConfig) -> None:
         "moons",
         f"the moons have two inputs and {cfg.model.get('_target_')} takes one; use model=mlp",
     )
+    check_batch_split(cfg)
 
 
 def _validate_mlp(model: DictConfig) -> None:
@@ -305,6 +306,16 @@ def check_accelerator(accelerator: str) -> None:
         )
     if accelerator == "mps" and not torch.backends.mps.is_available():
         raise ConfigError("trainer.accelerator='mps' is not available on this machine. Use cpu or auto.")
+
+
+def check_batch_split(cfg: DictConfig) -> None:
+    """Under DDP, ``data.batch_size`` is the global batch, split evenly over ``trainer.devices`` processes."""
+    devices = cfg.trainer.devices
+    if "batch_size" in cfg.data and isinstance(devices, int) and devices > 1 and cfg.data.batch_size % devices:
+        raise ConfigError(
+            f"data.batch_size={cfg.data.batch_size} is not accepted with trainer.devices={devices}: the global "
+            f"batch is split evenly over the processes, so use a multiple of {devices}."
+        )
 
 
 def check_devices(accelerator: str, devices: Any) -> None:

@@ -65,6 +65,25 @@ class RepeatSampler(Sampler[int]):
             yield from chunk
 
 
+class RankShare(Sampler[int]):
+    """Rank ``rank``'s share of each global batch of ``sampler``: every rank draws the same global order
+    (same seed) and takes its ``batch_size / world`` consecutive indices of each batch of ``batch_size``,
+    so DDP's averaged gradient is the gradient of the global batch, as in one process."""
+
+    def __init__(self, sampler: Sampler[int], batch_size: int, rank: int, world: int):
+        self.sampler, self.batch_size, self.rank, self.world = sampler, batch_size, rank, world
+
+    def __len__(self) -> int:
+        return len(self.sampler) // self.world
+
+    def __iter__(self) -> Iterator[int]:
+        share = self.batch_size // self.world
+        lo, hi = self.rank * share, (self.rank + 1) * share
+        for i, index in enumerate(self.sampler):
+            if lo <= i % self.batch_size < hi:
+                yield index
+
+
 class TensorDataModule(L.LightningDataModule):
     """Base for in-memory data: subclasses implement :meth:`make_tensors`.
 
@@ -104,14 +123,30 @@ class TensorDataModule(L.LightningDataModule):
         self.setup()
         return self.train_set.y.shape[-1]
 
+    # Under DDP each rank takes its share of every global batch (see RankShare); a data set whose
+    # global batch cannot be split (the post's one example) gives every rank the whole batch instead.
+    replicate_across_ranks = False
+
     def train_dataloader(self) -> DataLoader:
         self.setup()
         sampler = RepeatSampler(len(self.train_set), self.steps * self.batch_size, self.seed, self.shuffle)
-        return DataLoader(self.train_set, batch_size=self.batch_size, sampler=sampler, collate_fn=_keep_batch)
+        world, rank = self._ranks()
+        if world == 1 or self.replicate_across_ranks:
+            return DataLoader(self.train_set, batch_size=self.batch_size, sampler=sampler, collate_fn=_keep_batch)
+        if self.batch_size % world:
+            raise ValueError(f"data.batch_size={self.batch_size} does not split evenly over {world} processes")
+        share = RankShare(sampler, self.batch_size, rank, world)
+        return DataLoader(self.train_set, batch_size=self.batch_size // world, sampler=share, collate_fn=_keep_batch)
+
+    def _ranks(self) -> tuple[int, int]:
+        trainer = getattr(self, "trainer", None)
+        return (trainer.world_size, trainer.global_rank) if trainer is not None else (1, 0)
 
 
 class ExampleDataModule(TensorDataModule):
-    """The post's single training example (x, y), as a batch of one at every step."""
+    """The post's single training example (x, y), as a batch of one at every step (on every DDP rank)."""
+
+    replicate_across_ranks = True  # one example cannot be split; the mean of equal gradients is the same
 
     def __init__(self, x: float, y: float, steps: int = 1, seed: int = 0):
         super().__init__(batch_size=1, steps=steps, seed=seed, shuffle=False)

@@ -137,6 +137,7 @@ def build_run(cfg: DictConfig, run_dir: str | Path) -> tuple[BackpropModule, L.L
     trainer = L.Trainer(
         **trainer_kwargs,
         max_epochs=-1,
+        use_distributed_sampler=False,  # our data modules split each global batch over DDP ranks themselves
         logger=logger,
         callbacks=[*callbacks, *monitors, StepScalars()],  # last: one TensorBoard event per step
         default_root_dir=str(run_dir),
