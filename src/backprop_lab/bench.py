@@ -568,18 +568,22 @@ def _sweep(tmp: str, name: str, lrs: tuple[str, ...], steps: int, launcher: tupl
 def bench_sweep(step_us: float | None, job_s: float = 10.5) -> dict:
     """8-job learning-rate multiruns: basic vs joblib (2 workers) on long and tiny jobs; per-job overhead.
 
-    Long jobs run ``job_s`` / (the package's measured µs per step) steps each, so each lasts ≥ 10 s.
+    Long jobs train for ``job_s`` seconds each: their step count comes from a one-job calibration sweep
+    in a process of its own (a job's step costs less than the in-process ``step_us`` of the training
+    section, which runs with pictures and a step clock), less the start-up of a one-step job.
     """
-    steps = math.ceil(job_s / ((step_us or 1000.0) * 1e-6))
+    calibration_steps = max(200, math.ceil(3.0 / ((step_us or 1000.0) * 1e-6)))
     with tempfile.TemporaryDirectory(prefix="bench-sweep-") as tmp:
+        tiny = _sweep(tmp, "tiny1", LRS[:1], 1, ())
+        step_s = max((_sweep(tmp, "calibration", LRS[:1], calibration_steps, ()) - tiny) / calibration_steps, 1e-6)
+        steps = math.ceil(job_s / step_s)
         runs = [
             ("basic, 8 long jobs", LRS, steps, ()),
             ("joblib 2 workers, 8 long jobs", LRS, steps, JOBLIB),
-            ("basic, 1 tiny job", LRS[:1], 1, ()),
             ("basic, 8 tiny jobs", LRS, 1, ()),
             ("joblib 2 workers, 8 tiny jobs", LRS, 1, JOBLIB),
         ]
-        rows = [
+        rows = [{"name": "basic, 1 tiny job", "jobs": 1, "steps_per_job": 1, "wall_s": tiny}] + [
             {"name": name, "jobs": len(lrs), "steps_per_job": s, "wall_s": _sweep(tmp, f"s{i}", lrs, s, launcher)}
             for i, (name, lrs, s, launcher) in enumerate(runs)
         ]
