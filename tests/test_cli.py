@@ -62,6 +62,7 @@ BAD_INPUTS = [
     (["trainer.log_every_n_steps=0"], "trainer.log_every_n_steps=0 is not accepted"),
     (["tol=-1"], "tol=-1.0 is not accepted"),
     (["model.w9=1"], "model.w9"),
+    (["progress_every_n_steps=-1"], "progress_every_n_steps=-1 is not accepted"),
 ]
 
 

@@ -17,8 +17,6 @@ from torch import Tensor, nn
 from backprop_lab import functions as F
 from backprop_lab.tblog import log_scalars
 
-STATUSES = ("converged", "finished", "diverged", "interrupted")
-
 # The loss for a data module's ``task``: squared error as in the post; for labels in {0, 1}, binary
 # cross-entropy on the logits ŷ (its gradient σ(ŷ) − y does not vanish on a confidently wrong logit).
 LOSS_BY_TASK: dict[str, Callable[[Tensor, Tensor], Tensor]] = {

@@ -113,7 +113,7 @@ class GradientMonitor(Callback):
         if many:
             parts += torch._foreach_norm([p.grad.detach() for _, p in many])
             parts += torch._foreach_norm([p.detach() for _, p in many])
-        host = torch.cat([t.reshape(1).to(torch.float64) for t in parts]).tolist()
+        host = torch.cat([t.reshape(1) for t in parts]).tolist()  # cat promotes mixed dtypes
 
         k, m = len(one), len(many)
         w = {n: abs(host[i]) for i, (n, _) in enumerate(one)} | {n: host[2 * k + m + i] for i, (n, _) in enumerate(many)}
@@ -264,7 +264,8 @@ class DeadReLUMonitor(Callback):
 
     def _alive(self, name: str, h: Tensor) -> Tensor:
         """Per unit: active on at least one sample of ``h`` (always, for a leaky layer)."""
-        return _unit_alive(h) | (self._slopes.get(name, 0.0) > 0)
+        alive = _unit_alive(h)
+        return alive.fill_(True) if self._slopes.get(name, 0.0) > 0 else alive  # no tensor op for ReLU
 
     @staticmethod
     def statistics(h: Tensor, negative_slope: float = 0.0) -> tuple[Tensor, Tensor]:
@@ -284,8 +285,9 @@ class DeadReLUMonitor(Callback):
         names = list(self._outputs)
         alive = {n: self._alive(n, self._outputs[n]) for n in names}
         for n in names:  # every step, on the device, no sync: who was alive when
-            last = self._last_active.setdefault(n, torch.full_like(alive[n], -1, dtype=torch.int64))
-            last.masked_fill_(alive[n], step)
+            if n not in self._last_active:  # once per layer, not a fresh tensor every step
+                self._last_active[n] = torch.full_like(alive[n], -1, dtype=torch.int64)
+            self._last_active[n].masked_fill_(alive[n], step)
         if _is_log_step(trainer, self.log_every_n_steps):
             self._log_batch(trainer, step, names, alive)
         if step % self.probe_every_n_steps == 0:
