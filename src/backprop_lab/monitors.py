@@ -31,6 +31,15 @@ def _root(pl_module: LightningModule, root: str | None) -> nn.Module:
     return pl_module.get_submodule(root) if root else pl_module
 
 
+def _joined(tensors: list[Tensor]) -> Tensor:
+    """One-element tensors as one 1-D tensor: one ``cat`` where their shapes agree (each op costs
+    5–10 µs in a training step, more than the post's whole forward pass of a layer)."""
+    shape = tensors[0].shape
+    if len(shape) and all(t.shape == shape for t in tensors):
+        return torch.cat(tensors).view(-1)
+    return torch.stack([t.reshape(()) for t in tensors])
+
+
 def _is_log_step(trainer: Trainer, every: int | None) -> bool:
     every = every or trainer.log_every_n_steps
     return trainer.global_step % every == 0
@@ -88,13 +97,20 @@ class GradientMonitor(Callback):
         self.histogram_every_n_steps = histogram_every_n_steps
         self.history_steps = array("q")
         self.history: dict[str, array] = {}  # grad_norm/<name> at history_steps, 8 bytes a value
+        self._watched: list[tuple[str, nn.Parameter]] | None = None
 
     @property
     def grad_norm_history(self) -> tuple[np.ndarray, dict[str, np.ndarray]]:
         return np.asarray(self.history_steps), {n: np.asarray(v) for n, v in self.history.items()}
 
     def _named(self, pl_module: LightningModule) -> list[tuple[str, nn.Parameter]]:
-        return [(n, p) for n, p in _root(pl_module, self.root).named_parameters() if p.requires_grad]
+        """The trainable parameters under ``root``, looked up once per fit (not on every step)."""
+        if self._watched is None:
+            self._watched = [(n, p) for n, p in _root(pl_module, self.root).named_parameters() if p.requires_grad]
+        return self._watched
+
+    def teardown(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        self._watched = None
 
     def on_before_optimizer_step(self, trainer: Trainer, pl_module: LightningModule, optimizer) -> None:
         if not _is_log_step(trainer, self.log_every_n_steps):
@@ -107,24 +123,23 @@ class GradientMonitor(Callback):
         many = [(n, p) for n, p in named if p.numel() > 1]
         # On the device: the one-element parameters and gradients themselves (their norms and ratios
         # follow on the host), and ‖g‖, ‖w‖ of the larger ones. Then one copy to the host (one sync).
-        parts = []
-        if one:
-            parts += [p.detach().reshape(1) for _, p in one] + [p.grad.detach().reshape(1) for _, p in one]
-        if many:
-            parts += torch._foreach_norm([p.grad.detach() for _, p in many])
-            parts += torch._foreach_norm([p.detach() for _, p in many])
-        host = torch.cat([t.reshape(1) for t in parts]).tolist()  # cat promotes mixed dtypes
+        with torch.no_grad():
+            parts = [_joined([p for _, p in one] + [p.grad for _, p in one])] if one else []
+            if many:
+                norms = torch._foreach_norm([p.grad for _, p in many]) + torch._foreach_norm([p for _, p in many])
+                parts.append(torch.stack(norms))
+            host = (parts[0] if len(parts) == 1 else torch.cat(parts)).tolist()  # cat promotes dtypes
 
         k, m = len(one), len(many)
         w = {n: abs(host[i]) for i, (n, _) in enumerate(one)} | {n: host[2 * k + m + i] for i, (n, _) in enumerate(many)}
         g = {n: abs(host[k + i]) for i, (n, _) in enumerate(one)} | {n: host[2 * k + i] for i, (n, _) in enumerate(many)}
-        lr_of = {id(p): float(group["lr"]) for group in optimizer.param_groups for p in group["params"]}
+        lr_of = {id(p): group["lr"] for group in optimizer.param_groups for p in group["params"]}
         out: dict[str, float] = {}
         for i, (n, _) in enumerate(one):
             out[f"params/{n}"], out[f"grads/{n}"] = host[i], host[k + i]
         for n, p in named:
             out[f"grad_norm/{n}"] = g[n]
-            ratio = lr_of.get(id(p), math.nan) * g[n] / w[n] if w[n] > 0 else math.nan
+            ratio = float(lr_of.get(id(p), math.nan)) * g[n] / w[n] if w[n] > 0 else math.nan
             if math.isfinite(ratio):  # ‖w‖ = 0, or a parameter no optimizer updates: nothing to chart
                 out[f"update_ratio/{n}"] = ratio
         log_scalars(trainer, out, step)
@@ -161,16 +176,26 @@ def _units(h: Tensor) -> Tensor:
 # ((h > 0).any(), h == 0) and new 1 MiB tensors (page faults) cost 0.5–4 ms on a 1024×256 activation,
 # against ~20 µs for a float reduction or an in-place op (scripts/bench.py); _units copies. Same values:
 # a unit is alive iff its largest output is > 0, and sgn(|h|) is 0 exactly where h == 0.
+SMALL = 4096  # elements: up to here a boolean kernel is as fast as the float ones
+
+
 def _unit_alive(h: Tensor) -> Tensor:
     """Per unit: ``(_units(h) > 0).any(dim=1)``, from one max-reduction and no copy."""
+    if h.dim() == 2:  # (samples, units): the common case, without building a list of dims
+        return h.amax(dim=0) > 0
     return (h.amax(dim=[d for d in range(h.dim()) if d != 1]) if h.dim() > 1 else h) > 0
 
 
-def _zero_fraction(h: Tensor, scratch: Tensor | None = None) -> Tensor:
-    """The fraction of ``h`` exactly 0, as ``(h == 0).float().mean()``; ``scratch``: a flat tensor of
-    ``h``'s dtype and device, at least as long, reused instead of allocating a temporary."""
+def _nonzero_count(h: Tensor, scratch: Tensor | None = None) -> Tensor:
+    """How many entries of ``h`` are not 0, as ``(h != 0).sum()`` (a 0-d tensor, no sync).
+
+    Small tensors: one ``count_nonzero`` (each op costs 5–10 µs in a training step, so fewer is
+    faster). Large ones: sgn(|h|) summed in ``scratch`` (a flat tensor of ``h``'s dtype and device, at
+    least as long, reused instead of allocating), as the boolean kernel is slow on them (above)."""
+    if h.numel() <= SMALL:
+        return torch.count_nonzero(h)
     s = torch.abs(h, out=scratch[: h.numel()].view_as(h)) if scratch is not None else h.abs()
-    return 1.0 - torch.sgn(s, out=s).mean(dtype=torch.float32)
+    return torch.sgn(s, out=s).sum(dtype=torch.float32)
 
 
 def _scratch_for(scratch: Tensor | None, h: Tensor) -> Tensor:
@@ -223,10 +248,19 @@ class DeadReLUMonitor(Callback):
         self.layer_types = layer_types
         self.log_every_n_steps = log_every_n_steps
         self.probe_every_n_steps = probe_every_n_steps
-        self._outputs: dict[str, Tensor] = {}
+        # The training step whose forward pass the hooks see (None between batches), what to compute
+        # in it, and the step of the last forward pass that ran a watched layer.
+        self._step: int | None = None
+        self._log_now = False
+        self._keep_outputs = False  # a probe step without a probe set: the batch's activations are the probe
+        self._seen_step: int | None = None
+        self._outputs: dict[str, Tensor] = {}  # this step's activations, only where _keep_outputs
         self._probe_outputs: dict[str, Tensor] | None = None  # a dict only during the probe pass
         self._slopes: dict[str, float] = {}
         self._last_active: dict[str, Tensor] = {}  # per unit: the last training step it was alive
+        # per layer, at a log step: (alive units or None, nonzero entries, units, entries)
+        self._batch_stats: dict[str, tuple[Tensor | None, Tensor, int, int]] = {}
+        self._scratch: Tensor | None = None
         self._handles: list = []
         self._logged_steps: list[int] = []
         self._finished = False
@@ -247,25 +281,42 @@ class DeadReLUMonitor(Callback):
             h.remove()
         self._handles.clear()
         self._outputs.clear()
+        self._batch_stats.clear()
+        self._step = None
 
     def _hook(self, name: str):
         def hook(module: nn.Module, inputs, output: Tensor) -> None:
             if self._probe_outputs is not None:
                 self._probe_outputs[name] = output.detach()
-            elif module.training and torch.is_grad_enabled():
-                self._outputs[name] = output.detach()  # autograd keeps it alive anyway
+            elif self._step is not None and module.training and torch.is_grad_enabled():
+                self._record(name, output.detach())
 
         return hook
+
+    def _record(self, name: str, h: Tensor) -> None:
+        """One layer's statistics of a training forward pass, computed in the forward hook while ``h``
+        is still in cache (after backward, reading a 1 MiB activation again cost ~100 µs, 5× more).
+        On the device, no sync: who is alive (every step), and at log steps the counts to log."""
+        step = self._step
+        self._seen_step = step
+        if self._keep_outputs:
+            self._outputs[name] = h
+        alive = None if self._slopes[name] > 0 else _unit_alive(h)  # a leaky unit is never dead
+        if alive is not None:
+            if name not in self._last_active:  # once per layer, not a fresh tensor every step
+                self._last_active[name] = torch.full_like(alive, -1, dtype=torch.int64)
+            self._last_active[name].masked_fill_(alive, step)
+        if self._log_now:
+            if h.numel() > SMALL:
+                self._scratch = _scratch_for(self._scratch, h)
+            alive_count = alive.sum() if alive is not None else None
+            units = h.shape[1] if h.dim() > 1 else 1
+            self._batch_stats[name] = (alive_count, _nonzero_count(h, self._scratch), units, h.numel())
 
     @property
     def negative_slopes(self) -> dict[str, float]:
         """Per watched layer, its slope for z ≤ 0 (0 for ReLU; a leaky layer's units are never dead)."""
         return dict(self._slopes)
-
-    def _alive(self, name: str, h: Tensor) -> Tensor:
-        """Per unit: active on at least one sample of ``h`` (always, for a leaky layer)."""
-        alive = _unit_alive(h)
-        return alive.fill_(True) if self._slopes.get(name, 0.0) > 0 else alive  # no tensor op for ReLU
 
     @staticmethod
     def statistics(h: Tensor, negative_slope: float = 0.0) -> tuple[Tensor, Tensor]:
@@ -276,39 +327,43 @@ class DeadReLUMonitor(Callback):
         """
         alive = _unit_alive(h) | (negative_slope > 0)
         dead = 1.0 - alive.to(torch.float32).mean()
-        return dead, _zero_fraction(h)
+        return dead, 1.0 - _nonzero_count(h) / h.numel()
+
+    def on_train_batch_start(self, trainer: Trainer, pl_module: LightningModule, batch, batch_idx: int) -> None:
+        step = self._step = trainer.global_step
+        self._log_now = _is_log_step(trainer, self.log_every_n_steps)
+        self._keep_outputs = step % self.probe_every_n_steps == 0 and probe_set(trainer) is None
+        self._outputs.clear()
+        self._batch_stats.clear()
 
     def on_before_optimizer_step(self, trainer: Trainer, pl_module: LightningModule, optimizer) -> None:
-        if not self._outputs:
-            return
         step = trainer.global_step
-        names = list(self._outputs)
-        alive = {n: self._alive(n, self._outputs[n]) for n in names}
-        for n in names:  # every step, on the device, no sync: who was alive when
-            if n not in self._last_active:  # once per layer, not a fresh tensor every step
-                self._last_active[n] = torch.full_like(alive[n], -1, dtype=torch.int64)
-            self._last_active[n].masked_fill_(alive[n], step)
-        if _is_log_step(trainer, self.log_every_n_steps):
-            self._log_batch(trainer, step, names, alive)
+        if self._seen_step != step:  # no watched layer ran in this step's forward pass
+            return
+        if self._batch_stats:
+            self._log_batch(trainer, step)
         if step % self.probe_every_n_steps == 0:
             self._log_probe(trainer, pl_module, step)
 
-    def _log_batch(self, trainer: Trainer, step: int, names: list[str], alive: dict[str, Tensor]) -> None:
-        stats = []
-        for n in names:
-            self._scratch = _scratch_for(getattr(self, "_scratch", None), self._outputs[n])
-            zero = _zero_fraction(self._outputs[n], self._scratch)
-            stats.append(torch.stack([1.0 - alive[n].to(torch.float32).mean(), zero]))
-        host = torch.stack(stats).tolist()  # the one sync
+    def on_train_batch_end(self, trainer: Trainer, pl_module: LightningModule, *args) -> None:
+        self._step = None  # forward passes between batches are not training batches
+        self._outputs.clear()  # do not hold on to activations between steps
+
+    def _log_batch(self, trainer: Trainer, step: int) -> None:
+        stats = self._batch_stats
+        flat = [t for alive, nonzero, *_ in stats.values() for t in (alive, nonzero) if t is not None]
+        host = iter(torch.stack(flat).tolist())  # the one sync; stack promotes int64 counts to float
         scalars = {}
-        for name, (dead, zero) in zip(names, host):
+        for name, (alive, _, units, entries) in stats.items():
+            dead = 1.0 - next(host) / units if alive is not None else 0.0
             scalars[f"relu/dead_fraction/{name}"] = dead
-            scalars[f"relu/zero_fraction/{name}"] = zero
+            scalars[f"relu/zero_fraction/{name}"] = 1.0 - next(host) / entries
             self.last_dead_fraction[name] = dead
             if dead < 1.0:
                 self.dead_since[name] = None
             elif self.dead_since[name] is None:
                 self.dead_since[name] = step
+        stats.clear()
         log_scalars(trainer, scalars, step)
         self._logged_steps.append(step)
 
@@ -359,9 +414,12 @@ class DeadReLUMonitor(Callback):
         """Per layer, at each logged step s: the fraction of units alive on no training batch from s on."""
         steps = torch.tensor(self._logged_steps, dtype=torch.int64)
         out = {}
-        for name, last in self._last_active.items():
-            if self._slopes.get(name, 0.0) > 0:
+        for name, slope in self._slopes.items():
+            last = self._last_active.get(name)
+            if slope > 0:  # never dead (no alive tracking for it)
                 out[name] = np.zeros(len(steps))
+                continue
+            if last is None:  # not run in a training forward pass
                 continue
             # A unit is dead from s on iff its last active step is before s (−1: never active).
             last_sorted = last.cpu().sort().values

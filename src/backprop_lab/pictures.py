@@ -25,8 +25,9 @@ import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
 from torch import Tensor, nn
 
+from backprop_lab.callback_group import find_callback
 from backprop_lab.config import PICTURES
-from backprop_lab.monitors import DeadReLUMonitor, GradientMonitor, _root, probe_set
+from backprop_lab.monitors import DeadReLUMonitor, GradientMonitor, _joined, _root, probe_set
 from backprop_lab.tblog import tensorboard_writers
 
 SIZE = (6.4, 4.4)  # inches at 100 dpi: 640×440 pixels, a few tens of KB as PNG
@@ -250,27 +251,29 @@ class PictureMonitor(Callback):
         self.loss_fn = loss_fn
         self.threshold = threshold
         self._path: list[Tensor] = []  # the trainable numbers before each update (device tensors)
-        self._tracks_path = False
+        self._path_params: list[nn.Parameter] = []  # whose numbers the path records; empty: none
 
     def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        numbers = sum(p.numel() for _, p in trainable(_root(pl_module, self.root)))
-        self._tracks_path = "loss_surface" in self.pictures and 1 <= numbers <= 2
+        params = [p for _, p in trainable(_root(pl_module, self.root))]
+        numbers = sum(p.numel() for p in params)
+        self._path_params = params if "loss_surface" in self.pictures and 1 <= numbers <= 2 else []
 
     def on_before_optimizer_step(self, trainer: Trainer, pl_module: LightningModule, optimizer) -> None:
-        if self._tracks_path:
-            self._path.append(self._numbers(pl_module))  # no sync: stays on the device until drawn
+        if self._path_params:
+            self._path.append(self._numbers())  # no sync: stays on the device until drawn
         step = trainer.global_step
         if step > 0 and step % self.every_n_steps == 0:
             self.draw(trainer, pl_module, step)
 
     def on_train_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        numbers = self._numbers(pl_module) if self._tracks_path else None
+        numbers = self._numbers() if self._path_params else None
         if numbers is not None and bool(numbers.isfinite().all()):
             self._path.append(numbers)
         self.draw(trainer, pl_module, trainer.global_step)
 
-    def _numbers(self, pl_module: LightningModule) -> Tensor:
-        return torch.cat([p.detach().reshape(-1) for _, p in trainable(_root(pl_module, self.root))])
+    def _numbers(self) -> Tensor:
+        with torch.no_grad():
+            return _joined(self._path_params) if len(self._path_params) > 1 else self._path_params[0].reshape(-1).clone()
 
     def draw(self, trainer: Trainer, pl_module: LightningModule, step: int) -> None:
         """Every picture that applies, at ``step``."""
@@ -338,7 +341,7 @@ class PictureMonitor(Callback):
         return y_hat.reshape(len(x), -1).to(torch.float64).cpu().numpy()
 
     def _unit_activity(self, trainer: Trainer, pl_module: LightningModule, step: int):
-        monitor = _callback(trainer, DeadReLUMonitor)
+        monitor = find_callback(trainer, DeadReLUMonitor)
         if monitor is None or not monitor.activity_steps:
             return None
         source = "probe set" if probe_set(trainer) is not None else "training batch"
@@ -346,15 +349,12 @@ class PictureMonitor(Callback):
         return draw_unit_activity(monitor.activity_steps, monitor.activity, source, step, leaky)
 
     def _grad_norms(self, trainer: Trainer, pl_module: LightningModule, step: int):
-        monitor = _callback(trainer, GradientMonitor)
+        monitor = find_callback(trainer, GradientMonitor)
         if monitor is None or not len(monitor.history_steps):
             return None
         steps, norms = monitor.grad_norm_history
         return draw_grad_norms(steps, norms, step)
 
-
-def _callback(trainer: Trainer, kind: type):
-    return next((c for c in trainer.callbacks if isinstance(c, kind)), None)
 
 
 def _span_of(x: Tensor) -> tuple[list[float], list[float]]:
