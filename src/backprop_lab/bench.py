@@ -386,12 +386,12 @@ def _quiet():
 
 
 def _fit_package(cfg, run_dir: str) -> float:
-    from backprop_lab.train import build_run
+    from backprop_lab.train import build_run, frozen_heap
 
     module, data, trainer = build_run(cfg, run_dir)
     clock = StepClock()
     trainer.callbacks.append(clock)
-    with _quiet():
+    with _quiet(), frozen_heap():  # as backprop_lab.train.train runs it
         trainer.fit(module, datamodule=data)
     trainer.logger.finalize("success")
     return clock.per_step()

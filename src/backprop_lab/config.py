@@ -140,7 +140,7 @@ class MonitorConfig:
     dead_relu: bool = True  # relu/dead_fraction/*, relu/zero_fraction/*, relu/probe_dead_fraction/*, ...
     # histograms of params/grads of more than one element, and the dead-ReLU probe-set pass
     histogram_every_n_steps: int = 50
-    picture_every_n_steps: int = 1000  # pictures/* (Images tab); also drawn once at the end of a run
+    picture_every_n_steps: int = 5000  # pictures/* (Images tab); also drawn once at the end of a run
     pictures: list[str] = field(default_factory=lambda: list(PICTURES))  # which pictures; [] = none
 
 

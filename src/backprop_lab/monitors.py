@@ -31,6 +31,22 @@ def _root(pl_module: LightningModule, root: str | None) -> nn.Module:
     return pl_module.get_submodule(root) if root else pl_module
 
 
+def _one_element_values(tensors: list[Tensor], many: list[tuple[str, nn.Parameter]] = ()) -> list[float]:
+    """The values of one-element ``tensors``, then ‖g‖ for the parameters ``many``, then their ‖w‖.
+
+    On the CPU the one-element values are read one by one (nothing to sync); on a device, everything
+    is gathered there and copied to the host once (one sync).
+    """
+    if not many and all(on_host(t) for t in tensors):
+        return [t.item() for t in tensors]
+    with torch.no_grad():
+        parts = [_joined(tensors)] if tensors else []
+        if many:
+            norms = torch._foreach_norm([p.grad for _, p in many]) + torch._foreach_norm([p for _, p in many])
+            parts.append(torch.stack(norms))
+        return (parts[0] if len(parts) == 1 else torch.cat(parts)).tolist()  # cat promotes dtypes
+
+
 def _joined(tensors: list[Tensor]) -> Tensor:
     """One-element tensors as one 1-D tensor: one ``cat`` where their shapes agree (each op costs
     5–10 µs in a training step, more than the post's whole forward pass of a layer)."""
@@ -123,12 +139,7 @@ class GradientMonitor(Callback):
         many = [(n, p) for n, p in named if p.numel() > 1]
         # On the device: the one-element parameters and gradients themselves (their norms and ratios
         # follow on the host), and ‖g‖, ‖w‖ of the larger ones. Then one copy to the host (one sync).
-        with torch.no_grad():
-            parts = [_joined([p for _, p in one] + [p.grad for _, p in one])] if one else []
-            if many:
-                norms = torch._foreach_norm([p.grad for _, p in many]) + torch._foreach_norm([p for _, p in many])
-                parts.append(torch.stack(norms))
-            host = (parts[0] if len(parts) == 1 else torch.cat(parts)).tolist()  # cat promotes dtypes
+        host = _one_element_values([p for _, p in one] + [p.grad for _, p in one], many)
 
         k, m = len(one), len(many)
         w = {n: abs(host[i]) for i, (n, _) in enumerate(one)} | {n: host[2 * k + m + i] for i, (n, _) in enumerate(many)}
@@ -184,6 +195,30 @@ def _unit_alive(h: Tensor) -> Tensor:
     if h.dim() == 2:  # (samples, units): the common case, without building a list of dims
         return h.amax(dim=0) > 0
     return (h.amax(dim=[d for d in range(h.dim()) if d != 1]) if h.dim() > 1 else h) > 0
+
+
+# Tensors this small on the CPU are read straight into Python: there is no device to sync with, and
+# reading one (~2 µs) costs less than the several torch ops (5–10 µs each inside a training step) that
+# would reduce it first. This is what keeps monitoring the post's 1×1 networks cheap.
+HOST_MAX = 64  # elements
+
+
+def on_host(t: Tensor) -> bool:
+    """Whether ``t`` is small and on the CPU, so best read into Python than reduced with torch ops."""
+    return t.device.type == "cpu" and t.numel() <= HOST_MAX
+
+
+def host_list(t: Tensor) -> list[float]:
+    """The values of ``t`` as a flat list of Python numbers (no reshape op: the nesting is undone here)."""
+    values = t.tolist()
+    while isinstance(values, list) and values and isinstance(values[0], list):
+        values = [v for row in values for v in row]
+    return values if isinstance(values, list) else [values]
+
+
+def _host_units(h: Tensor) -> list[list[float]]:
+    """``_units(h)`` as nested lists: one row of samples per unit."""
+    return [list(col) for col in zip(*h.tolist())] if h.dim() == 2 else _units(h).tolist()
 
 
 def _nonzero_count(h: Tensor, scratch: Tensor | None = None) -> Tensor:
@@ -257,9 +292,10 @@ class DeadReLUMonitor(Callback):
         self._outputs: dict[str, Tensor] = {}  # this step's activations, only where _keep_outputs
         self._probe_outputs: dict[str, Tensor] | None = None  # a dict only during the probe pass
         self._slopes: dict[str, float] = {}
-        self._last_active: dict[str, Tensor] = {}  # per unit: the last training step it was alive
-        # per layer, at a log step: (alive units or None, nonzero entries, units, entries)
-        self._batch_stats: dict[str, tuple[Tensor | None, Tensor, int, int]] = {}
+        self._last_active: dict[str, Tensor | list[int]] = {}  # per unit: the last training step it was alive
+        # per layer, at a log step: (alive units or None, nonzero entries, units, entries); the counts
+        # are 0-d tensors, or ints where the layer was counted on the host
+        self._batch_stats: dict[str, tuple] = {}
         self._scratch: Tensor | None = None
         self._handles: list = []
         self._logged_steps: list[int] = []
@@ -301,6 +337,9 @@ class DeadReLUMonitor(Callback):
         self._seen_step = step
         if self._keep_outputs:
             self._outputs[name] = h
+        if on_host(h):
+            self._record_on_host(name, h, step)
+            return
         alive = None if self._slopes[name] > 0 else _unit_alive(h)  # a leaky unit is never dead
         if alive is not None:
             if name not in self._last_active:  # once per layer, not a fresh tensor every step
@@ -312,6 +351,19 @@ class DeadReLUMonitor(Callback):
             alive_count = alive.sum() if alive is not None else None
             units = h.shape[1] if h.dim() > 1 else 1
             self._batch_stats[name] = (alive_count, _nonzero_count(h, self._scratch), units, h.numel())
+
+    def _record_on_host(self, name: str, h: Tensor, step: int) -> None:
+        """:meth:`_record` for a small CPU activation, in Python: the same numbers, no torch ops."""
+        rows = _host_units(h)
+        alive = None if self._slopes[name] > 0 else [any(v > 0 for v in row) for row in rows]
+        if alive is not None:
+            last = self._last_active.setdefault(name, [-1] * len(rows))
+            for unit, active in enumerate(alive):
+                if active:
+                    last[unit] = step
+        if self._log_now:
+            nonzero = sum(v != 0 for row in rows for v in row)
+            self._batch_stats[name] = (sum(alive) if alive is not None else None, nonzero, len(rows), h.numel())
 
     @property
     def negative_slopes(self) -> dict[str, float]:
@@ -337,8 +389,8 @@ class DeadReLUMonitor(Callback):
         self._batch_stats.clear()
 
     def on_before_optimizer_step(self, trainer: Trainer, pl_module: LightningModule, optimizer) -> None:
-        step = trainer.global_step
-        if self._seen_step != step:  # no watched layer ran in this step's forward pass
+        step = self._step
+        if step is None or self._seen_step != step:  # no watched layer ran in this step's forward pass
             return
         if self._batch_stats:
             self._log_batch(trainer, step)
@@ -351,8 +403,10 @@ class DeadReLUMonitor(Callback):
 
     def _log_batch(self, trainer: Trainer, step: int) -> None:
         stats = self._batch_stats
-        flat = [t for alive, nonzero, *_ in stats.values() for t in (alive, nonzero) if t is not None]
-        host = iter(torch.stack(flat).tolist())  # the one sync; stack promotes int64 counts to float
+        counts = [c for alive, nonzero, *_ in stats.values() for c in (alive, nonzero) if c is not None]
+        on_device = [c for c in counts if isinstance(c, Tensor)]
+        values = iter(torch.stack(on_device).tolist()) if on_device else iter(())  # the one sync
+        host = iter([next(values) if isinstance(c, Tensor) else c for c in counts])
         scalars = {}
         for name, (alive, _, units, entries) in stats.items():
             dead = 1.0 - next(host) / units if alive is not None else 0.0
@@ -422,7 +476,7 @@ class DeadReLUMonitor(Callback):
             if last is None:  # not run in a training forward pass
                 continue
             # A unit is dead from s on iff its last active step is before s (−1: never active).
-            last_sorted = last.cpu().sort().values
+            last_sorted = torch.as_tensor(last, dtype=torch.int64).cpu().sort().values
             dead = torch.searchsorted(last_sorted, steps, right=False)
             out[name] = (dead.to(torch.float64) / len(last_sorted)).numpy()
         return out

@@ -27,7 +27,7 @@ from torch import Tensor, nn
 
 from backprop_lab.callback_group import find_callback
 from backprop_lab.config import PICTURES
-from backprop_lab.monitors import DeadReLUMonitor, GradientMonitor, _joined, _root, probe_set
+from backprop_lab.monitors import DeadReLUMonitor, GradientMonitor, _joined, _root, host_list, on_host, probe_set
 from backprop_lab.tblog import tensorboard_writers
 
 SIZE = (6.4, 4.4)  # inches at 100 dpi: 640×440 pixels, a few tens of KB as PNG
@@ -250,7 +250,8 @@ class PictureMonitor(Callback):
         self.root = root
         self.loss_fn = loss_fn
         self.threshold = threshold
-        self._path: list[Tensor] = []  # the trainable numbers before each update (device tensors)
+        # the trainable numbers before each update: lists of floats on the CPU, tensors on a device
+        self._path: list[Tensor | list[float]] = []
         self._path_params: list[nn.Parameter] = []  # whose numbers the path records; empty: none
 
     def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
@@ -260,20 +261,29 @@ class PictureMonitor(Callback):
 
     def on_before_optimizer_step(self, trainer: Trainer, pl_module: LightningModule, optimizer) -> None:
         if self._path_params:
-            self._path.append(self._numbers())  # no sync: stays on the device until drawn
+            self._path.append(self._numbers())  # no sync: a device's numbers stay there until drawn
         step = trainer.global_step
         if step > 0 and step % self.every_n_steps == 0:
             self.draw(trainer, pl_module, step)
 
     def on_train_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        numbers = self._numbers() if self._path_params else None
-        if numbers is not None and bool(numbers.isfinite().all()):
-            self._path.append(numbers)
+        if self._path_params:
+            self._path.append(self._numbers())  # where training ended (a non-finite point is dropped when drawn)
         self.draw(trainer, pl_module, trainer.global_step)
 
-    def _numbers(self) -> Tensor:
+    def _numbers(self) -> Tensor | list[float]:
+        """The trainable numbers now: a list of floats read on the CPU, a tensor left on a device (no sync)."""
+        params = self._path_params
+        if all(on_host(p) for p in params):
+            return [v for p in params for v in host_list(p)]
         with torch.no_grad():
-            return _joined(self._path_params) if len(self._path_params) > 1 else self._path_params[0].reshape(-1).clone()
+            return _joined(params) if len(params) > 1 else params[0].reshape(-1).clone()
+
+    def _path_array(self) -> np.ndarray:
+        """The path so far as a (steps, numbers) float64 array."""
+        if isinstance(self._path[0], Tensor):
+            return torch.stack(self._path).to(torch.float64).cpu().numpy()
+        return np.asarray(self._path, dtype=np.float64)
 
     def draw(self, trainer: Trainer, pl_module: LightningModule, step: int) -> None:
         """Every picture that applies, at ``step``."""
@@ -297,9 +307,9 @@ class PictureMonitor(Callback):
             return None
         net = _root(pl_module, self.root)
         x, y = (t.to(pl_module.device) for t in probe)
-        path = torch.stack(self._path).to(torch.float64).cpu().numpy()
+        path = self._path_array()
         path = path[np.isfinite(path).all(axis=1)]
-        dtype = self._path[0].dtype
+        dtype = self._path_params[0].dtype
 
         def surface(thetas: np.ndarray) -> np.ndarray:
             grid = torch.as_tensor(thetas, dtype=dtype, device=pl_module.device)

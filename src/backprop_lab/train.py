@@ -6,6 +6,8 @@ with a config composed by ``hydra.compose``.
 
 from __future__ import annotations
 
+import contextlib
+import gc
 import inspect
 import logging
 import time
@@ -106,6 +108,23 @@ def _sizes_from_data(model_cfg: DictConfig, data: L.LightningDataModule) -> dict
     return {"in_features": data.in_features, "out_features": data.out_features}
 
 
+@contextlib.contextmanager
+def frozen_heap():
+    """Keeps the garbage collector off every object that exists when training starts.
+
+    Python runs a full collection once the objects that survived earlier ones pile up, which here
+    happens within the first few hundred steps of a run; it rescans every object the imports, the
+    configs and the model made: ~0.2 s on a 2-core CPU, as long as 250 steps of the post's networks
+    (measured with ``gc.callbacks``). Frozen, those objects are never rescanned; later collections
+    see only what training makes. The few cycles of garbage frozen with them are simply kept.
+    """
+    gc.freeze()
+    try:
+        yield
+    finally:
+        gc.unfreeze()
+
+
 def build_run(cfg: DictConfig, run_dir: str | Path) -> tuple[BackpropModule, L.LightningDataModule, L.Trainer]:
     """The run :func:`train` fits, built but not started: ``(module, datamodule, trainer)``.
 
@@ -171,7 +190,8 @@ def train(cfg: DictConfig, run_dir: str | Path, overrides: Sequence[str] = ()) -
     dead_relu = find_callback(trainer, DeadReLUMonitor)
 
     try:
-        trainer.fit(module, datamodule=data)
+        with frozen_heap():
+            trainer.fit(module, datamodule=data)
     except SystemExit as stop:
         # Lightning ends a run on SIGTERM (SIGTERMException) or Ctrl-C (sys.exit(1)) after the current
         # step and closes its loggers, so the logs stay readable; record the run, then stop the process.
