@@ -25,7 +25,7 @@ ROW_KEYS = {
     "scaling": {"axis", "device", "width", "batch", "hand_us", "native_us", "ratio"},
     "training": {"model", "runner", "us_per_step", "steps"},
     "training_ratios": {"model", "package_vs_bare_lightning", "package_vs_plain_tensorboard", "bare_lightning_vs_plain",
-                        "monitoring_overhead"},  # fmt: skip
+                        "monitoring_overhead", "rounds", "picture_s"},  # fmt: skip
     "startup": {"name", "command", "wall_s", "rc"},
     "targets": {"target", "value", "limit", "met"},
 }
@@ -58,6 +58,9 @@ def test_quick_benchmark_writes_the_documented_json(tmp_path):
 
     runners = {(r["model"], r["runner"]) for r in res["training"]}
     assert ("post relu", "bare_lightning") in runners and ("post sigmoid", "plain_loop_tensorboard") in runners
+    for r in res["training_ratios"]:
+        assert r["rounds"] == 1
+        assert r["picture_s"] is None  # --quick draws no pictures
     startup = {r["name"]: r["rc"] for r in res["startup"]}
     assert startup == {"--help": 0, "refused override optim.lr=-1": 2}
     assert not list(tmp_path.glob("outputs")), "the benchmark must not write runs into its working directory"
