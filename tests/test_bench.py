@@ -25,7 +25,8 @@ ROW_KEYS = {
     "scaling": {"axis", "device", "width", "batch", "hand_us", "native_us", "ratio"},
     "training": {"model", "runner", "us_per_step", "steps"},
     "training_ratios": {"model", "package_vs_bare_lightning", "package_vs_plain_tensorboard", "bare_lightning_vs_plain",
-                        "monitoring_overhead", "rounds", "picture_s"},  # fmt: skip
+                        "monitoring_overhead", "rounds", "picture_s", "package_vs_bare_lightning_range",
+                        "monitoring_overhead_range"},  # fmt: skip
     "startup": {"name", "command", "wall_s", "rc"},
     "targets": {"target", "value", "limit", "met"},
 }
@@ -60,6 +61,8 @@ def test_quick_benchmark_writes_the_documented_json(tmp_path):
     assert ("post relu", "bare_lightning") in runners and ("post sigmoid", "plain_loop_tensorboard") in runners
     for r in res["training_ratios"]:
         assert r["rounds"] == 1
+        low, high = r["package_vs_bare_lightning_range"]
+        assert low == high == r["package_vs_bare_lightning"]  # one round: its ratio is the median
         assert r["picture_s"] is None  # --quick draws no pictures
     startup = {r["name"]: r["rc"] for r in res["startup"]}
     assert startup == {"--help": 0, "refused override optim.lr=-1": 2}

@@ -528,6 +528,11 @@ def bench_training(cfg: dict, quick: bool) -> tuple[list[dict], list[dict]]:
             def paired(a: str, b: str) -> float:
                 return statistics.median(r[a] / r[b] for r in rounds)
 
+            def spread(a: str, b: str, minus: float = 0.0) -> list[float]:
+                """Lowest and highest per-round ratio: how far one round can land from the median."""
+                values = [r[a] / r[b] - minus for r in rounds]
+                return [min(values), max(values)]
+
             ratios.append(
                 {
                     "model": model,
@@ -536,6 +541,8 @@ def bench_training(cfg: dict, quick: bool) -> tuple[list[dict], list[dict]]:
                     "bare_lightning_vs_plain": paired("bare_lightning", "plain_loop"),
                     "monitoring_overhead": paired("package_default", "package_no_monitors") - 1.0,
                     "rounds": len(rounds),
+                    "package_vs_bare_lightning_range": spread("package_default", "bare_lightning"),
+                    "monitoring_overhead_range": spread("package_default", "package_no_monitors", 1.0),
                     "picture_s": statistics.median(pictures) if pictures else None,
                 }
             )

@@ -120,9 +120,10 @@ class GradientMonitor(Callback):
         return np.asarray(self.history_steps), {n: np.asarray(v) for n, v in self.history.items()}
 
     def _named(self, pl_module: LightningModule) -> list[tuple[str, nn.Parameter]]:
-        """The trainable parameters under ``root``, looked up once per fit (not on every step)."""
+        """The trainable parameters under ``root`` and their tags, looked up once per fit (not every step)."""
         if self._watched is None:
             self._watched = [(n, p) for n, p in _root(pl_module, self.root).named_parameters() if p.requires_grad]
+            self._tags = {n: (f"params/{n}", f"grads/{n}", f"grad_norm/{n}", f"update_ratio/{n}") for n, _ in self._watched}
         return self._watched
 
     def teardown(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
@@ -132,29 +133,34 @@ class GradientMonitor(Callback):
         if not _is_log_step(trainer, self.log_every_n_steps):
             return
         step = trainer.global_step
-        named = [(n, p) for n, p in self._named(pl_module) if p.grad is not None]
+        named = self._named(pl_module)
+        if any(p.grad is None for _, p in named):
+            named = [(n, p) for n, p in named if p.grad is not None]
         if not named:
             return
         one = [(n, p) for n, p in named if p.numel() == 1]
         many = [(n, p) for n, p in named if p.numel() > 1]
-        # On the device: the one-element parameters and gradients themselves (their norms and ratios
-        # follow on the host), and ‖g‖, ‖w‖ of the larger ones. Then one copy to the host (one sync).
+        # The one-element parameters and gradients themselves (their norms and ratios follow on the
+        # host), then ‖g‖ and ‖w‖ of the larger ones: read directly on the CPU, gathered into one copy
+        # (one sync) on a device.
         host = _one_element_values([p for _, p in one] + [p.grad for _, p in one], many)
-
         k, m = len(one), len(many)
-        w = {n: abs(host[i]) for i, (n, _) in enumerate(one)} | {n: host[2 * k + m + i] for i, (n, _) in enumerate(many)}
-        g = {n: abs(host[k + i]) for i, (n, _) in enumerate(one)} | {n: host[2 * k + i] for i, (n, _) in enumerate(many)}
+        grad_norms = [abs(v) for v in host[k : 2 * k]] + host[2 * k : 2 * k + m]
+        weight_norms = [abs(v) for v in host[:k]] + host[2 * k + m :]
         lr_of = {id(p): group["lr"] for group in optimizer.param_groups for p in group["params"]}
         out: dict[str, float] = {}
         for i, (n, _) in enumerate(one):
-            out[f"params/{n}"], out[f"grads/{n}"] = host[i], host[k + i]
-        for n, p in named:
-            out[f"grad_norm/{n}"] = g[n]
-            ratio = float(lr_of.get(id(p), math.nan)) * g[n] / w[n] if w[n] > 0 else math.nan
+            params_tag, grads_tag, *_ = self._tags[n]
+            out[params_tag], out[grads_tag] = host[i], host[k + i]
+        ordered = one + many
+        for (n, p), g, w in zip(ordered, grad_norms, weight_norms):
+            tags = self._tags[n]
+            out[tags[2]] = g
+            ratio = float(lr_of.get(id(p), math.nan)) * g / w if w > 0 else math.nan
             if math.isfinite(ratio):  # ‖w‖ = 0, or a parameter no optimizer updates: nothing to chart
-                out[f"update_ratio/{n}"] = ratio
+                out[tags[3]] = ratio
         log_scalars(trainer, out, step)
-        self._remember(step, [n for n, _ in named], [g[n] for n, _ in named])
+        self._remember(step, [n for n, _ in ordered], grad_norms)
         if step % self.histogram_every_n_steps == 0:
             for n, p in many:
                 log_histogram(trainer, f"params/{n}", p.detach(), step)
@@ -357,7 +363,9 @@ class DeadReLUMonitor(Callback):
         rows = _host_units(h)
         alive = None if self._slopes[name] > 0 else [any(v > 0 for v in row) for row in rows]
         if alive is not None:
-            last = self._last_active.setdefault(name, [-1] * len(rows))
+            last = self._last_active.get(name)
+            if last is None:
+                last = self._last_active[name] = [-1] * len(rows)
             for unit, active in enumerate(alive):
                 if active:
                     last[unit] = step

@@ -94,11 +94,28 @@ def log_scalars(trainer: Trainer, scalars: Mapping[str, float], step: int) -> No
 def _write(trainer: Trainer, scalars: Mapping[str, float], step: int) -> None:
     for lg in trainer.loggers:
         if isinstance(lg, TensorBoardLogger):
-            # The Event built around its Summary at once: add_summary would copy the Summary into one
-            summary = Summary(value=[Summary.Value(tag=k, simple_value=v) for k, v in scalars.items()])
-            lg.experiment._get_file_writer().add_event(Event(step=step, summary=summary))
+            lg.experiment._get_file_writer().add_event(_scalar_event(scalars, step))
         else:
             lg.log_metrics(dict(scalars), step)
+
+
+# One Event per set of tags, reused: a step's tags are mostly the previous step's, and filling in
+# numbers costs a fraction of building a Summary.Value per tag (~1 µs each). Safe to reuse because
+# the file writer serialises an event before add_event returns.
+_EVENTS: dict[tuple[str, ...], Event] = {}
+
+
+def _scalar_event(scalars: Mapping[str, float], step: int) -> Event:
+    tags = tuple(scalars)
+    event = _EVENTS.get(tags)
+    if event is None:
+        if len(_EVENTS) >= 256:  # tag sets of runs long finished
+            _EVENTS.clear()
+        event = _EVENTS[tags] = Event(summary=Summary(value=[Summary.Value(tag=t) for t in tags]))
+    for value, number in zip(event.summary.value, scalars.values()):
+        value.simple_value = number
+    event.step = step
+    return event
 
 
 # 64 equal-width bins: half the cost of TensorBoard's default "tensorflow" bucketing (2.3 vs 4.9 ms for
@@ -141,6 +158,9 @@ class StepScalars(Callback):
 
     def setup(self, trainer: Trainer, pl_module, stage: str) -> None:
         _BUFFERS[trainer] = self
+
+    def on_train_start(self, trainer: Trainer, pl_module) -> None:
+        self._last_flush = time.monotonic()  # the clock starts with training, not when the run was built
 
     def add(self, trainer: Trainer, scalars: Mapping[str, float], step: int) -> None:
         if self._scalars and step != self._step:
