@@ -96,3 +96,24 @@ def test_state_is_kept_per_member(tmp_path):
 def test_only_callbacks_can_join_a_group():
     with pytest.raises(TypeError, match="CallbackGroup takes Lightning callbacks, got int"):
         CallbackGroup(Recorder("a", []), 3)
+
+
+@pytest.mark.parametrize("interval, drawn", [(3600.0, [0, 5]), (0.0, [0, 1, 2, 3, 4, 5])])
+def test_timed_progress_bar_redraws_by_the_clock_and_at_the_last_step(tmp_path, monkeypatch, interval, drawn):
+    from lightning.pytorch.callbacks import TQDMProgressBar
+
+    from backprop_lab.progress import TimedProgressBar
+
+    seen: list[int] = []
+    original = TQDMProgressBar.on_train_batch_end
+
+    def record(self, trainer, pl_module, outputs, batch, batch_idx):
+        seen.append(batch_idx)
+        original(self, trainer, pl_module, outputs, batch, batch_idx)
+
+    monkeypatch.setattr(TQDMProgressBar, "on_train_batch_end", record)
+    data = DataLoader(TensorDataset(torch.ones(6, 1), torch.zeros(6, 1)), batch_size=1)
+    trainer = L.Trainer(max_epochs=1, logger=False, enable_model_summary=False, enable_checkpointing=False,
+                        accelerator="cpu", callbacks=[TimedProgressBar(min_interval_s=interval)], default_root_dir=tmp_path)  # fmt: skip
+    trainer.fit(Tiny(), train_dataloaders=data)
+    assert seen == drawn

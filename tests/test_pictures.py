@@ -90,3 +90,26 @@ def test_unknown_picture_is_refused_by_the_cli_without_traceback(tmp_path):
     assert proc.returncode == 2
     assert "monitor.pictures=['fit', 'surface'] is not accepted" in proc.stderr
     assert "Traceback" not in proc.stderr + proc.stdout
+
+
+def _loss_surface_path(tmp_path, *overrides):
+    from backprop_lab.callback_group import find_callback
+    from backprop_lab.pictures import PictureMonitor
+    from backprop_lab.train import build_run
+    from conftest import compose_config
+
+    module, data, trainer = build_run(compose_config("trainer.accelerator=cpu", *overrides), tmp_path)
+    trainer.fit(module, datamodule=data)
+    return find_callback(trainer, PictureMonitor)._path_array()
+
+
+def test_loss_surface_path_is_the_same_read_from_the_gradient_monitor_or_recorded(tmp_path):
+    # With the gradient monitor on, the path of w1, w2 comes from its logged values; without it, the
+    # picture records the path itself. The post's §4 run: w1 0.5 → 0.4472 after one step, w2 −1 → −0.8603.
+    args = ("model=sigmoid", "trainer.max_steps=4", "monitor.pictures=[loss_surface]")
+    shared = _loss_surface_path(tmp_path / "a", *args)
+    own = _loss_surface_path(tmp_path / "b", *args, "monitor.gradients=false")
+    assert shared.shape == own.shape == (5, 2)  # steps 0–3 before each update, and where training ended
+    assert (shared == own).all()
+    assert shared[0].tolist() == [0.5, -1.0]
+    assert shared[1] == pytest.approx([0.4472, -0.8603], abs=1e-4)

@@ -44,7 +44,7 @@ MODES = {
     # Timed windows (steps 1 … N−2) that hold the periodic work at the rate a default run has: post nets
     # 500 steps (10 probe passes at every 50, 5 hand-overs of 100 TensorBoard events), MLP 400 steps
     # (40 log steps at every 10, 2 histogram and probe steps at every 200).
-    "full": {"sample_s": 0.04, "rounds": 7, "train_steps": 502, "mlp_train_steps": 402, "train_rounds": 7, "startup_reps": 3},
+    "full": {"sample_s": 0.04, "rounds": 11, "train_steps": 502, "mlp_train_steps": 402, "train_rounds": 7, "startup_reps": 3},
 }
 
 

@@ -166,7 +166,7 @@ class TrainConfig:
     seed: int = 0
     # A run whose loss falls below tol stops early with status "converged"; 0 turns that off.
     tol: float = 1.0e-8
-    # Progress-bar updates every this many steps; 0 = about 20 updates per run.
+    # Progress-bar updates every this many steps; 0 = at most twice a second (and at the end).
     progress_every_n_steps: int = 0
 
 

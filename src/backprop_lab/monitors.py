@@ -113,11 +113,18 @@ class GradientMonitor(Callback):
         self.histogram_every_n_steps = histogram_every_n_steps
         self.history_steps = array("q")
         self.history: dict[str, array] = {}  # grad_norm/<name> at history_steps, 8 bytes a value
+        self.values: dict[str, array] = {}  # params/<name> of one-element parameters at history_steps
         self._watched: list[tuple[str, nn.Parameter]] | None = None
 
     @property
     def grad_norm_history(self) -> tuple[np.ndarray, dict[str, np.ndarray]]:
         return np.asarray(self.history_steps), {n: np.asarray(v) for n, v in self.history.items()}
+
+    @property
+    def value_history(self) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+        """``(steps, {name: values})`` of the one-element parameters at the logged steps (the path
+        :class:`~backprop_lab.pictures.PictureMonitor` draws on the loss surface)."""
+        return np.asarray(self.history_steps), {n: np.asarray(v) for n, v in self.values.items()}
 
     def _named(self, pl_module: LightningModule) -> list[tuple[str, nn.Parameter]]:
         """The trainable parameters under ``root`` and their tags, looked up once per fit (not every step)."""
@@ -160,18 +167,19 @@ class GradientMonitor(Callback):
             if math.isfinite(ratio):  # ‖w‖ = 0, or a parameter no optimizer updates: nothing to chart
                 out[tags[3]] = ratio
         log_scalars(trainer, out, step)
-        self._remember(step, [n for n, _ in ordered], grad_norms)
+        self._remember(step, dict(zip([n for n, _ in ordered], grad_norms)), {n: host[i] for i, (n, _) in enumerate(one)})
         if step % self.histogram_every_n_steps == 0:
             for n, p in many:
                 log_histogram(trainer, f"params/{n}", p.detach(), step)
                 log_histogram(trainer, f"grads/{n}", p.grad.detach(), step)
 
-    def _remember(self, step: int, names: list[str], norms: list[float]) -> None:
+    def _remember(self, step: int, norms: dict[str, float], values: dict[str, float]) -> None:
         self.history_steps.append(step)
-        for n, v in zip(names, norms):
-            if n not in self.history:  # a parameter without a gradient at earlier log steps is NaN there
-                self.history[n] = array("d", [math.nan] * (len(self.history_steps) - 1))
-            self.history[n].append(v)
+        for table, new in ((self.history, norms), (self.values, values)):
+            for n in new.keys() - table.keys():  # a parameter without a gradient before: NaN there
+                table[n] = array("d", [math.nan] * (len(self.history_steps) - 1))
+            for n, column in table.items():
+                column.append(new.get(n, math.nan))
 
     def on_train_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         one = [(n, p) for n, p in self._named(pl_module) if p.numel() == 1]
@@ -331,7 +339,7 @@ class DeadReLUMonitor(Callback):
             if self._probe_outputs is not None:
                 self._probe_outputs[name] = output.detach()
             elif self._step is not None and module.training and torch.is_grad_enabled():
-                self._record(name, output.detach())
+                self._record(name, output)
 
         return hook
 
@@ -342,10 +350,11 @@ class DeadReLUMonitor(Callback):
         step = self._step
         self._seen_step = step
         if self._keep_outputs:
-            self._outputs[name] = h
+            self._outputs[name] = h.detach()
         if on_host(h):
-            self._record_on_host(name, h, step)
+            self._record_on_host(name, h, step)  # tolist() reads it without a detach op
             return
+        h = h.detach()
         alive = None if self._slopes[name] > 0 else _unit_alive(h)  # a leaky unit is never dead
         if alive is not None:
             if name not in self._last_active:  # once per layer, not a fresh tensor every step

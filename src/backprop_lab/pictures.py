@@ -237,7 +237,7 @@ class PictureMonitor(Callback):
     def __init__(
         self,
         pictures: tuple[str, ...] | list[str] = PICTURES,
-        every_n_steps: int = 500,
+        every_n_steps: int = 5000,
         root: str | None = None,
         loss_fn=None,
         threshold: float = 0.0,
@@ -253,14 +253,21 @@ class PictureMonitor(Callback):
         # the trainable numbers before each update: lists of floats on the CPU, tensors on a device
         self._path: list[Tensor | list[float]] = []
         self._path_params: list[nn.Parameter] = []  # whose numbers the path records; empty: none
+        # Where a GradientMonitor on the same root already records those numbers (one-element
+        # parameters, at its log steps), the path is read from it instead of recorded again.
+        self._path_from: GradientMonitor | None = None
+        self._path_names: list[str] = []
 
     def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        params = [p for _, p in trainable(_root(pl_module, self.root))]
-        numbers = sum(p.numel() for p in params)
-        self._path_params = params if "loss_surface" in self.pictures and 1 <= numbers <= 2 else []
+        named = trainable(_root(pl_module, self.root))
+        numbers = sum(p.numel() for _, p in named)
+        self._path_params = [p for _, p in named] if "loss_surface" in self.pictures and 1 <= numbers <= 2 else []
+        monitor = find_callback(trainer, GradientMonitor)
+        if self._path_params and monitor is not None and monitor.root == self.root and numbers == len(named):
+            self._path_from, self._path_names = monitor, [n for n, _ in named]
 
     def on_before_optimizer_step(self, trainer: Trainer, pl_module: LightningModule, optimizer) -> None:
-        if self._path_params:
+        if self._path_params and self._path_from is None:
             self._path.append(self._numbers())  # no sync: a device's numbers stay there until drawn
         step = trainer.global_step
         if step > 0 and step % self.every_n_steps == 0:
@@ -280,10 +287,18 @@ class PictureMonitor(Callback):
             return _joined(params) if len(params) > 1 else params[0].reshape(-1).clone()
 
     def _path_array(self) -> np.ndarray:
-        """The path so far as a (steps, numbers) float64 array."""
-        if isinstance(self._path[0], Tensor):
-            return torch.stack(self._path).to(torch.float64).cpu().numpy()
-        return np.asarray(self._path, dtype=np.float64)
+        """The path so far as a (steps, numbers) float64 array: the GradientMonitor's logged values (if
+        it is the source), then what this callback recorded itself."""
+        parts = []
+        if self._path_from is not None:
+            steps, values = self._path_from.value_history
+            nan = np.full(len(steps), np.nan)
+            parts.append(np.stack([values.get(n, nan) for n in self._path_names], axis=1).reshape(len(steps), -1))
+        if self._path and isinstance(self._path[0], Tensor):
+            parts.append(torch.stack(self._path).to(torch.float64).cpu().numpy())
+        elif self._path:
+            parts.append(np.asarray(self._path, dtype=np.float64))
+        return np.concatenate(parts) if parts else np.empty((0, 0))
 
     def draw(self, trainer: Trainer, pl_module: LightningModule, step: int) -> None:
         """Every picture that applies, at ``step``."""
@@ -303,12 +318,12 @@ class PictureMonitor(Callback):
     def _loss_surface(self, trainer: Trainer, pl_module: LightningModule, step: int):
         loss_fn = self.loss_fn or getattr(pl_module, "loss_fn", None)
         probe = probe_set(trainer)
-        if not self._path or loss_fn is None or probe is None:
+        if not self._path_params or loss_fn is None or probe is None:
             return None
         net = _root(pl_module, self.root)
         x, y = (t.to(pl_module.device) for t in probe)
         path = self._path_array()
-        path = path[np.isfinite(path).all(axis=1)]
+        path = path[np.isfinite(path).all(axis=1)] if path.size else path
         dtype = self._path_params[0].dtype
 
         def surface(thetas: np.ndarray) -> np.ndarray:

@@ -27,6 +27,7 @@ from backprop_lab.callback_group import CallbackGroup, find_callback
 from backprop_lab.module import LOSS_BY_TASK, BackpropModule
 from backprop_lab.monitors import DeadReLUMonitor, GradientMonitor, custom_scalars_layout
 from backprop_lab.pictures import PictureMonitor
+from backprop_lab.progress import TimedProgressBar
 from backprop_lab.replay import log_replay
 from backprop_lab.sweep import write_summary
 from backprop_lab.tblog import StepScalars, log_text, tensorboard_logger, tensorboard_writers
@@ -150,10 +151,12 @@ def build_run(cfg: DictConfig, run_dir: str | Path) -> tuple[BackpropModule, L.L
 
     logger = tensorboard_logger(str(run_dir))
     trainer_kwargs = OmegaConf.to_container(cfg.trainer, resolve=True)
-    # About 20 progress updates per run unless asked otherwise: a bar redrawn every step of a
-    # 2-parameter model costs more than the step and floods logs that are not a terminal.
-    refresh = cfg.progress_every_n_steps or max(1, cfg.trainer.max_steps // 20)
-    callbacks = [TQDMProgressBar(refresh_rate=refresh)] if trainer_kwargs["enable_progress_bar"] else []
+    # A bar redrawn twice a second unless a step interval is asked for: redrawn every step, it costs
+    # more than a step of a 2-parameter model and floods logs that are not a terminal.
+    callbacks = []
+    if trainer_kwargs["enable_progress_bar"]:
+        every = cfg.progress_every_n_steps
+        callbacks.append(TQDMProgressBar(refresh_rate=every) if every > 0 else TimedProgressBar(min_interval_s=0.5))
     # One group: Lightning dispatches each hook to each callback at ~22 µs a callback per step
     # (backprop_lab.callback_group), as much as a forward pass of the post's nets.
     callbacks.append(CallbackGroup(*monitors, StepScalars()))  # StepScalars last: one event per step
