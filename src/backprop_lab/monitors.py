@@ -4,12 +4,15 @@ Both read what training already computed: parameters and gradients in ``on_befor
 (after backward, before the update, so step k shows the gradients that update k applies), and the
 activations of the training forward pass through forward hooks. Neither runs an extra forward pass
 per step; the dead-ReLU monitor passes a fixed probe set through the network only every
-``probe_every_n_steps``. Values are gathered on the device and copied to the host once per log step
-(one sync). Both keep a small host-side history that :mod:`backprop_lab.pictures` draws.
+``probe_every_n_steps``. On a device, values are gathered there and copied to the host once per log
+step (one sync); small CPU tensors (:func:`on_host`) are read straight into Python, which is cheaper
+than the torch ops that would reduce them first. Both keep a small host-side history that
+:mod:`backprop_lab.pictures` draws.
 
-To use them on your own LightningModule::
+To use them on your own LightningModule (grouped: Lightning dispatches a group as one callback)::
 
-    trainer = L.Trainer(callbacks=[GradientMonitor(), DeadReLUMonitor()], logger=TensorBoardLogger(...))
+    monitors = CallbackGroup(GradientMonitor(), DeadReLUMonitor())   # backprop_lab.callback_group
+    trainer = L.Trainer(callbacks=[monitors], logger=TensorBoardLogger(...))
     trainer.logger.experiment.add_custom_scalars(custom_scalars_layout())   # optional: grouped charts
 """
 
