@@ -118,6 +118,7 @@ class GradientMonitor(Callback):
         self.history: dict[str, array] = {}  # grad_norm/<name> at history_steps, 8 bytes a value
         self.values: dict[str, array] = {}  # params/<name> of one-element parameters at history_steps
         self._watched: list[tuple[str, nn.Parameter]] | None = None
+        self._tags: dict[str, tuple[str, str, str, str]] = {}  # per parameter: its four tags
 
     @property
     def grad_norm_history(self) -> tuple[np.ndarray, dict[str, np.ndarray]]:
@@ -186,9 +187,9 @@ class GradientMonitor(Callback):
 
     def on_train_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         one = [(n, p) for n, p in self._named(pl_module) if p.numel() == 1]
-        if one and all(p.isfinite().all() for _, p in one):
-            host = torch.stack([p.detach().reshape(()).to(torch.float64) for _, p in one]).tolist()
-            log_scalars(trainer, {f"params/{n}": v for (n, _), v in zip(one, host)}, trainer.global_step)
+        values = _one_element_values([p for _, p in one]) if one else []
+        if values and all(math.isfinite(v) for v in values):
+            log_scalars(trainer, {self._tags[n][0]: v for (n, _), v in zip(one, values)}, trainer.global_step)
 
 
 # Leaky ReLU layers are watched too: with a slope a > 0 no unit is ever dead (see statistics).
@@ -248,6 +249,14 @@ def _nonzero_count(h: Tensor, scratch: Tensor | None = None) -> Tensor:
         return torch.count_nonzero(h)
     s = torch.abs(h, out=scratch[: h.numel()].view_as(h)) if scratch is not None else h.abs()
     return torch.sgn(s, out=s).sum(dtype=torch.float32)
+
+
+def _on_the_host(items: list) -> list:
+    """``items`` with every tensor among them replaced by its number, through one copy (one sync);
+    numbers and None pass through."""
+    tensors = [t for t in items if isinstance(t, Tensor)]
+    numbers = iter(torch.stack(tensors).tolist() if tensors else ())  # stack promotes mixed dtypes
+    return [next(numbers) if isinstance(t, Tensor) else t for t in items]
 
 
 def _scratch_for(scratch: Tensor | None, h: Tensor) -> Tensor:
@@ -352,12 +361,14 @@ class DeadReLUMonitor(Callback):
         On the device, no sync: who is alive (every step), and at log steps the counts to log."""
         step = self._step
         self._seen_step = step
-        if self._keep_outputs:
-            self._outputs[name] = h.detach()
         if on_host(h):
+            if self._keep_outputs:
+                self._outputs[name] = h.detach()
             self._record_on_host(name, h, step)  # tolist() reads it without a detach op
             return
         h = h.detach()
+        if self._keep_outputs:
+            self._outputs[name] = h
         alive = None if self._slopes[name] > 0 else _unit_alive(h)  # a leaky unit is never dead
         if alive is not None:
             if name not in self._last_active:  # once per layer, not a fresh tensor every step
@@ -423,15 +434,12 @@ class DeadReLUMonitor(Callback):
 
     def _log_batch(self, trainer: Trainer, step: int) -> None:
         stats = self._batch_stats
-        counts = [c for alive, nonzero, *_ in stats.values() for c in (alive, nonzero) if c is not None]
-        on_device = [c for c in counts if isinstance(c, Tensor)]
-        values = iter(torch.stack(on_device).tolist()) if on_device else iter(())  # the one sync
-        host = iter([next(values) if isinstance(c, Tensor) else c for c in counts])
+        counts = _on_the_host([c for alive, nonzero, *_ in stats.values() for c in (alive, nonzero)])
         scalars = {}
-        for name, (alive, _, units, entries) in stats.items():
-            dead = 1.0 - next(host) / units if alive is not None else 0.0
+        for (name, (_, _, units, entries)), alive, nonzero in zip(stats.items(), counts[::2], counts[1::2]):
+            dead = 1.0 - alive / units if alive is not None else 0.0  # None: a leaky layer
             scalars[f"relu/dead_fraction/{name}"] = dead
-            scalars[f"relu/zero_fraction/{name}"] = 1.0 - next(host) / entries
+            scalars[f"relu/zero_fraction/{name}"] = 1.0 - nonzero / entries
             self.last_dead_fraction[name] = dead
             if dead < 1.0:
                 self.dead_since[name] = None

@@ -41,30 +41,34 @@ def use_native_crc32c() -> bool:
     tensorboardX uses) computes the same checksum in C (~0.5 µs). It replaces TensorBoard's function
     only after giving the same masked checksums on test data; without the package nothing changes.
     """
+    global _NATIVE_CRC
+    if _NATIVE_CRC is not None:
+        return _NATIVE_CRC
+    _NATIVE_CRC = False
     try:
         import crc32c
         from tensorboard.compat.tensorflow_stub import pywrap_tensorflow
         from tensorboard.summary.writer import record_writer
     except ImportError:
         return False
-    if getattr(record_writer.masked_crc32c, "native", False):
-        return True
 
     def masked_crc32c(data: bytes) -> int:  # TensorBoard's masking (pywrap_tensorflow.masked_crc32c)
         x = crc32c.crc32c(data)
         return (((x >> 15) | ((x << 17) & 0xFFFFFFFF)) + 0xA282EAD8) & 0xFFFFFFFF
 
-    masked_crc32c.native = True
     samples = (b"", b"backprop-lab", bytes(range(256)) * 3)
     if any(masked_crc32c(b) != pywrap_tensorflow.masked_crc32c(b) for b in samples):
         return False
     record_writer.masked_crc32c = masked_crc32c
+    _NATIVE_CRC = True
     return True
+
+
+_NATIVE_CRC: bool | None = None  # use_native_crc32c's answer, once it has been given
 
 
 def tensorboard_logger(run_dir: str) -> TensorBoardLogger:
     """Lightning's TensorBoard logger writing straight into ``run_dir`` (no version subfolders)."""
-    use_native_crc32c()
     return TensorBoardLogger(
         save_dir=run_dir,
         name="",
@@ -79,6 +83,7 @@ def tensorboard_writers(trainer: Trainer) -> list:
     """The SummaryWriters of the trainer's TensorBoard loggers (empty off rank 0)."""
     if not trainer.is_global_zero:
         return []
+    use_native_crc32c()  # every write of this module goes through here or _write
     return [lg.experiment for lg in trainer.loggers if isinstance(lg, TensorBoardLogger)]
 
 
@@ -95,6 +100,7 @@ def log_scalars(trainer: Trainer, scalars: Mapping[str, float], step: int) -> No
 
 
 def _write(trainer: Trainer, scalars: Mapping[str, float], step: int) -> None:
+    use_native_crc32c()
     for lg in trainer.loggers:
         if isinstance(lg, TensorBoardLogger):
             lg.experiment._get_file_writer().add_event(_scalar_event(scalars, step))
@@ -129,8 +135,9 @@ def histogram_stats(values: Tensor, bins: int = HISTOGRAM_BINS) -> dict | None:
     """What ``SummaryWriter.add_histogram_raw`` takes, computed where ``values`` live (one copy of
     ~70 numbers to the host, not of the tensor). The same equal-width bins as ``add_histogram(...,
     bins=64)`` (``np.histogram``), with an empty bucket in front marking the left edge as TensorBoard
-    expects; ~4× faster on a 256×256 weight here (0.3 vs 1.1 ms), and no full copy off a GPU.
-    Non-finite values are left out; None where none is finite."""
+    expects. On a 256×256 CPU weight here the binning takes 0.27 ms against 0.57 ms for TensorBoard's
+    ``make_histogram`` (0.67 vs 0.73 ms with the write); on a GPU the tensor is not copied off the
+    device. Non-finite values are left out; None where none is finite."""
     v = values.detach().reshape(-1)
     if v.numel() == 0:
         return None
@@ -161,7 +168,9 @@ def histogram_stats(values: Tensor, bins: int = HISTOGRAM_BINS) -> dict | None:
 def log_histogram(trainer: Trainer, tag: str, values: Tensor, step: int) -> None:
     writers = tensorboard_writers(trainer)
     stats = histogram_stats(values) if writers else None
-    for writer in writers if stats is not None else ():
+    if stats is None:
+        return
+    for writer in writers:
         writer.add_histogram_raw(tag, global_step=step, **stats)
 
 
@@ -177,9 +186,10 @@ class StepScalars(Callback):
     """Gathers the ``log_scalars`` calls of one step into one event, and hands events to TensorBoard's
     writer in batches.
 
-    Handing an event to TensorBoard's writer thread costs ~0.3 ms on a 2-core machine (the thread wakes
-    and takes the GIL for each one), more than a whole step of the post's networks; a batch of events
-    handed over at once wakes it once. Events go out every ``flush_every_n_steps`` steps or
+    One event per step instead of one per call, and the writer thread woken once per batch instead of
+    once per event: each wake takes the GIL from training on a 2-core machine (~0.3 ms per event when
+    every call wrote at once, more than a whole step of the post's networks; ~20 µs a step now, the
+    building of the event included). Events go out every ``flush_every_n_steps`` steps or
     ``flush_every_s`` seconds, whichever comes first (TensorBoard shows a live run at most that late),
     and at ``teardown`` or ``on_exception`` (both run before Lightning closes its loggers), so nothing
     logged is lost; after that, calls write at once. Put it last among the trainer's callbacks.
