@@ -13,10 +13,14 @@ import argparse
 import json
 import sys
 import warnings
+from pathlib import Path
+
+# The benchmark lives in the checkout (benchmarks/), not in the installed package.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 try:
-    from backprop_lab import bench
-except ModuleNotFoundError as missing:  # run from a checkout without `pip install -e .`
+    from benchmarks import report as bench
+except ModuleNotFoundError as missing:  # the package itself is not installed
     sys.exit(f"error: {missing}. Install the package first: pip install -e . (see README.md, Quick start)")
 
 

@@ -6,26 +6,15 @@
     python scripts/train.py --help                              # config groups and keys
     tensorboard --logdir outputs
 
-Every key is described in README.md ("Configuration").
+The same as the installed command ``backprop-lab``. Every key is described in docs/configuration.md.
 """
 
 import sys
 
 try:
-    import hydra
-
-    from backprop_lab.cli import run
-    from backprop_lab.config import register_configs
-except ModuleNotFoundError as missing:  # run from a checkout without `pip install -e .`
+    from backprop_lab.cli import main
+except ModuleNotFoundError as missing:  # run from a checkout without installing the package
     sys.exit(f"error: {missing}. Install the package first: pip install -e . (see README.md, Quick start)")
-
-register_configs()
-
-
-@hydra.main(version_base="1.3", config_path="../configs", config_name="train")
-def main(cfg) -> float:
-    return run(cfg)
-
 
 if __name__ == "__main__":
     main()

@@ -1,7 +1,10 @@
-"""What ``scripts/train.py`` runs for each job: validate, then import the heavy parts and train.
+"""The command line: ``backprop-lab`` trains (as ``python scripts/train.py`` does in a checkout) and
+``backprop-lab-replay`` replays the post's step (``python scripts/replay.py``).
 
-Validation comes before torch and Lightning are imported (~5 s), so a refused override costs ~1 s.
-A refused value prints one line naming the key and exits 2; ``HYDRA_FULL_ERROR=1`` raises instead.
+Each job is validated before torch and Lightning are imported (~5 s), so a refused override costs about
+a second. A refused value prints one line naming the key and exits 2; ``HYDRA_FULL_ERROR=1`` raises.
+The configs ship inside the package (``backprop_lab.configs``), so both commands work from any directory;
+runs land under ``./outputs`` of the directory they are started in.
 """
 
 from __future__ import annotations
@@ -10,11 +13,19 @@ import math
 import os
 import sys
 
+import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
-from backprop_lab.config import ConfigError, check_accelerator, check_devices, validate
-from backprop_lab.sweep import check_multirun_trainer
+from backprop_lab.config import ConfigError, check_accelerator, check_devices, register_configs, validate
+from backprop_lab.sweep import check_multirun_trainer, register_resolvers
+
+CONFIGS = "pkg://backprop_lab.configs"
+
+# Here, where Hydra's entry points are defined: launcher workers (joblib, submitit) unpickle the job
+# function from this module, and need the schemas and resolvers before they compose its config.
+register_configs()
+register_resolvers()
 
 
 def refuse(error: ConfigError) -> None:
@@ -43,3 +54,21 @@ def run(cfg: DictConfig) -> float:
 
     result = train(cfg, run_dir=hydra_cfg.runtime.output_dir, overrides=list(hydra_cfg.overrides.task))
     return result.final_loss if math.isfinite(result.final_loss) else math.inf
+
+
+@hydra.main(version_base="1.3", config_path=CONFIGS, config_name="train")
+def main(cfg: DictConfig) -> float:
+    """``backprop-lab``: one training run, or a sweep with ``-m``."""
+    return run(cfg)
+
+
+@hydra.main(version_base="1.3", config_path=CONFIGS, config_name="replay")
+def replay_main(cfg: DictConfig) -> None:
+    """``backprop-lab-replay``: the post's step, number by number; writes nothing."""
+    try:
+        validate(cfg)  # before torch is imported: a refused value costs about a second
+        from backprop_lab.replay import print_replay, replay
+
+        print_replay(replay(cfg), cfg.replay.format)
+    except ConfigError as error:
+        refuse(error)

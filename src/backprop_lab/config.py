@@ -10,18 +10,25 @@ ranges and choices are checked by :func:`validate`, which raises :class:`ConfigE
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Optional
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig
 
-ACCELERATORS = ("auto", "cpu", "gpu", "cuda", "mps")
+# The choices of the keys that take one of a list (each list lives here only).
+ACCELERATORS = ("auto", "cpu", "gpu", "cuda", "mps")  # trainer.accelerator
 PICTURES = ("loss_surface", "fit", "unit_activity", "grad_norm_by_layer")  # monitor.pictures
+ACTIVATIONS = ("sigmoid", "relu", "leaky_relu")  # model.activation (mlp)
+INITS = ("default", "he", "negative_bias")  # model.init (mlp)
+REPLAY_FORMATS = ("table", "markdown", "json")  # replay.format
 
 
 class ConfigError(ValueError):
     """A config value that is well-typed but not accepted; the message names the key."""
 
+
+# Every default lives in the YAML files of configs/ (the user's interface); these dataclasses give the
+# keys their types, so OmegaConf refuses a wrong type naming the key. No field has a default here.
 
 # --- model group: the post's networks -------------------------------------------------------------
 
@@ -31,7 +38,7 @@ class LinearNetConfig:
     """Section 3: ŷ = w·x."""
 
     _target_: str = "backprop_lab.models.LinearNet"
-    w: float = 3.0  # the post's initial weight
+    w: float = MISSING  # initial weight
 
 
 @dataclass
@@ -39,8 +46,8 @@ class SigmoidNetConfig:
     """Section 4: h = σ(w1·x), ŷ = w2·h."""
 
     _target_: str = "backprop_lab.models.SigmoidNet"
-    w1: float = 0.5
-    w2: float = -1.0
+    w1: float = MISSING
+    w2: float = MISSING
 
 
 @dataclass
@@ -48,13 +55,9 @@ class ReLUNetConfig:
     """Section 5: h = ReLU(w1·x), ŷ = w2·h."""
 
     _target_: str = "backprop_lab.models.ReLUNet"
-    w1: float = 0.5
-    w2: float = -1.0
-    relu_grad_at_zero: int = 0  # ReLU′(0): 0 (PyTorch's choice) or 1
-
-
-ACTIVATIONS = ("sigmoid", "relu", "leaky_relu")
-INITS = ("default", "he", "negative_bias")
+    w1: float = MISSING
+    w2: float = MISSING
+    relu_grad_at_zero: int = MISSING  # ReLU′(0): 0 or 1
 
 
 @dataclass
@@ -62,15 +65,15 @@ class MLPConfig:
     """x → fc1 → act1 → … → out; in_features and out_features come from the data set."""
 
     _target_: str = "backprop_lab.models.MLP"
-    hidden: list[int] = field(default_factory=lambda: [16, 16])  # widths of the hidden layers
-    activation: str = "relu"  # sigmoid | relu | leaky_relu
-    negative_slope: float = 0.01  # leaky_relu: the slope a for z ≤ 0, 0 ≤ a < 1
-    init: str = "default"  # default (as torch.nn.Linear) | he | negative_bias
-    bias_init: float = -1.0  # init=negative_bias: the value of every hidden bias
-    relu_grad_at_zero: int = 0  # ReLU′(0): 0 (PyTorch's choice) or 1
+    hidden: list[int] = MISSING
+    activation: str = MISSING  # one of ACTIVATIONS
+    negative_slope: float = MISSING
+    init: str = MISSING  # one of INITS
+    bias_init: float = MISSING
+    relu_grad_at_zero: int = MISSING
 
 
-# --- data, optim, trainer ----------------------------------------------------------------------------
+# --- data, optim, trainer, monitors ------------------------------------------------------------------
 
 
 @dataclass
@@ -87,10 +90,10 @@ class SineDataConfig:
     """1-D regression: y = sin(x) + noise, x in [−π, π]; probe: the clean curve on a grid."""
 
     _target_: str = "backprop_lab.data.SineDataModule"
-    n_samples: int = 256  # training pairs
-    n_probe: int = 128  # held-out probe points
-    noise: float = 0.1  # standard deviation of the Gaussian noise on y
-    batch_size: int = 32
+    n_samples: int = MISSING
+    n_probe: int = MISSING
+    noise: float = MISSING
+    batch_size: int = MISSING
 
 
 @dataclass
@@ -98,10 +101,10 @@ class MoonsDataConfig:
     """2-D binary classification: two interleaving half circles, labels 0 and 1."""
 
     _target_: str = "backprop_lab.data.MoonsDataModule"
-    n_samples: int = 256
-    n_probe: int = 256
-    noise: float = 0.1  # standard deviation of the Gaussian noise on each coordinate
-    batch_size: int = 32
+    n_samples: int = MISSING
+    n_probe: int = MISSING
+    noise: float = MISSING
+    batch_size: int = MISSING
 
 
 @dataclass
@@ -110,87 +113,76 @@ class SGDConfig:
 
     _target_: str = "torch.optim.SGD"
     _partial_: bool = True
-    lr: float = 0.1  # η
-    momentum: float = 0.0
-    weight_decay: float = 0.0
+    lr: float = MISSING
+    momentum: float = MISSING
+    weight_decay: float = MISSING
 
 
 @dataclass
 class TrainerConfig:
-    """Keyword arguments of ``lightning.Trainer`` that a user may want to change."""
+    """Keyword arguments of ``lightning.Trainer`` (configs/trainer/default.yaml)."""
 
-    accelerator: str = "auto"
-    devices: Any = 1
-    strategy: str = "auto"
-    precision: str = "32-true"
-    max_steps: int = 200
-    # Lightning's default of 50 would hide everything a 10-step run does.
-    log_every_n_steps: int = 1
-    enable_progress_bar: bool = True
-    enable_model_summary: bool = False
-    enable_checkpointing: bool = False
-    deterministic: bool = False
+    accelerator: str = MISSING
+    devices: Any = MISSING  # a positive integer or "auto"
+    strategy: str = MISSING
+    precision: str = MISSING
+    max_steps: int = MISSING
+    log_every_n_steps: int = MISSING
+    accumulate_grad_batches: int = MISSING
+    gradient_clip_val: Optional[float] = MISSING  # noqa: UP045 (OmegaConf reads typing.Optional)
+    enable_progress_bar: bool = MISSING
+    enable_model_summary: bool = MISSING
+    enable_checkpointing: bool = MISSING
+    deterministic: bool = MISSING
 
 
 @dataclass
 class MonitorConfig:
-    """What the TensorBoard monitors log, and how often (scalars follow trainer.log_every_n_steps)."""
+    """What the monitors log, and how often (scalars follow trainer.log_every_n_steps)."""
 
-    gradients: bool = True  # params/*, grads/*, grad_norm/*, update_ratio/*
-    dead_relu: bool = True  # relu/dead_fraction/*, relu/zero_fraction/*, relu/probe_dead_fraction/*, ...
-    # histograms of params/grads of more than one element, and the dead-ReLU probe-set pass
-    histogram_every_n_steps: int = 50
-    picture_every_n_steps: int = 5000  # pictures/* (Images tab); also drawn once at the end of a run
-    pictures: list[str] = field(default_factory=lambda: list(PICTURES))  # which pictures; [] = none
-
-
-REPLAY_FORMATS = ("table", "markdown", "json")
+    gradients: bool = MISSING
+    dead_relu: bool = MISSING
+    backprop_view: bool = MISSING
+    histogram_every_n_steps: int = MISSING
+    probe_every_n_steps: int = MISSING
+    picture_every_n_steps: int = MISSING
+    pictures: list[str] = MISSING
 
 
 @dataclass
 class ReplayConfig:
     """The post's step replayed from the real backward (scripts/replay.py, and the ``replay`` text in training)."""
 
-    format: str = "table"  # scripts/replay.py output: table (rich), markdown or json
-    to_tensorboard: bool = True  # training writes the replay of step 0 as text; the post's networks only
+    format: str = MISSING  # one of REPLAY_FORMATS
+    to_tensorboard: bool = MISSING
 
 
 @dataclass
 class TrainConfig:
     model: Any = MISSING
     data: Any = MISSING
-    optim: SGDConfig = field(default_factory=SGDConfig)
-    trainer: TrainerConfig = field(default_factory=TrainerConfig)
-    monitor: MonitorConfig = field(default_factory=MonitorConfig)
-    replay: ReplayConfig = field(default_factory=ReplayConfig)
-    seed: int = 0
-    # A run whose loss falls below tol stops early with status "converged"; 0 turns that off.
-    tol: float = 1.0e-8
-    # Progress-bar updates every this many steps; 0 = at most twice a second (and at the end).
-    progress_every_n_steps: int = 0
-
-
-def _share_config_store() -> None:
-    """Let deep copies of Hydra's ConfigStore (a process-wide singleton) share it instead of cloning it.
-
-    Hydra 1.3 deep-copies its config repository, and with it the whole ConfigStore, on every compose
-    and ~100 times for ``--help`` (once per config group listed): ~1 s of a 1.5 s ``--help`` here,
-    and more with every schema stored. Nothing writes to the store through a copy, and
-    ``ConfigStore.load`` already hands out a deep copy of each node, so sharing it changes no result.
-    """
-    ConfigStore.__deepcopy__ = lambda self, memo: self
+    optim: SGDConfig = MISSING
+    trainer: TrainerConfig = MISSING
+    monitor: MonitorConfig = MISSING
+    replay: ReplayConfig = MISSING
+    # logger=<name>: {<name>: {_target_: <a Lightning Logger>, ...}}; several with logger=[tensorboard,csv]
+    logger: dict[str, Any] = field(default_factory=dict)
+    # extra Lightning callbacks: +callbacks.<name>._target_=lightning.pytorch.callbacks.EarlyStopping ...
+    callbacks: dict[str, Any] = field(default_factory=dict)
+    seed: int = MISSING
+    tol: float = MISSING
+    progress_every_n_steps: int = MISSING
 
 
 def register_configs() -> None:
     """Put the schemas in Hydra's ConfigStore: ``train_schema`` and ``schema/<group>/<name>``."""
-    _share_config_store()
     cs = ConfigStore.instance()
     cs.store(name="train_schema", node=TrainConfig)
     cs.store(group="schema/model", name="linear", node=LinearNetConfig)
     cs.store(group="schema/model", name="sigmoid", node=SigmoidNetConfig)
     cs.store(group="schema/model", name="relu", node=ReLUNetConfig)
-    cs.store(group="schema/data", name="example", node=ExampleDataConfig)
     cs.store(group="schema/model", name="mlp", node=MLPConfig)
+    cs.store(group="schema/data", name="example", node=ExampleDataConfig)
     cs.store(group="schema/data", name="sine", node=SineDataConfig)
     cs.store(group="schema/data", name="moons", node=MoonsDataConfig)
 
@@ -223,18 +215,20 @@ def validate(cfg: DictConfig) -> None:
         devices,
         "use a positive integer or auto",
     )
+    for key in ("histogram_every_n_steps", "probe_every_n_steps", "picture_every_n_steps"):
+        every = cfg.monitor[key]
+        _require(every >= 1, f"monitor.{key}", every, "use an integer >= 1")
     _require(
-        cfg.monitor.histogram_every_n_steps >= 1,
-        "monitor.histogram_every_n_steps",
-        cfg.monitor.histogram_every_n_steps,
-        "use an integer >= 1",
+        t.accumulate_grad_batches >= 1, "trainer.accumulate_grad_batches", t.accumulate_grad_batches, "use an integer >= 1"
     )
+    clip = t.gradient_clip_val
+    _require(clip is None or clip >= 0, "trainer.gradient_clip_val", clip, "use a number >= 0, or null for no clipping")
     _validate_monitor(cfg.monitor)
     _require(
-        cfg.progress_every_n_steps >= 0,
+        cfg.progress_every_n_steps >= 1,
         "progress_every_n_steps",
         cfg.progress_every_n_steps,
-        "use an integer >= 0 (0: about 20 updates per run)",
+        "use an integer >= 1 (the progress bar is redrawn every this many steps)",
     )
     _require(cfg.tol >= 0, "tol", cfg.tol, "use a number >= 0 (0 turns early stopping off)")
     fmt = cfg.replay.format
@@ -284,8 +278,6 @@ def _validate_generated_data(data: DictConfig) -> None:
 
 
 def _validate_monitor(monitor: DictConfig) -> None:
-    every = monitor.picture_every_n_steps
-    _require(every >= 1, "monitor.picture_every_n_steps", every, "use an integer >= 1")
     unknown = [p for p in monitor.pictures if p not in PICTURES]
     _require(
         not unknown,

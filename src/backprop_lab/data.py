@@ -1,14 +1,13 @@
 """Training data as LightningDataModules: tensors in memory, batches drawn by a seeded sampler.
 
 Every data set here is small enough to live in memory as two tensors ``x`` (N, in) and ``y`` (N, out).
-Batches are gathered by tensor indexing (``__getitems__``), not by collating N single samples, and
-one Lightning epoch covers the whole run (``steps`` batches, reshuffled every pass over the data),
-so a one-example data set costs no per-epoch overhead at every step.
+Batches are gathered by tensor indexing (``__getitems__``), not by collating N single samples. An epoch
+is one pass over the training set, in an order drawn from ``seed`` and the epoch's number, so a run
+(and a resumed run) sees the same batches whatever else it does.
 """
 
 from __future__ import annotations
 
-import itertools
 import math
 from collections.abc import Iterator
 
@@ -42,27 +41,27 @@ def _keep_batch(batch):
     return batch
 
 
-class RepeatSampler(Sampler[int]):
-    """``num_samples`` indices from consecutive passes over range(n), each pass shuffled by ``seed``."""
+class EpochSampler(Sampler[int]):
+    """One pass over range(n): shuffled from ``(seed, epoch)`` where ``shuffle``, in order otherwise.
 
-    def __init__(self, n: int, num_samples: int, seed: int, shuffle: bool = True):
-        self.n, self.num_samples, self.seed, self.shuffle = n, num_samples, seed, shuffle
+    Lightning calls :meth:`set_epoch` before every epoch (as for a DistributedSampler), so each epoch
+    has its own order and the same epoch always has the same one.
+    """
+
+    def __init__(self, n: int, seed: int, shuffle: bool = True):
+        self.n, self.seed, self.shuffle, self.epoch = n, seed, shuffle, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
 
     def __len__(self) -> int:
-        return self.num_samples
+        return self.n
 
     def __iter__(self) -> Iterator[int]:
-        if not self.shuffle:  # no tensor per pass: with one example, a pass is a step
-            return itertools.islice(itertools.cycle(range(self.n)), self.num_samples)
-        return self._shuffled()
-
-    def _shuffled(self) -> Iterator[int]:
-        gen = torch.Generator().manual_seed(self.seed)
-        left = self.num_samples
-        while left > 0:
-            chunk = torch.randperm(self.n, generator=gen)[:left].tolist()
-            left -= len(chunk)
-            yield from chunk
+        if not self.shuffle:
+            return iter(range(self.n))
+        gen = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+        return iter(torch.randperm(self.n, generator=gen).tolist())
 
 
 class RankShare(Sampler[int]):
@@ -70,8 +69,11 @@ class RankShare(Sampler[int]):
     (same seed) and takes its ``batch_size / world`` consecutive indices of each batch of ``batch_size``,
     so DDP's averaged gradient is the gradient of the global batch, as in one process."""
 
-    def __init__(self, sampler: Sampler[int], batch_size: int, rank: int, world: int):
+    def __init__(self, sampler: EpochSampler, batch_size: int, rank: int, world: int):
         self.sampler, self.batch_size, self.rank, self.world = sampler, batch_size, rank, world
+
+    def set_epoch(self, epoch: int) -> None:
+        self.sampler.set_epoch(epoch)
 
     def __len__(self) -> int:
         return len(self.sampler) // self.world
@@ -87,16 +89,16 @@ class RankShare(Sampler[int]):
 class TensorDataModule(L.LightningDataModule):
     """Base for in-memory data: subclasses implement :meth:`make_tensors`.
 
-    ``steps`` (the trainer's max_steps) batches of ``batch_size`` make up the run's one epoch.
-    After :meth:`setup`: ``probe_x``, ``probe_y`` (a fixed set the monitors evaluate, from
+    An epoch is one pass over the training set in batches of ``batch_size`` (the last one smaller
+    where ``batch_size`` does not divide it). After :meth:`setup`: ``probe_x``, ``probe_y`` (a fixed set the monitors evaluate, from
     :meth:`make_probe`), ``in_features``, ``out_features``, and the class's ``task``.
     """
 
     task = "regression"  # or "classification"; decides the loss (backprop_lab.train)
 
-    def __init__(self, batch_size: int = 1, steps: int = 1, seed: int = 0, shuffle: bool = True):
+    def __init__(self, batch_size: int, seed: int, shuffle: bool = True):
         super().__init__()
-        self.batch_size, self.steps, self.seed, self.shuffle = batch_size, steps, seed, shuffle
+        self.batch_size, self.seed, self.shuffle = batch_size, seed, shuffle
         self.train_set: TensorPairDataset | None = None
         self.probe_x: Tensor | None = None
         self.probe_y: Tensor | None = None
@@ -129,7 +131,7 @@ class TensorDataModule(L.LightningDataModule):
 
     def train_dataloader(self) -> DataLoader:
         self.setup()
-        sampler = RepeatSampler(len(self.train_set), self.steps * self.batch_size, self.seed, self.shuffle)
+        sampler = EpochSampler(len(self.train_set), self.seed, self.shuffle)
         world, rank = self._ranks()
         if world == 1 or self.replicate_across_ranks:
             return DataLoader(self.train_set, batch_size=self.batch_size, sampler=sampler, collate_fn=_keep_batch)
@@ -148,8 +150,8 @@ class ExampleDataModule(TensorDataModule):
 
     replicate_across_ranks = True  # one example cannot be split; the mean of equal gradients is the same
 
-    def __init__(self, x: float, y: float, steps: int = 1, seed: int = 0):
-        super().__init__(batch_size=1, steps=steps, seed=seed, shuffle=False)
+    def __init__(self, x: float, y: float, seed: int = 0):
+        super().__init__(batch_size=1, seed=seed, shuffle=False)
         self.x, self.y = float(x), float(y)
 
     def make_tensors(self) -> tuple[Tensor, Tensor]:
@@ -166,8 +168,8 @@ class GeneratedDataModule(TensorDataModule):
     after it, so the probe set never overlaps the training set and is the same in every run of a seed.
     """
 
-    def __init__(self, n_samples: int, n_probe: int, noise: float, batch_size: int, steps: int = 1, seed: int = 0):
-        super().__init__(batch_size=batch_size, steps=steps, seed=seed, shuffle=True)
+    def __init__(self, n_samples: int, n_probe: int, noise: float, batch_size: int, seed: int = 0):
+        super().__init__(batch_size=batch_size, seed=seed, shuffle=True)
         self.n_samples, self.n_probe, self.noise = n_samples, n_probe, float(noise)
         self._probe: tuple[Tensor, Tensor] | None = None
 

@@ -15,7 +15,6 @@ import torch
 from torch import Tensor, nn
 
 from backprop_lab import functions as F
-from backprop_lab.tblog import log_scalars
 
 # The loss for a data module's ``task``: squared error as in the post; for labels in {0, 1}, binary
 # cross-entropy on the logits ŷ (its gradient σ(ŷ) − y does not vanish on a confidently wrong logit).
@@ -62,8 +61,9 @@ class BackpropModule(L.LightningModule):
         step = self.global_step
         # One host sync per step: divergence and convergence are decided on the value.
         value = self._mean_over_ranks(loss)
-        if step % self.trainer.log_every_n_steps == 0 or not math.isfinite(value):
-            log_scalars(self.trainer, {"train/loss": value}, step)
+        # The progress bar, trainer.callback_metrics (EarlyStopping, ModelCheckpoint) and every logger;
+        # already averaged over ranks, so no second reduction.
+        self.log("train/loss", value, prog_bar=True, batch_size=len(x))
         if not math.isfinite(value):
             self.diverged_at = step
             self.final_loss = value
@@ -92,14 +92,19 @@ class BackpropModule(L.LightningModule):
         self.final_loss = value
         if math.isfinite(value):
             self.best_loss = min(self.best_loss, value)
-        log_scalars(self.trainer, {"train/loss": value}, self.global_step)
+        # self.log is not available after training; the loggers take the final value directly.
+        for logger in self.loggers:
+            logger.log_metrics({"train/loss": value}, step=self.global_step)
 
     @property
     def status(self) -> str:
+        """converged, diverged, interrupted, stopped (by a callback such as EarlyStopping) or finished."""
         if self.diverged_at is not None:
             return "diverged"
         if self.trainer is not None and self.trainer.interrupted:
             return "interrupted"
         if self.tol > 0 and self.final_loss < self.tol:
             return "converged"
+        if self.trainer is not None and self.trainer.max_steps > 0 and self.trainer.global_step < self.trainer.max_steps:
+            return "stopped"
         return "finished"

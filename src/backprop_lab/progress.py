@@ -1,32 +1,34 @@
-"""The progress bar of a run: Lightning's tqdm bar, redrawn by the clock rather than by the step.
+"""The progress bar of a run: Lightning's tqdm bar counting the run's steps instead of an epoch's batches.
 
-Lightning's ``TQDMProgressBar`` redraws every ``refresh_rate`` steps. Which rate is right depends on how
-long a step takes: every step of the post's networks (~0.8 ms) would cost more than the step, while 20
-redraws of a 500-step run cost ~2 % of it (``scripts/bench.py``, the bar on and off). Like tqdm's own
-``mininterval``, :class:`TimedProgressBar` redraws at most every ``min_interval_s`` seconds, and always
-at the last step.
+An epoch here is one pass over the training set, which for the post's single example is one step: the
+stock bar would restart at "Epoch 37: 1/1" every step. :class:`StepProgressBar` shows step k of
+``max_steps`` (with the epoch and ``train/loss``) on one bar for the whole run, redrawn every
+``refresh_rate`` steps and at the last one.
 """
 
 from __future__ import annotations
 
-import time
+from typing import Any
 
+from lightning.pytorch import LightningModule, Trainer
 from lightning.pytorch.callbacks import TQDMProgressBar
 
 
-class TimedProgressBar(TQDMProgressBar):
-    """``TQDMProgressBar`` redrawn at most every ``min_interval_s`` seconds of training (and at the end)."""
+class StepProgressBar(TQDMProgressBar):
+    """``TQDMProgressBar`` over the run's ``trainer.max_steps`` updates, one bar for every epoch."""
 
-    def __init__(self, min_interval_s: float = 0.5, **kwargs):
-        super().__init__(refresh_rate=1, **kwargs)
-        self.min_interval_s = min_interval_s
-        self._last_draw = 0.0
-
-    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx: int) -> None:
-        now = time.monotonic()
+    def on_train_epoch_start(self, trainer: Trainer, *_: Any) -> None:
         bar = self.train_progress_bar
-        last = bar is not None and bar.total is not None and batch_idx + 1 >= bar.total
-        if now - self._last_draw < self.min_interval_s and not last:
-            return
-        self._last_draw = now
-        super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
+        if trainer.current_epoch == 0 or bar.total != trainer.max_steps:  # set once, not every epoch
+            bar.reset(total=trainer.max_steps)
+            bar.n = bar.initial = trainer.global_step  # a resumed run starts where it stopped
+
+    def on_train_batch_end(self, trainer: Trainer, pl_module: LightningModule, outputs, batch, batch_idx: int) -> None:
+        bar = self.train_progress_bar
+        if bar is not None and self._should_update(trainer.global_step, bar.total):
+            bar.n = trainer.global_step
+            bar.set_description(f"Epoch {trainer.current_epoch}", refresh=False)
+            bar.set_postfix(self.get_metrics(trainer, pl_module))  # also redraws
+
+    def on_train_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        pass  # the bar goes on into the next epoch; on_train_end closes it

@@ -492,12 +492,14 @@ def log_replay(trainer, cfg: DictConfig, net: nn.Module) -> None:
 
     Runs on a copy of ``net`` before training; a network that is not one of the post's is skipped.
     """
-    from backprop_lab.tblog import log_text
+    from backprop_lab.monitors.common import tensorboard_writers
 
-    if not trainer.is_global_zero:
+    writers = tensorboard_writers(trainer)
+    if not writers:
         return
     try:
         result = replay(cfg, net)
     except ConfigError:  # not one of the post's networks, or not its one example: nothing to replay
         return
-    log_text(trainer, "replay", to_markdown(result), step=0)
+    for writer in writers:
+        writer.add_text("replay", to_markdown(result), 0)

@@ -18,7 +18,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import io
-import json
+import itertools
 import math
 import re
 import sys
@@ -31,9 +31,8 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 from backprop_lab.config import ConfigError, validate
+from backprop_lab.summary import read_summaries
 
-SUMMARY_FILE = "summary.json"
-BASIC_SWEEPER = "hydra._internal.core_plugins.basic_sweeper.BasicSweeper"
 # Column order of summary.csv after the run name and the swept keys.
 RESULT_KEYS = ("status", "final_loss", "best_loss", "steps", "diverged_at", "final_dead_fraction", "wall_time_s")
 MAX_NAME_BYTES = 200  # file systems allow 255 per path component
@@ -63,10 +62,14 @@ def run_label(model: str, experiment: str | None = None) -> str:
     return experiment or model
 
 
-# At import, not in register_configs(): launcher workers (joblib, submitit) resolve hydra.sweep.subdir
-# after unpickling the job function, which imports backprop_lab.cli and so this module.
-OmegaConf.register_new_resolver("run_name", run_name, replace=True)
-OmegaConf.register_new_resolver("run_label", run_label, replace=True)
+def register_resolvers() -> None:
+    """``${run_name:...}`` and ``${run_label:...}``, which configs/train.yaml uses in Hydra's run dirs.
+
+    Called by :mod:`backprop_lab.cli` when it is imported: launcher workers (joblib, submitit) resolve
+    ``hydra.sweep.subdir`` after unpickling the job function, which imports that module.
+    """
+    OmegaConf.register_new_resolver("run_name", run_name, replace=True)
+    OmegaConf.register_new_resolver("run_label", run_label, replace=True)
 
 
 # --- multi-process trainers and local launchers -------------------------------------------------------
@@ -102,20 +105,25 @@ def check_multirun_trainer(cfg: DictConfig, mode: RunMode, launcher_target: str)
 
 
 def job_overrides(config: DictConfig, loader) -> list[list[str]]:
-    """The overrides of every job of a basic sweep, as Hydra's BasicSweeper will expand them."""
-    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+    """The overrides of every job of a basic sweep: the product of the swept values, in Hydra's order
+    (the last swept key varies fastest), each job's overrides in command-line order."""
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
     params = [f"{k}={v}" for k, v in (config.hydra.sweeper.get("params") or {}).items()]
-    overrides = OverridesParser.create(config_loader=loader).parse_overrides(
-        params + list(config.hydra.overrides.task)
-    )
+    overrides = OverridesParser.create(config_loader=loader).parse_overrides(params + list(config.hydra.overrides.task))
+    choices: list[list[str]] = []
     for override in overrides:
-        if override.is_sweep_override() and override.is_discrete_sweep():
-            if not list(override.sweep_string_iterator()):
-                raise ConfigError(f"{override.input_line!r}: the sweep over {override.get_key_element()} is empty")
-    (jobs,) = BasicSweeper.split_arguments(overrides, None)
-    return jobs
+        key = override.get_key_element()
+        if override.is_sweep_override():
+            if not override.is_discrete_sweep():
+                raise ConfigError(f"{override.input_line!r}: the basic sweeper takes lists and ranges, not intervals")
+            values = list(override.sweep_string_iterator())
+            if not values:
+                raise ConfigError(f"{override.input_line!r}: the sweep over {key} is empty")
+            choices.append([f"{key}={v}" for v in values])
+        else:
+            choices.append([override.input_line])
+    return [list(job) for job in itertools.product(*choices)]
 
 
 def check_sweep(config: DictConfig) -> int:
@@ -129,7 +137,7 @@ def check_sweep(config: DictConfig) -> int:
     from omegaconf.errors import OmegaConfBaseException
 
     launcher = config.hydra.launcher._target_
-    if config.hydra.sweeper._target_ != BASIC_SWEEPER:
+    if not config.hydra.sweeper._target_.endswith(".BasicSweeper"):
         validate(config)
         check_multirun_trainer(config, RunMode.MULTIRUN, launcher)
         return 0
@@ -155,32 +163,6 @@ def check_sweep(config: DictConfig) -> int:
 
 
 # --- the summary after the last job -------------------------------------------------------------------
-
-
-def _strict_json(value: Any) -> Any:
-    """Non-finite floats as the strings "inf", "-inf", "nan" (which float() reads back): JSON has no inf."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return str(value)
-    if isinstance(value, dict):
-        return {k: _strict_json(v) for k, v in value.items()}
-    return value
-
-
-def write_summary(run_dir: Path, summary: dict[str, Any]) -> Path:
-    """A run's summary.json (written by backprop_lab.train.train on rank 0), in strict JSON."""
-    path = Path(run_dir) / SUMMARY_FILE
-    path.write_text(json.dumps(_strict_json(summary), indent=2, allow_nan=False) + "\n")
-    return path
-
-
-def read_summaries(sweep_dir: Path) -> list[dict[str, Any]]:
-    """Every job's summary.json under ``sweep_dir``, with ``run`` (its directory, relative) added."""
-    rows = []
-    for path in sorted(sweep_dir.rglob(SUMMARY_FILE)):
-        row = json.loads(path.read_text())
-        row["run"] = str(path.parent.relative_to(sweep_dir))
-        rows.append(row)
-    return rows
 
 
 def _loss(value: Any) -> float:

@@ -25,10 +25,10 @@ import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
 from torch import Tensor, nn
 
-from backprop_lab.callback_group import find_callback
 from backprop_lab.config import PICTURES
-from backprop_lab.monitors import DeadReLUMonitor, GradientMonitor, _joined, _root, host_list, on_host, probe_set
-from backprop_lab.tblog import tensorboard_writers
+from backprop_lab.monitors.common import find_callback, probe_set, tensorboard_writers, watched_module
+from backprop_lab.monitors.dead_relu import DeadReLUMonitor
+from backprop_lab.monitors.gradients import GradientMonitor
 
 SIZE = (6.4, 4.4)  # inches at 100 dpi: 640×440 pixels, a few tens of KB as PNG
 
@@ -251,7 +251,7 @@ class PictureMonitor(Callback):
         self.loss_fn = loss_fn
         self.threshold = threshold
         # the trainable numbers before each update: lists of floats on the CPU, tensors on a device
-        self._path: list[Tensor | list[float]] = []
+        self._path: list[Tensor] = []
         self._path_params: list[nn.Parameter] = []  # whose numbers the path records; empty: none
         # Where a GradientMonitor on the same root already records those numbers (one-element
         # parameters, at its log steps), the path is read from it instead of recorded again.
@@ -259,7 +259,7 @@ class PictureMonitor(Callback):
         self._path_names: list[str] = []
 
     def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        named = trainable(_root(pl_module, self.root))
+        named = trainable(watched_module(pl_module, self.root))
         numbers = sum(p.numel() for _, p in named)
         self._path_params = [p for _, p in named] if "loss_surface" in self.pictures and 1 <= numbers <= 2 else []
         monitor = find_callback(trainer, GradientMonitor)
@@ -278,13 +278,10 @@ class PictureMonitor(Callback):
             self._path.append(self._numbers())  # where training ended (a non-finite point is dropped when drawn)
         self.draw(trainer, pl_module, trainer.global_step)
 
-    def _numbers(self) -> Tensor | list[float]:
-        """The trainable numbers now: a list of floats read on the CPU, a tensor left on a device (no sync)."""
-        params = self._path_params
-        if all(on_host(p) for p in params):
-            return [v for p in params for v in host_list(p)]
+    def _numbers(self) -> Tensor:
+        """The trainable numbers now, as one flat tensor left where they live (no sync)."""
         with torch.no_grad():
-            return _joined(params) if len(params) > 1 else params[0].reshape(-1).clone()
+            return torch.cat([p.detach().reshape(-1) for p in self._path_params])
 
     def _path_array(self) -> np.ndarray:
         """The path so far as a (steps, numbers) float64 array: the GradientMonitor's logged values (if
@@ -294,10 +291,8 @@ class PictureMonitor(Callback):
             steps, values = self._path_from.value_history
             nan = np.full(len(steps), np.nan)
             parts.append(np.stack([values.get(n, nan) for n in self._path_names], axis=1).reshape(len(steps), -1))
-        if self._path and isinstance(self._path[0], Tensor):
+        if self._path:
             parts.append(torch.stack(self._path).to(torch.float64).cpu().numpy())
-        elif self._path:
-            parts.append(np.asarray(self._path, dtype=np.float64))
         return np.concatenate(parts) if parts else np.empty((0, 0))
 
     def draw(self, trainer: Trainer, pl_module: LightningModule, step: int) -> None:
@@ -320,7 +315,7 @@ class PictureMonitor(Callback):
         probe = probe_set(trainer)
         if not self._path_params or loss_fn is None or probe is None:
             return None
-        net = _root(pl_module, self.root)
+        net = watched_module(pl_module, self.root)
         x, y = (t.to(pl_module.device) for t in probe)
         path = self._path_array()
         path = path[np.isfinite(path).all(axis=1)] if path.size else path
@@ -355,7 +350,7 @@ class PictureMonitor(Callback):
         return None
 
     def _predict(self, pl_module: LightningModule, x: Tensor) -> np.ndarray:
-        net = _root(pl_module, self.root)
+        net = watched_module(pl_module, self.root)
         was_training = net.training
         try:
             net.eval()

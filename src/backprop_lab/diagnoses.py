@@ -1,0 +1,283 @@
+"""Diagnoses in words, from what :class:`~backprop_lab.monitors.backprop_view.BackpropViewMonitor` recorded.
+
+Pure functions on a :class:`History` (the logged steps and their values, no torch): the Backprop tab
+shows them beside the graph, and training prints them as its closing lines.
+
+- ``dead_unit``: the post's ReLU unit h is dead: z1 ≤ 0 on every sample, so ReLU′(z1) = 0 and no
+  gradient reaches w1 again;
+- ``dead_layer`` / ``dying_layer``: every unit / at least half the units of a ReLU layer are dead;
+- ``vanishing_gradients``: the last layer's gradient norm is more than 10³ times the first layer's;
+- ``divergence``: the loss became inf or NaN, or grew a thousandfold.
+
+:func:`diagnose` returns them in step order, each with the step it starts at.
+"""
+
+from __future__ import annotations
+
+import math
+from array import array
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+
+VANISHING_RATIO = 1e3  # last / first layer gradient norm beyond this: vanishing gradients
+GROWTH = 1e3  # a finite loss this many times its first value: diverging
+DYING_FRACTION = 0.5  # at least this share of a ReLU layer's units dead: the layer is dying
+
+
+@dataclass(frozen=True)
+class Diagnosis:
+    step: int  # the step the condition starts at (the first logged step of its last unbroken stretch)
+    kind: str  # dead_unit | dead_layer | dying_layer | vanishing_gradients | divergence
+    text: str  # what happened, why, and what helps, in one paragraph
+    where: str | None = None  # the node or layer it concerns ("h", "act2", "fc1"), None for the whole run
+
+
+@dataclass
+class History:
+    """The logged steps of one run and their values: ``values[i * len(fields) + j]`` is field j at ``steps[i]``.
+
+    ``layout`` is the tag's description as the monitor writes it (``kind`` "graph" or "layers",
+    ``model``, ``fields``, for layers ``layers``; see docs/backprop_view.md). Stored flat in arrays of
+    doubles: 8 bytes a value, so a long run costs little memory.
+    """
+
+    layout: dict
+    steps: array = field(default_factory=lambda: array("q"))
+    values: array = field(default_factory=lambda: array("d"))
+
+    def __post_init__(self) -> None:
+        self.fields: list[str] = list(self.layout["fields"])
+        self._index = {name: j for j, name in enumerate(self.fields)}
+
+    @classmethod
+    def from_rows(cls, layout: dict, rows: Iterable[tuple[int, Sequence[float]]]) -> History:
+        history = cls(layout)
+        for step, row in rows:
+            history.add(step, row)
+        return history
+
+    @property
+    def kind(self) -> str:
+        return self.layout["kind"]
+
+    @property
+    def model(self) -> str:
+        return self.layout.get("model", "")
+
+    def __len__(self) -> int:
+        return len(self.steps)
+
+    def add(self, step: int, row: Sequence[float]) -> None:
+        if len(row) != len(self.fields):
+            raise ValueError(f"a row of {len(row)} values for {len(self.fields)} fields")
+        self.steps.append(int(step))
+        self.values.extend(float(v) for v in row)
+
+    def has(self, name: str) -> bool:
+        return name in self._index
+
+    def column(self, name: str) -> list[float]:
+        """Field ``name`` at every logged step."""
+        n = len(self.fields)
+        return self.values[self._index[name] :: n].tolist()
+
+    def row(self, i: int) -> dict[str, float]:
+        """The values of the i-th logged step (negative i counts from the end)."""
+        n = len(self.fields)
+        i = i % len(self.steps)
+        return dict(zip(self.fields, self.values[i * n : (i + 1) * n].tolist()))
+
+    def index(self, step: int) -> int:
+        """Where ``step`` is among the logged steps; ValueError if it is not one of them."""
+        lo, hi = 0, len(self.steps)
+        while lo < hi:  # steps are logged in increasing order
+            mid = (lo + hi) // 2
+            if self.steps[mid] < step:
+                lo = mid + 1
+            else:
+                hi = mid
+        if lo == len(self.steps) or self.steps[lo] != step:
+            raise ValueError(f"step {step} is not a logged step")
+        return lo
+
+
+def diagnose(history: History) -> list[Diagnosis]:
+    """Every diagnosis of the run, in step order."""
+    if len(history) == 0:
+        return []
+    found: list[Diagnosis] = []
+    if history.kind == "graph":
+        found += _dead_unit(history)
+    else:
+        found += _dead_layers(history)
+        found += _vanishing(history)
+    found += _divergence(history)
+    return sorted(found, key=lambda d: d.step)
+
+
+def streak_start(flags: Sequence[bool], steps: Sequence[int], i: int) -> int | None:
+    """The first step of the unbroken stretch of True flags that holds index i; None if flags[i] is False."""
+    if not flags[i]:
+        return None
+    while i > 0 and flags[i - 1]:
+        i -= 1
+    return steps[i]
+
+
+def dead_flags(history: History) -> list[bool]:
+    """Per logged step, whether the post's hidden unit passes no gradient: ReLU′(z1) = 0 (batch mean)."""
+    if not history.has("dh_dz1") or history.layout.get("activation") != "relu":
+        return [False] * len(history)
+    return [v == 0 for v in history.column("dh_dz1")]
+
+
+def _s(value: float) -> str:
+    """A value in a sentence: 4 significant digits."""
+    return "0" if value == 0 else f"{value:.4g}"
+
+
+# --- the post's hidden unit -----------------------------------------------------------------------
+
+
+def _dead_unit(h: History) -> list[Diagnosis]:
+    flags = dead_flags(h)
+    if not flags or not flags[-1]:
+        return []
+    since = streak_start(flags, h.steps, len(flags) - 1)
+    i = h.index(since)
+    at = h.row(i)
+    text = (
+        f"The ReLU unit h is dead since step {since}: z1 = w1 · x = {_s(at['z1'])} ≤ 0 on every sample, "
+        f"so h = 0 and ReLU′(z1) = 0. No gradient passes the unit: ∂L/∂z1 = ∂L/∂h · ReLU′(z1) = 0 and "
+        f"∂L/∂w1 = 0, so w1 stays at {_s(at['w1'])}"
+    )
+    text += "; with h = 0, ∂L/∂w2 = ∂L/∂ŷ · h = 0 as well, and the loss stays at " + _s(h.column("loss")[-1])
+    if i > 0:
+        before = h.row(i - 1)
+        text += (
+            f". The update of step {h.steps[i - 1]} did it: w1 went from {_s(before['w1'])} to "
+            f"{_s(before['w1_new'])} (η = {_s(before['lr_w1'])}, ∂L/∂w1 = {_s(before['dL_dw1'])}), past w1 · x = 0"
+        )
+    text += (
+        ". What helps: a smaller learning rate η, so that one update does not push z1 below 0; "
+        "leaky_relu, whose slope a > 0 for z ≤ 0 keeps the gradient flowing; or another start (w1) with w1 · x "
+        "further from 0."
+    )
+    return [Diagnosis(since, "dead_unit", text, "h")]
+
+
+# --- wider networks --------------------------------------------------------------------------------
+
+
+def _layers(h: History, kind: str) -> list[dict]:
+    return [layer for layer in h.layout.get("layers", []) if layer["type"] == kind or kind == "*"]
+
+
+def _dead_layers(h: History) -> list[Diagnosis]:
+    found = []
+    for layer in h.layout.get("layers", []):
+        name = layer["name"]
+        if not h.has(f"{name}/dead_fraction"):
+            continue
+        fractions = h.column(f"{name}/dead_fraction")
+        last = fractions[-1]
+        if last >= 1.0:
+            kind, share = "dead_layer", "every unit"
+            since = streak_start([f >= 1.0 for f in fractions], h.steps, len(fractions) - 1)
+        elif last >= DYING_FRACTION:
+            kind, share = "dying_layer", f"{last:.0%} of the units"
+            since = streak_start([f >= DYING_FRACTION for f in fractions], h.steps, len(fractions) - 1)
+        else:
+            continue
+        text = (
+            f"Layer {name} is {'dead' if kind == 'dead_layer' else 'dying'} since step {since}: {share} "
+            f"({layer.get('units', '?')} in all) have h ≤ 0 on every sample of the batch, so ReLU′(z) = 0 there and "
+            f"no gradient reaches the weights that feed them; such units never come back (at step 0: {fractions[0]:.0%}). "
+            "What helps: a smaller learning rate η (large first updates push z below 0 for every input), "
+            "model.activation=leaky_relu, or model.init=he (and no negative bias_init)."
+        )
+        found.append(Diagnosis(since, kind, text, name))
+    return found
+
+
+def gradient_ratios(h: History) -> list[float]:
+    """Per logged step, ‖∂L/∂W‖ of the last linear layer over that of the first (NaN where not defined)."""
+    linear = _layers(h, "linear")
+    if len(linear) < 2:
+        return [math.nan] * len(h)
+    first, last = (h.column(f"{layer['name']}/grad_norm") for layer in (linear[0], linear[-1]))
+    return [b / a if a > 0 and math.isfinite(a) and math.isfinite(b) else math.nan for a, b in zip(first, last)]
+
+
+def _vanishing(h: History) -> list[Diagnosis]:
+    ratios = gradient_ratios(h)
+    with_grad = [i for i, r in enumerate(ratios) if not math.isnan(r)]
+    if not with_grad:
+        return []
+    i = with_grad[-1]
+    if not ratios[i] > VANISHING_RATIO:
+        return []
+    flags = [r > VANISHING_RATIO or (math.isnan(r) and j > i) for j, r in enumerate(ratios)]
+    since = streak_start(flags, h.steps, i)
+    linear = _layers(h, "linear")
+    first, last = linear[0]["name"], linear[-1]["name"]
+    at = h.row(i)
+    acts = sorted({layer["type"] for layer in _layers(h, "*") if layer["type"] != "linear"})
+    why = (
+        "each sigmoid layer multiplies the gradient by σ′(z) ≤ 1/4 and by its weights on the way back"
+        if "sigmoid" in acts
+        else "each layer multiplies the gradient by its local derivative and its weights on the way back"
+    )
+    text = (
+        f"Vanishing gradients since step {since}: ‖∂L/∂W‖ of {first} is {_s(at[f'{first}/grad_norm'])}, "
+        f"{_s(ratios[i])} times smaller than that of {last} ({_s(at[f'{last}/grad_norm'])}), beyond 10³: {why}, "
+        f"so {first} barely moves (update ratio {_s(at[f'{first}/update_ratio'])}). What helps: fewer layers, "
+        "relu or leaky_relu activations (derivative 1 where active), or model.init=he."
+    )
+    return [Diagnosis(since, "vanishing_gradients", text, first)]
+
+
+# --- divergence ------------------------------------------------------------------------------------
+
+
+def _divergence(h: History) -> list[Diagnosis]:
+    losses = h.column("loss")
+    bad = next((i for i, v in enumerate(losses) if not math.isfinite(v)), None)
+    if bad is not None:
+        step, what = h.steps[bad], f"the loss became {losses[bad]} at step {h.steps[bad]}"
+        ref = bad
+    else:
+        first = losses[0]
+        if not (first > 0 and losses[-1] > GROWTH * first):
+            return []
+        ref = next(i for i, v in enumerate(losses) if v > 10 * first)
+        step = h.steps[ref]
+        what = (
+            f"the loss grew from {_s(first)} at step {h.steps[0]} to {_s(losses[-1])} at step {h.steps[-1]}, "
+            f"past ten times its start at step {step}"
+        )
+    lr = _learning_rate(h, ref)
+    text = f"Divergence: {what}, with η = {_s(lr)}. Each update overshoots the minimum by more than it corrects"
+    bound = _stability_bound(h, ref)
+    if bound is not None:
+        text += (
+            f". For ŷ = w·x the error y − ŷ is multiplied by (1 − 2ηx²) at each step, so gradient descent "
+            f"converges only for η < 1/x² = {_s(bound)}: try η = {_s(bound / 2)} (one step to the minimum) or less."
+        )
+    else:
+        text += f". What helps: a smaller learning rate, e.g. η = {_s(lr / 10)}."
+    return [Diagnosis(step, "divergence", text, None)]
+
+
+def _learning_rate(h: History, i: int) -> float:
+    row = h.row(i)
+    rates = [v for k, v in row.items() if (k.startswith("lr_") or k.endswith("/lr")) and math.isfinite(v)]
+    return max(rates) if rates else math.nan
+
+
+def _stability_bound(h: History, i: int) -> float | None:
+    """The post's linear net: η < 1/x² (batch of one; the mean of x over a batch otherwise, roughly)."""
+    if h.kind != "graph" or h.model != "linear":
+        return None
+    x = h.row(i)["x"]
+    return 1 / (x * x) if x != 0 and math.isfinite(x) else None

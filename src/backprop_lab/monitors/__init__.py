@@ -1,0 +1,19 @@
+"""Monitors: independent Lightning callbacks that log what backpropagation does in any LightningModule.
+
+- :class:`GradientMonitor`: parameters, gradients, gradient norms and update ratios;
+- :class:`DeadReLUMonitor`: dead and zero fractions of every ReLU layer, on the batch and a probe set;
+- :class:`PictureMonitor`: pictures in TensorBoard's Images tab, drawn from the two above;
+- :class:`BackpropViewMonitor`: the data of the Backprop tab (``backprop_lab.tensorboard_plugin``).
+
+Scalars go to every logger of the trainer (``logger.log_metrics``), as Lightning's own monitors do;
+histograms, images and text go to the TensorBoard logger's writer where there is one. On your own model::
+
+    trainer = L.Trainer(callbacks=[GradientMonitor(), DeadReLUMonitor()], logger=TensorBoardLogger("logs"))
+"""
+
+from backprop_lab.monitors.dead_relu import DeadReLUMonitor
+from backprop_lab.monitors.gradients import GradientMonitor
+from backprop_lab.monitors.layout import custom_scalars_layout
+from backprop_lab.monitors.pictures import PictureMonitor
+
+__all__ = ["DeadReLUMonitor", "GradientMonitor", "PictureMonitor", "custom_scalars_layout"]
