@@ -89,9 +89,9 @@ def _quiet():
 def _fit_package(cfg, run_dir: str, picture_s: list[float] | None = None) -> float:
     """µs per step of the package's own run of ``cfg``; appends to ``picture_s`` how long each
     drawing of the pictures took (at the end of the run, outside the timed window)."""
-    from backprop_lab.callback_group import find_callback
-    from backprop_lab.pictures import PictureMonitor
-    from backprop_lab.train import build_run, frozen_heap
+    from backprop_lab.monitors import PictureMonitor
+    from backprop_lab.monitors.common import find_callback
+    from backprop_lab.train import build_run
 
     module, data, trainer = build_run(cfg, run_dir)
     clock = StepClock()
@@ -106,7 +106,7 @@ def _fit_package(cfg, run_dir: str, picture_s: list[float] | None = None) -> flo
             picture_s.append(time.perf_counter() - t0)
 
         pictures.draw = timed_draw
-    with _quiet(), frozen_heap():  # as backprop_lab.train.train runs it
+    with _quiet():
         trainer.fit(module, datamodule=data)
     trainer.logger.finalize("success")
     return clock.per_step()
@@ -141,12 +141,26 @@ def _fit_bare_lightning(cfg, run_dir: str) -> float:
     return clock.per_step()
 
 
+def _batches(data, steps: int):
+    """``steps`` batches of ``data``, epoch after epoch, in the order Lightning's loop draws them."""
+    loader = data.train_dataloader()
+    epoch = 0
+    while True:
+        loader.sampler.set_epoch(epoch)
+        for batch in loader:
+            yield batch
+            steps -= 1
+            if steps == 0:
+                return
+        epoch += 1
+
+
 def _plain_loop(cfg, run_dir: str, tensorboard: bool) -> float:
     """A plain PyTorch loop over the same DataLoader; with ``tensorboard``, it also writes the
     default monitors' scalars (and histograms) at the same intervals, the straightforward way."""
     from torch.utils.tensorboard import SummaryWriter
 
-    from backprop_lab.monitors import DeadReLUMonitor
+    from backprop_lab.monitors.dead_relu import statistics
 
     net, loss_fn, data = _parts(cfg, run_dir)
     opt = torch.optim.SGD(net.parameters(), lr=cfg.optim.lr)
@@ -158,7 +172,7 @@ def _plain_loop(cfg, run_dir: str, tensorboard: bool) -> float:
                 m.register_forward_hook(lambda mod, i, o, name=name: outputs.__setitem__(name, o.detach()))
     hist_every = cfg.monitor.histogram_every_n_steps
     times = []
-    for step, (x, y) in enumerate(data.train_dataloader()):
+    for step, (x, y) in enumerate(_batches(data, cfg.trainer.max_steps)):
         times.append(time.perf_counter())
         loss = loss_fn(net(x), y)
         opt.zero_grad()
@@ -176,9 +190,9 @@ def _plain_loop(cfg, run_dir: str, tensorboard: bool) -> float:
                     writer.add_histogram(f"params/{n}", p.detach(), step)
                     writer.add_histogram(f"grads/{n}", p.grad, step)
             for n, h in outputs.items():
-                dead, zero = DeadReLUMonitor.statistics(h)[:2]
-                writer.add_scalar(f"relu/dead_fraction/{n}", dead.item(), step)
-                writer.add_scalar(f"relu/zero_fraction/{n}", zero.item(), step)
+                dead, zero = statistics(h)
+                writer.add_scalar(f"relu/dead_fraction/{n}", dead, step)
+                writer.add_scalar(f"relu/zero_fraction/{n}", zero, step)
         opt.step()
     if writer:
         writer.close()

@@ -24,7 +24,7 @@ def test_sigmoid_one_step_through_the_cli(tmp_path):
     assert s["params/w1"][1] == pytest.approx(0.4472, abs=5e-5)
     assert s["params/w2"][1] == pytest.approx(-0.8603, abs=5e-5)
     assert s["train/loss"][1] == pytest.approx(1.0501, abs=5e-5)
-    assert f"tensorboard --logdir {tmp_path / 'run'}" in proc.stdout + proc.stderr
+    assert "tensorboard --logdir run" in proc.stdout  # relative to where the command ran
     acc = event_accumulator(tmp_path / "run")
     assert "config/text_summary" in acc.Tags()["tensors"]
     assert (tmp_path / "run" / "hparams.yaml").exists()

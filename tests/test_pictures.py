@@ -10,7 +10,7 @@ from PIL import Image
 
 from backprop_lab import functions as F
 from backprop_lab.models import LinearNet, ReLUNet, SigmoidNet
-from backprop_lab.pictures import loss_on_grid
+from backprop_lab.monitors.pictures import loss_on_grid
 from conftest import event_accumulator, run_cli, train_run
 
 
@@ -93,8 +93,8 @@ def test_unknown_picture_is_refused_by_the_cli_without_traceback(tmp_path):
 
 
 def _loss_surface_path(tmp_path, *overrides):
-    from backprop_lab.callback_group import find_callback
-    from backprop_lab.pictures import PictureMonitor
+    from backprop_lab.monitors.common import find_callback
+    from backprop_lab.monitors.pictures import PictureMonitor
     from backprop_lab.train import build_run
     from conftest import compose_config
 

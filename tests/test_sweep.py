@@ -22,7 +22,8 @@ from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
 from conftest import CONFIGS, TRAIN_SCRIPT, event_accumulator, read_scalars, run_cli
-from backprop_lab.sweep import run_name, summarize, write_summary
+from backprop_lab.summary import write_summary
+from backprop_lab.sweep import run_name, summarize
 
 QUIET = "trainer.enable_progress_bar=false"
 

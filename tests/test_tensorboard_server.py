@@ -117,7 +117,7 @@ def test_tensorboard_serves_the_runs_scalars_histograms_images_hparams_and_layou
 
         layout = get(url + "/data/plugin/custom_scalars/layout")
         titles = {c["title"] for c in layout["category"]}
-        assert titles == {"loss", "gradients", "dead ReLU"}
+        assert titles == {"loss", "the post's numbers", "gradients", "dead ReLU"}
 
         experiment = post(url + "/data/plugin/hparams/experiment", {"experimentName": ""})
         hparams = {h["name"] for h in experiment["hparamInfos"]}

@@ -14,6 +14,7 @@ The lower-case helpers (``linear``, ``sigmoid``, ``relu``, ``leaky_relu``, ``mse
 from __future__ import annotations
 
 import inspect
+import math
 import warnings
 
 import torch
@@ -91,7 +92,8 @@ class LinearFunction(torch.autograd.Function):
         if need_x:
             grad_x = (g @ w.to(g.dtype)).to(x_dtype)
         if need_w:
-            g2, x2 = g.reshape(-1, g.shape[-1]), x.reshape(-1, x.shape[-1])  # every leading dim is batch
+            rows = math.prod(x.shape[:-1])  # every leading dim is batch
+            g2, x2 = g.reshape(rows, g.shape[-1]), x.reshape(rows, x.shape[-1])
             grad_w = (g2.t() @ x2.to(g.dtype)).to(w_dtype)
             grad_w = grad_w[0] if ctx.w_is_vector else grad_w
         return grad_x, grad_w, grad_b

@@ -494,12 +494,9 @@ def log_replay(trainer, cfg: DictConfig, net: nn.Module) -> None:
     """
     from backprop_lab.monitors.common import tensorboard_writers
 
-    writers = tensorboard_writers(trainer)
-    if not writers:
-        return
     try:
         result = replay(cfg, net)
     except ConfigError:  # not one of the post's networks, or not its one example: nothing to replay
         return
-    for writer in writers:
+    for writer in tensorboard_writers(trainer):
         writer.add_text("replay", to_markdown(result), 0)

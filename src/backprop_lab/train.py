@@ -65,6 +65,27 @@ def train(cfg: DictConfig, run_dir: str | Path, overrides: Sequence[str] = ()) -
     """
     run_dir = Path(run_dir)
     started = time.perf_counter()
+    module, data, trainer = build_run(cfg, run_dir)
+    try:
+        with expected_warnings():
+            trainer.fit(module, datamodule=data)
+    except SystemExit as stop:
+        # Lightning ends a run on SIGTERM (SIGTERMException) or Ctrl-C (sys.exit(1)) after the current
+        # step and closes its loggers, so the logs stay readable; record the run, then stop the process.
+        result = run_result(module, trainer, run_dir, started)
+        finish(cfg, result, trainer, overrides)
+        raise SystemExit(SIGTERM_EXIT if isinstance(stop, SIGTERMException) else stop.code) from None
+
+    result = run_result(module, trainer, run_dir, started)
+    log_hparams(trainer.loggers, cfg, result)
+    for logger in trainer.loggers:
+        logger.finalize("success")
+    finish(cfg, result, trainer, overrides)
+    return result
+
+
+def build_run(cfg: DictConfig, run_dir: Path) -> tuple[BackpropModule, L.LightningDataModule, L.Trainer]:
+    """The run :func:`train` fits, built but not started: ``(module, datamodule, trainer)``."""
     L.seed_everything(cfg.seed, workers=True, verbose=False)
 
     data = instantiate(cfg.data, seed=cfg.seed)
@@ -85,23 +106,7 @@ def train(cfg: DictConfig, run_dir: str | Path, overrides: Sequence[str] = ()) -
         default_root_dir=str(run_dir),
     )
     log_run_texts(trainer, cfg, net)
-
-    try:
-        with expected_warnings():
-            trainer.fit(module, datamodule=data)
-    except SystemExit as stop:
-        # Lightning ends a run on SIGTERM (SIGTERMException) or Ctrl-C (sys.exit(1)) after the current
-        # step and closes its loggers, so the logs stay readable; record the run, then stop the process.
-        result = run_result(module, trainer, run_dir, started)
-        finish(cfg, result, trainer, overrides)
-        raise SystemExit(SIGTERM_EXIT if isinstance(stop, SIGTERMException) else stop.code) from None
-
-    result = run_result(module, trainer, run_dir, started)
-    log_hparams(trainer.loggers, cfg, result)
-    for logger in trainer.loggers:
-        logger.finalize("success")
-    finish(cfg, result, trainer, overrides)
-    return result
+    return module, data, trainer
 
 
 # --- the parts of a run ------------------------------------------------------------------------------

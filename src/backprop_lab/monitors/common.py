@@ -29,11 +29,11 @@ def tensorboard_writers(trainer: Trainer) -> list:
 
 
 def is_log_step(trainer: Trainer, every: int | None = None) -> bool:
-    """Whether Lightning logs ``self.log`` metrics at this step: every ``every`` (default: the trainer's
-    ``log_every_n_steps``) counted from 1, as Lightning counts, and at step 0, so a run's start is shown."""
+    """Whether this step is logged, as Lightning decides for ``self.log``: every ``every`` steps (default:
+    the trainer's ``log_every_n_steps``) counted from 1 (steps n−1, 2n−1, …), and at a step that stops
+    the run, so the monitors' values sit at the same steps as the module's own metrics."""
     every = every or trainer.log_every_n_steps
-    step = trainer.global_step
-    return step == 0 or (step + 1) % every == 0
+    return (trainer.global_step + 1) % every == 0 or trainer.should_stop
 
 
 def watched_module(pl_module: LightningModule, root: str | None) -> nn.Module:

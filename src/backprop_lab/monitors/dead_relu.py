@@ -18,6 +18,13 @@ RELU_TYPES: tuple[type[nn.Module], ...] = (models.ReLU, nn.ReLU, models.LeakyReL
 ACTIVATION_TYPES = (*RELU_TYPES, models.Sigmoid, nn.Sigmoid, nn.Tanh, nn.GELU, nn.SiLU, nn.ELU, nn.Softplus)
 
 
+def _calls_activations_as_functions(net: nn.Module) -> bool:
+    """Whether ``net`` looks like layers whose activations are functions: two or more layers with
+    parameters and no activation module between them (the post's linear net has no layer at all)."""
+    layers = [m for m in net.modules() if m is not net and any(True for _ in m.parameters(recurse=False))]
+    return len(layers) >= 2 and not any(isinstance(m, ACTIVATION_TYPES) for m in net.modules())
+
+
 def units(h: Tensor) -> Tensor:
     """``h`` as (units, samples): a unit is an index along dim 1, every other dim is a sample."""
     return h.movedim(1, 0).reshape(h.shape[1], -1) if h.dim() > 1 else h.reshape(-1, 1)
@@ -80,7 +87,7 @@ class DeadReLUMonitor(Callback):
     (None while any unit is alive); :attr:`activity` each unit's active fraction at every probe step
     (of the probe set, or of the batch where there is none) for the unit-activity picture.
     Layers are found by forward hooks on modules: a ReLU called as a function (``torch.relu``) is not
-    seen, and the monitor warns once when the network has no activation module at all.
+    seen, and the monitor warns once when a network of several layers has no activation module.
     """
 
     def __init__(
@@ -121,7 +128,7 @@ class DeadReLUMonitor(Callback):
                 self._handles.append(module.register_forward_hook(self._hook(name)))
                 self.dead_since.setdefault(name, None)
                 self._slopes[name] = float(getattr(module, "negative_slope", 0.0))
-        if not self._slopes and not any(isinstance(m, ACTIVATION_TYPES) for m in watched_module(pl_module, self.root).modules()):
+        if not self._slopes and _calls_activations_as_functions(watched_module(pl_module, self.root)):
             where = f"'{self.root}'" if self.root else type(pl_module).__name__
             rank_zero_warn(
                 f"DeadReLUMonitor found no ReLU layer in {where} (it watches modules of "
