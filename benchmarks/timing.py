@@ -23,9 +23,8 @@ ROOT = Path(__file__).resolve().parents[1]  # the checkout: configs/ and scripts
 # How long one timed sample of one contender lasts, and how many interleaved rounds are taken.
 MODES = {
     "quick": {"sample_s": 0.01, "rounds": 3, "train_steps": 27, "mlp_train_steps": 27, "train_rounds": 1, "startup_reps": 1},
-    # Timed windows (steps 1 … N−2) that hold the periodic work at the rate a default run has: post nets
-    # 500 steps (10 probe passes at every 50, 5 hand-overs of 100 TensorBoard events), MLP 400 steps
-    # (40 log steps at every 10, 2 histogram and probe steps at every 200).
+    # Timed windows (steps 1 … N−2) that hold the periodic work at the rate a default run has: scalars
+    # every step, histograms and the probe pass every 25 steps (20 of each in 500 steps, 16 in 400).
     "full": {"sample_s": 0.04, "rounds": 11, "train_steps": 502, "mlp_train_steps": 402, "train_rounds": 7, "startup_reps": 3},
 }
 

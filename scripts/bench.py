@@ -2,7 +2,7 @@
 
     python scripts/bench.py                      # full run (~5–8 min on 2 CPU cores), writes bench-results.json
     python scripts/bench.py --quick              # CI smoke run (~30 s): fewer rounds, smaller cases, no sweep
-    python scripts/bench.py --json out.json      # where the JSON goes (keys: README.md, "Performance")
+    python scripts/bench.py --json out.json      # where the JSON goes (keys: docs/performance.md)
     python scripts/bench.py --only functions,training   # some sections only
 
 Contenders run side by side in one process, interleaved, medians of several rounds: run it on an

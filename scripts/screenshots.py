@@ -2,6 +2,7 @@
 
     python scripts/screenshots.py                 # runs, serves, shoots, stops; about a minute
     python scripts/screenshots.py --keep /tmp/tb  # keep the runs there to look at them yourself
+    python scripts/screenshots.py --only backprop # the Backprop tab's pages only (and only the runs they show)
 
 It trains the named experiments (or the post's networks where an experiment config is missing) into a
 temporary directory with the real CLI, starts ``tensorboard`` on a free loopback port, takes each page
@@ -43,11 +44,24 @@ PAGES = {
     "custom_scalars": "#custom_scalars",
     "images": "#images&tagFilter=unit_activity%7Closs_surface",
     "hparams": "#hparams",
+    # the Backprop tab (docs/backprop_view.md): run, step and phase in the hash, read by the tab's frame
+    "backprop_relu_step0": "#backprop&run=post_relu&step=0",
+    "backprop_relu_step4": "#backprop&run=post_relu&step=4",
+    "backprop_sigmoid_step0": "#backprop&run=post_sigmoid&step=0",
+    "backprop_vanishing_sigmoid": "#backprop&run=vanishing_sigmoid&step=100",
 }
 
 
-def train_runs(logdir: Path) -> None:
+def runs_shown(page: str) -> set[str]:
+    """The runs a page needs: the one its hash names, or all of them."""
+    run = next((p.partition("=")[2] for p in page.split("&") if p.startswith("run=")), None)
+    return {run} if run else set(RUNS)
+
+
+def train_runs(logdir: Path, names: set[str]) -> None:
     for name, overrides in RUNS.items():
+        if name not in names:
+            continue
         experiment = overrides[0].partition("=")[2]
         if overrides[0].startswith("experiment=") and not (ROOT / "configs" / "experiment" / f"{experiment}.yaml").exists():
             print(f"skip {name}: configs/experiment/{experiment}.yaml does not exist")
@@ -63,20 +77,36 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def wait_for_runs(url: str, timeout: float = 90.0) -> None:
-    """Until TensorBoard has loaded a scalar of every run (bounded)."""
+def wait_for_runs(url: str, at_least: int = len(RUNS) - 3, timeout: float = 90.0) -> None:
+    """Until TensorBoard has loaded scalars of ``at_least`` runs (bounded)."""
     import json
 
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         try:
             with urllib.request.urlopen(url + "/data/plugin/scalars/tags", timeout=5) as r:
-                if len(json.load(r)) >= len(RUNS) - 3:
+                if len(json.load(r)) >= at_least:
                     return
         except OSError:
             pass
         time.sleep(0.5)
     raise SystemExit(f"tensorboard at {url} did not answer within {timeout} s")
+
+
+def wait_for_backprop(url: str, names: set[str], timeout: float = 90.0) -> None:
+    """Until the Backprop tab lists every run in ``names`` that trained (bounded)."""
+    import json
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(url + "/data/plugin/backprop/runs", timeout=5) as r:
+                if names <= {run["run"] for run in json.load(r)["runs"]}:
+                    return
+        except OSError:
+            pass
+        time.sleep(0.5)
+    raise SystemExit(f"the Backprop tab at {url} did not list {sorted(names)} within {timeout} s")
 
 
 def shoot(chromium: str, url: str, path: Path, profile: Path) -> None:
@@ -104,12 +134,18 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--keep", type=Path, help="train into this directory and keep it")
     parser.add_argument("--chromium", default=shutil.which("chromium") or "/usr/bin/chromium")
+    parser.add_argument("--only", help="comma-separated page names or prefixes, e.g. backprop (default: every page)")
     args = parser.parse_args()
+    wanted = [w.strip() for w in args.only.split(",")] if args.only else [""]
+    pages = {name: page for name, page in PAGES.items() if any(name.startswith(w) for w in wanted)}
+    if not pages:
+        parser.error(f"--only {args.only}: no such page; pages: {', '.join(PAGES)}")
+    names = set().union(*(runs_shown(page) for page in pages.values()))
 
     with tempfile.TemporaryDirectory() as tmp:
         logdir = args.keep or Path(tmp) / "runs"
         logdir.mkdir(parents=True, exist_ok=True)
-        train_runs(logdir)
+        train_runs(logdir, names)
         port = free_port()
         server = subprocess.Popen(
             [sys.executable, "-m", "tensorboard.main", "--logdir", str(logdir), "--port", str(port), "--host", "127.0.0.1", "--load_fast=false"],
@@ -118,9 +154,11 @@ def main() -> None:
         )
         try:
             url = f"http://127.0.0.1:{port}"
-            wait_for_runs(url)
+            wait_for_runs(url, min(len(names), len(RUNS) - 3))
+            backprop = {run for page in pages.values() if page.startswith("#backprop") for run in runs_shown(page)}
+            wait_for_backprop(url, {run for run in backprop if (logdir / run).exists()})
             OUT.mkdir(parents=True, exist_ok=True)
-            for name, page in PAGES.items():
+            for name, page in pages.items():
                 shoot(args.chromium, f"{url}/{page}", OUT / f"{name}.png", Path(tmp) / "chromium")
         finally:
             server.terminate()

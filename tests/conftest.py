@@ -1,15 +1,24 @@
-"""Shared test helpers: compose the real config, run the real trainer or CLI, read real event files."""
+"""Shared test helpers: compose the real config, run the real trainer or CLI, read real event and CSV files.
+
+Test modules import what they need with ``from conftest import ...`` (pytest puts tests/ on sys.path).
+"""
 
 from __future__ import annotations
 
+import csv
 import os
 import subprocess
 import sys
 from pathlib import Path
 
+import lightning as L
 import pytest
+import torch
 from hydra import compose, initialize_config_dir
+from lightning.pytorch.loggers import TensorBoardLogger
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
 
 from backprop_lab.config import register_configs, validate
 
@@ -36,6 +45,15 @@ def train_run(tmp_path: Path, *overrides: str):
     return result, read_scalars(tmp_path)
 
 
+def built_run(tmp_path: Path, *overrides: str):
+    """``(module, data, trainer)`` of a composed config, as :func:`backprop_lab.train.build_run` builds it."""
+    from backprop_lab.train import build_run
+
+    cfg = compose_config("trainer.accelerator=cpu", *overrides)
+    validate(cfg)
+    return build_run(cfg, tmp_path)
+
+
 def event_accumulator(log_dir: Path) -> EventAccumulator:
     acc = EventAccumulator(str(log_dir), size_guidance={"scalars": 0, "histograms": 0, "images": 0, "tensors": 0})
     acc.Reload()
@@ -48,15 +66,97 @@ def read_scalars(log_dir: Path) -> dict[str, dict[int, float]]:
     return {tag: {e.step: e.value for e in acc.Scalars(tag)} for tag in acc.Tags()["scalars"]}
 
 
-def run_cli(*args: str, cwd: Path, script: Path = TRAIN_SCRIPT, timeout: float = 120, env: dict | None = None):
+def read_images(log_dir: Path) -> dict[str, list]:
+    """{tag: [image events]} from the event files in log_dir."""
+    acc = event_accumulator(log_dir)
+    return {tag: acc.Images(tag) for tag in acc.Tags()["images"]}
+
+
+def read_csv_metrics(path: Path) -> dict[str, dict[int, float]]:
+    """{column: {step: value}} from a Lightning CSVLogger's metrics.csv (empty cells left out)."""
+    out: dict[str, dict[int, float]] = {}
+    with Path(path).open() as f:
+        for row in csv.DictReader(f):
+            step = int(row.pop("step"))
+            for key, value in row.items():
+                if value != "":
+                    out.setdefault(key, {})[step] = float(value)
+    return out
+
+
+def event_files(log_dir: Path) -> list[Path]:
+    return sorted(Path(log_dir).rglob("events.out.tfevents.*"))
+
+
+def run_cli(
+    *args: str,
+    cwd: Path,
+    script: Path = TRAIN_SCRIPT,
+    timeout: float = 120,
+    env: dict | None = None,
+    python_args: tuple[str, ...] = (),
+):
     """Run a script of the repo as a user would, in cwd; return the CompletedProcess."""
     full_env = {**os.environ, "PYTHONWARNINGS": "ignore", **(env or {})}
     full_env.pop("HYDRA_FULL_ERROR", None)
     if env and "HYDRA_FULL_ERROR" in env:
         full_env["HYDRA_FULL_ERROR"] = env["HYDRA_FULL_ERROR"]
     return subprocess.run(
-        [sys.executable, str(script), *args], cwd=cwd, capture_output=True, text=True, timeout=timeout, env=full_env
+        [sys.executable, *python_args, str(script), *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=full_env,
     )
+
+
+# --- a LightningModule and data with nothing of backprop-lab in them, for the monitors -----------------
+
+
+class PlainModule(L.LightningModule):
+    """A LightningModule with nothing of backprop-lab in it: stock layers, stock loss, stock SGD, no forward."""
+
+    def __init__(self, seq: nn.Module, lr: float):
+        super().__init__()
+        self.seq, self.lr = seq, lr
+
+    def training_step(self, batch, batch_idx):
+        x, y = batch
+        return nn.functional.mse_loss(self.seq(x), y)
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=self.lr)
+
+
+class PlainData(L.LightningDataModule):
+    """Batches of 4 in order, and a probe set for the monitors (what backprop-lab's data modules have)."""
+
+    def __init__(self, x, y, probe_x=None):
+        super().__init__()
+        self.x, self.y = x, y
+        if probe_x is not None:
+            self.probe_x, self.probe_y = probe_x, torch.zeros(len(probe_x), 1)
+
+    def train_dataloader(self):
+        return DataLoader(TensorDataset(self.x, self.y), batch_size=4, shuffle=False)
+
+
+def fit(tmp_path, module, data, callbacks, steps, log_every=1, **trainer_kwargs):
+    """A plain Lightning fit of ``steps`` updates, logging to TensorBoard in tmp_path; returns the trainer."""
+    trainer = L.Trainer(
+        max_steps=steps,
+        logger=TensorBoardLogger(str(tmp_path), name="", version="", default_hp_metric=False),
+        callbacks=callbacks,
+        log_every_n_steps=log_every,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        enable_checkpointing=False,
+        accelerator="cpu",
+        **trainer_kwargs,
+    )
+    trainer.fit(module, datamodule=data)
+    return trainer
 
 
 @pytest.fixture

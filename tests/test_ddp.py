@@ -1,4 +1,4 @@
-"""Lightning DDP on CPU (gloo, 2 processes) through the real CLI: one run directory, logs written once, and
+"""End to end: Lightning DDP on CPU (gloo, 2 processes) through the real CLI: one run directory, logs written once, and
 the same numbers as a single process.
 
 Each rank sees the post's single sigmoid example, so the gradient DDP averages over the two ranks is the
@@ -11,20 +11,7 @@ from __future__ import annotations
 import json
 
 import pytest
-import torch
-
-from backprop_lab.config import ConfigError, check_devices
-from conftest import compose_config, read_scalars, run_cli, train_run
-
-
-def test_ddp_trainer_config():
-    cfg = compose_config("trainer=ddp")
-    assert (cfg.trainer.devices, cfg.trainer.strategy, cfg.trainer.accelerator) == (2, "ddp", "auto")
-
-
-def test_more_devices_than_the_machine_has_is_refused():
-    with pytest.raises(ConfigError, match=r"trainer.devices=4096 is more than this machine has \(\d+ CPU cores"):
-        check_devices("cpu", 4096)
+from conftest import read_scalars, run_cli, train_run
 
 
 @pytest.mark.slow
@@ -35,8 +22,9 @@ def test_two_process_ddp_writes_once_into_one_run_dir_and_matches_one_process(tm
     (run,) = (tmp_path / "outputs" / "runs").iterdir()  # rank 1 wrote into the parent's directory
     assert "distributed_backend=gloo" in (run / "train.log").read_text()  # Lightning's lines: the log file
     assert (run / "train_ddp_process_1.log").exists()
-    pids = {p.name.split(".")[4] for p in run.glob("events.out.tfevents.*")}
-    assert len(pids) == 1  # event files from rank 0 only
+    # events.out.tfevents.<time>.<host>.<pid>.<n>: the pid is the second field from the end
+    pids = {p.name.split(".")[-2] for p in run.glob("events.out.tfevents.*")}
+    assert len(pids) == 1 and pids.pop().isdigit()  # event files from rank 0 only
     summary = json.loads((run / "summary.json").read_text())
     assert (summary["status"], summary["steps"]) == ("finished", 3)
 
@@ -68,32 +56,27 @@ def test_more_devices_than_exist_is_refused_by_the_cli(tmp_path):
     assert not list((tmp_path / "outputs").rglob("summary.json")) and not list((tmp_path / "outputs").rglob("events*"))
 
 
-def test_a_global_batch_that_does_not_split_over_the_processes_is_refused():
-    from backprop_lab.config import validate
-
-    with pytest.raises(ConfigError, match=r"data.batch_size=33 is not accepted with trainer.devices=2"):
-        validate(compose_config("trainer=ddp", "model=mlp", "data.batch_size=33"))
-    validate(compose_config("trainer=ddp", "model=mlp", "data.batch_size=32"))  # splits: accepted
-
-
-def test_each_rank_takes_its_share_of_every_global_batch():
-    from backprop_lab.data import EpochSampler, RankShare
-
-    order = list(EpochSampler(8, seed=0))  # one pass = two global batches of 4
-    shares = [list(RankShare(EpochSampler(8, seed=0), 4, rank, 2)) for rank in (0, 1)]
-    assert shares[0] == order[0:2] + order[4:6]
-    assert shares[1] == order[2:4] + order[6:8]
-
-
 @pytest.mark.slow
 def test_two_process_ddp_on_minibatches_matches_one_process_on_the_global_batch(tmp_path):
     # Two ranks, each with 16 of every global batch of 32 moons: DDP averages their gradients, which is
     # the gradient of the global batch, so every step matches one process.
     overrides = [
-        "model=mlp", "data=moons", "data.batch_size=32", "trainer.max_steps=4",
-        "trainer.log_every_n_steps=1", "trainer.enable_progress_bar=false", "monitor.pictures=[]",
+        "model=mlp",
+        "data=moons",
+        "data.batch_size=32",
+        "trainer.max_steps=4",
+        "trainer.log_every_n_steps=1",
+        "trainer.enable_progress_bar=false",
+        "monitor.pictures=[]",
     ]
-    proc = run_cli("trainer=ddp", "trainer.accelerator=cpu", *overrides, f"hydra.run.dir={tmp_path / 'ddp'}", cwd=tmp_path, timeout=180)
+    proc = run_cli(
+        "trainer=ddp",
+        "trainer.accelerator=cpu",
+        *overrides,
+        f"hydra.run.dir={tmp_path / 'ddp'}",
+        cwd=tmp_path,
+        timeout=180,
+    )
     assert proc.returncode == 0, proc.stderr
     ddp = read_scalars(tmp_path / "ddp")
     _, single = train_run(tmp_path / "single", *overrides)
@@ -101,20 +84,3 @@ def test_two_process_ddp_on_minibatches_matches_one_process_on_the_global_batch(
         assert ddp["train/loss"][step] == pytest.approx(single["train/loss"][step], rel=1e-5)
     for step in range(4):
         assert ddp["grad_norm/fc1.weight"][step] == pytest.approx(single["grad_norm/fc1.weight"][step], rel=1e-4)
-
-
-def test_under_ddp_a_rank_loads_half_of_each_global_batch_and_the_post_example_stays_whole():
-    from types import SimpleNamespace
-
-    from hydra.utils import instantiate
-
-    moons = instantiate(compose_config("model=mlp", "data=moons", "data.batch_size=32").data, seed=0)
-    single = [x for x, _ in moons.train_dataloader()]
-    moons.trainer = SimpleNamespace(world_size=2, global_rank=1)
-    shares = [x for x, _ in moons.train_dataloader()]
-    assert [len(x) for x in shares] == [16] * 8  # an epoch: 256 moons in global batches of 32
-    assert all(torch.equal(s, b[16:]) for s, b in zip(shares, single))  # rank 1: the second half
-
-    example = instantiate(compose_config("model=sigmoid").data, seed=0)
-    example.trainer = SimpleNamespace(world_size=2, global_rank=1)
-    assert [x.tolist() for x, _ in example.train_dataloader()] == [[[1.0]]]  # an epoch: the one example

@@ -9,7 +9,6 @@ from __future__ import annotations
 import statistics
 
 import pytest
-
 from conftest import compose_config, read_scalars, run_cli, train_run
 
 NO_PICTURES = "monitor.pictures=[]"  # pictures are tested elsewhere; here they would cost seconds
@@ -34,7 +33,12 @@ def test_experiments_compose_as_documented():
     deep = compose_config("experiment=vanishing_sigmoid")
     assert (list(deep.model.hidden), deep.model.activation) == ([32] * 6, "sigmoid")
     relu = compose_config("experiment=deep_relu")
-    assert (list(relu.model.hidden), relu.model.activation, relu.model.init, relu.optim.lr) == ([32] * 6, "relu", "he", 0.01)
+    assert (list(relu.model.hidden), relu.model.activation, relu.model.init, relu.optim.lr) == (
+        [32] * 6,
+        "relu",
+        "he",
+        0.01,
+    )
     # a key given on the command line still wins over the experiment's
     assert compose_config("experiment=dead_relu", "optim.lr=0.05").optim.lr == 0.05
 

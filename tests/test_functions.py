@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
+import inspect
 import itertools
 import re
-import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -89,7 +89,13 @@ def _elementwise(name, ours, native, kink=False):
     def expanded(fn):
         return lambda z0: fn(z0.expand(4, 3))
 
-    shapes = [("(4, 3)", _r(4, 3)), ("0-d", _r()), ("0 elements", _r(0, 3)), ("3-D", _r(2, 3, 2)), ("non-contiguous", _t(4, 3))]
+    shapes = [
+        ("(4, 3)", _r(4, 3)),
+        ("0-d", _r()),
+        ("0 elements", _r(0, 3)),
+        ("3-D", _r(2, 3, 2)),
+        ("non-contiguous", _t(4, 3)),
+    ]
     cases = [Case(f"{name} {label}", ours, native, _inputs(m), kink) for label, m in shapes]
     return cases + [Case(f"{name} expanded", expanded(ours), expanded(native), _inputs(_r(1, 3)), kink)]
 
@@ -98,10 +104,18 @@ ELEMENTWISE = [
     *_elementwise("sigmoid", F.SigmoidFunction.apply, torch.sigmoid),
     *_elementwise("relu", F.ReLUFunction.apply, torch.relu, kink=True),
     *_elementwise("relu grad_at_zero=1", lambda z: F.ReLUFunction.apply(z, 1), torch.relu, kink=True),
-    *_elementwise("leaky a=0.2", lambda z: F.LeakyReLUFunction.apply(z, 0.2), lambda z: TF.leaky_relu(z, 0.2), kink=True),
+    *_elementwise(
+        "leaky a=0.2", lambda z: F.LeakyReLUFunction.apply(z, 0.2), lambda z: TF.leaky_relu(z, 0.2), kink=True
+    ),
 ]
 ELEMENTWISE += [
-    Case(f"leaky a={a}", lambda z, a=a: F.LeakyReLUFunction.apply(z, a), lambda z, a=a: TF.leaky_relu(z, a), _inputs(_r(4, 3)), True)
+    Case(
+        f"leaky a={a}",
+        lambda z, a=a: F.LeakyReLUFunction.apply(z, a),
+        lambda z, a=a: TF.leaky_relu(z, a),
+        _inputs(_r(4, 3)),
+        True,
+    )
     for a in (0.0, -0.5, 1.5)  # a < 0 saves z instead of h; torch takes any slope
 ]
 
@@ -150,7 +164,7 @@ def _grad_patterns(case: Case):
 
 @pytest.mark.parametrize(("case", "pattern"), [p for case in CASES for p in _grad_patterns(case)])
 def test_gradcheck(case, pattern):
-    inputs = tuple(t.requires_grad_(p) for t, p in zip(_build(case, torch.float64), pattern))
+    inputs = tuple(t.requires_grad_(p) for t, p in zip(_build(case, torch.float64), pattern, strict=True))
     assert gradcheck(case.ours, inputs, check_forward_ad=True, check_batched_grad=True, check_batched_forward_grad=True)
     assert gradgradcheck(case.ours, inputs, check_fwd_over_rev=True, check_batched_grad=True)
 
@@ -184,7 +198,7 @@ def test_matches_native(case, dtype):
     ref, ref_grads = _value_and_grads(case.native, inputs)
     assert out.dtype == ref.dtype and out.shape == ref.shape
     torch.testing.assert_close(out, ref, equal_nan=True, **TOLERANCES[dtype])
-    for got, want, x in zip(grads, ref_grads, inputs):
+    for got, want, x in zip(grads, ref_grads, inputs, strict=True):
         assert got.dtype == x.dtype and got.shape == x.shape
         torch.testing.assert_close(got, want, **TOLERANCES[dtype])
 
@@ -301,7 +315,9 @@ def test_torch_func_transforms_match_native(activation, loss):
 
     check(lambda f, L: func.vmap(f, in_dims=(None, None, None, 0))(w1, b1, w2, xs))  # a batch of batches
     check(lambda f, L: func.vmap(f, in_dims=(None, 0, None, None))(w1, torch.stack([b1, -b1]), w2, x))  # only b batched
-    check(lambda f, L: func.vmap(func.grad(L), in_dims=(None, None, None, 0, 0))(w1, b1, w2, xs, ys))  # per-sample grads
+    check(
+        lambda f, L: func.vmap(func.grad(L), in_dims=(None, None, None, 0, 0))(w1, b1, w2, xs, ys)
+    )  # per-sample grads
     check(lambda f, L: func.grad(L, argnums=(0, 1, 2))(w1, b1, w2, x, y))
     check(lambda f, L: func.jvp(lambda w1: f(w1, b1, w2, x), (w1,), (torch.ones_like(w1),)))
     check(lambda f, L: func.jvp(lambda *p: L(*p, x, y), (w1, b1, w2), (w1.sin(), b1.cos(), w2)))
@@ -314,8 +330,11 @@ def test_forward_ad_matches_reverse_at_relu_kink():
     # jacfwd uses jvp, jacrev uses backward: both must apply the same ReLU′(0).
     z = torch.tensor([-1.0, 0.0, 2.0], dtype=torch.float64)
     for grad_at_zero in (0, 1):
-        fwd = torch.func.jacfwd(lambda t: F.relu(t, grad_at_zero))(z)
-        rev = torch.func.jacrev(lambda t: F.relu(t, grad_at_zero))(z)
+
+        def relu(t, grad_at_zero=grad_at_zero):
+            return F.relu(t, grad_at_zero)
+
+        fwd, rev = torch.func.jacfwd(relu)(z), torch.func.jacrev(relu)(z)
         assert torch.equal(fwd, rev)
         assert torch.diagonal(fwd).tolist() == [0.0, float(grad_at_zero), 1.0]
 
@@ -329,7 +348,11 @@ MODELS = {
     "ReLUNet ReLU'(0)=1": (lambda: models.ReLUNet(relu_grad_at_zero=1), 1, F.mse_loss),
     "MLP relu": (lambda: models.MLP(2, 1, hidden=[8, 8]), 2, F.mse_loss),
     "MLP sigmoid, bce": (lambda: models.MLP(2, 1, hidden=[8], activation="sigmoid"), 2, F.bce_with_logits),
-    "MLP leaky_relu": (lambda: models.MLP(2, 1, hidden=[8], activation="leaky_relu", negative_slope=0.1), 2, F.mse_loss),
+    "MLP leaky_relu": (
+        lambda: models.MLP(2, 1, hidden=[8], activation="leaky_relu", negative_slope=0.1),
+        2,
+        F.mse_loss,
+    ),
 }
 
 
@@ -352,7 +375,7 @@ def _compile_and_compare(name, backend):
     compiled_loss = compiled(x, y)
     compiled_loss.backward()
     torch.testing.assert_close(compiled_loss, loss)
-    for p, g in zip(net.parameters(), grads):
+    for p, g in zip(net.parameters(), grads, strict=True):
         torch.testing.assert_close(p.grad, g)
 
 
@@ -394,7 +417,9 @@ def test_autocast_bf16_mlp_gradients_have_the_parameters_dtype():
     native = torch.nn.Sequential(
         torch.nn.Linear(2, 16), torch.nn.ReLU(), torch.nn.Linear(16, 16), torch.nn.ReLU(), torch.nn.Linear(16, 1)
     )
-    native.load_state_dict({k.replace("fc1", "0").replace("fc2", "2").replace("out", "4"): v for k, v in net.state_dict().items()})
+    native.load_state_dict(
+        {k.replace("fc1", "0").replace("fc2", "2").replace("out", "4"): v for k, v in net.state_dict().items()}
+    )
     x, y = torch.randn(32, 2), torch.randn(32, 1)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         out, ref = net(x), native(x)
@@ -403,7 +428,7 @@ def test_autocast_bf16_mlp_gradients_have_the_parameters_dtype():
     loss.backward()
     ref_loss.backward()
     torch.testing.assert_close(loss, ref_loss, rtol=2e-2, atol=2e-2)
-    for p, q in zip(net.parameters(), native.parameters()):
+    for p, q in zip(net.parameters(), native.parameters(), strict=True):
         assert p.grad.dtype == torch.float32
         torch.testing.assert_close(p.grad, q.grad, rtol=5e-2, atol=5e-2)
 
@@ -473,7 +498,14 @@ def test_the_posts_sigmoid_example():
 
 def test_backward_does_not_modify_grad_output():
     z = torch.randn(5, 3, requires_grad=True)
-    outs = (F.sigmoid(z), F.relu(z), F.relu(z, 1), F.leaky_relu(z, 0.1), F.linear(z, torch.randn(2, 3)), F.mse_loss(z, z.detach() + 1))
+    outs = (
+        F.sigmoid(z),
+        F.relu(z),
+        F.relu(z, 1),
+        F.leaky_relu(z, 0.1),
+        F.linear(z, torch.randn(2, 3)),
+        F.mse_loss(z, z.detach() + 1),
+    )
     for out in outs:
         g = torch.ones_like(out)
         torch.autograd.grad(out, z, g)
@@ -512,6 +544,24 @@ def test_functions_call_no_library_derivative_and_no_private_name():
     assert re.findall(r"\w+_backward\(", code) == ["save_for_backward("] * code.count("save_for_backward(")
 
 
+def test_the_manual_shows_sigmoid_function_as_it_stands():
+    manual = (Path(__file__).resolve().parents[1] / "docs" / "functions.md").read_text()
+    shown = manual.split("## One Function, whole", 1)[1].split("```python\n", 1)[1].split("```", 1)[0]
+    assert shown == inspect.getsource(F.SigmoidFunction)
+
+
+def test_compile_needs_the_helpers_not_apply():
+    # Why the helpers swap in a copy without jvp while compiling: Dynamo refuses a Function with one.
+    torch.compiler.reset()
+    direct = torch.compile(lambda z: F.SigmoidFunction.apply(z).sum(), fullgraph=True, backend="aot_eager")
+    with pytest.raises(Exception, match="custom jvp"):
+        direct(torch.randn(3, requires_grad=True))
+    helper = torch.compile(lambda z: F.sigmoid(z).sum(), fullgraph=True, backend="aot_eager")
+    z = torch.randn(3, requires_grad=True)
+    helper(z).backward()
+    torch.testing.assert_close(z.grad, torch.sigmoid(z) * (1 - torch.sigmoid(z)))
+
+
 # --- CUDA variants (run wherever a GPU is present) ---------------------------------------------------
 
 
@@ -523,7 +573,7 @@ def test_functions_match_native_on_cuda(cuda, dtype):
         out, grads = _value_and_grads(case.ours, inputs)
         ref, ref_grads = _value_and_grads(case.native, inputs)
         torch.testing.assert_close(out, ref, **TOLERANCES[dtype])
-        for got, want in zip(grads, ref_grads):
+        for got, want in zip(grads, ref_grads, strict=True):
             torch.testing.assert_close(got, want, **TOLERANCES[dtype])
 
 

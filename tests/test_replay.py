@@ -10,11 +10,11 @@ from __future__ import annotations
 import json
 
 import pytest
+from conftest import ROOT, compose_config, event_accumulator, run_cli, train_run
 from omegaconf import OmegaConf
 
 from backprop_lab.config import ConfigError, validate
 from backprop_lab.replay import compare, log_replay, replay, to_json, to_markdown
-from conftest import ROOT, compose_config, event_accumulator, run_cli, train_run
 
 EXACT = dict(abs=1e-10)
 REPLAY_SCRIPT = ROOT / "scripts" / "replay.py"
@@ -125,7 +125,9 @@ def test_linear_every_exact_value_and_no_marks():
         assert values(r)[key] == pytest.approx(value, **EXACT), key
     assert r.post_figures == 8 and r.marks == 0
     assert r.row("dL_dw").with_values == "(-8) · 2"
-    assert r.summary == "0 of 8 post figures differ from the exact value by more than one unit in their last printed digit"
+    assert (
+        r.summary == "0 of 8 post figures differ from the exact value by more than one unit in their last printed digit"
+    )
 
 
 def test_relu_active_case_of_the_post():
@@ -161,7 +163,10 @@ def test_relu_dead_unit_passes_exactly_zero_and_says_why():
     ]
     # Not the post's inputs: no post column, and the closing line says why.
     assert not r.post_column and r.post_figures == 0 and "| post |" not in md
-    assert r.summary == "the post's column is left out: these are not the post's inputs (model.w1=-0.5, where the post has 0.5)"
+    assert (
+        r.summary
+        == "the post's column is left out: these are not the post's inputs (model.w1=-0.5, where the post has 0.5)"
+    )
 
 
 @pytest.mark.parametrize("grad_at_zero", [0, 1])
@@ -182,7 +187,8 @@ def test_relu_at_exactly_zero_follows_relu_grad_at_zero(grad_at_zero):
     )
     if grad_at_zero == 0:
         assert r.notes == [
-            head + ", so no gradient passes the unit: ∂L/∂z1 = 0 (exactly) and ∂L/∂w1 = 0 (exactly), so w1 cannot change"
+            head
+            + ", so no gradient passes the unit: ∂L/∂z1 = 0 (exactly) and ∂L/∂w1 = 0 (exactly), so w1 cannot change"
         ]
     else:
         assert r.notes == [
@@ -248,7 +254,9 @@ def test_bad_replay_format_is_refused_naming_the_key():
 
 def test_a_network_that_is_not_the_posts_is_refused():
     cfg = compose_config("model=sigmoid", "model._target_=backprop_lab.models.HiddenUnitNet")
-    with pytest.raises(ConfigError, match=r"model._target_='backprop_lab.models.HiddenUnitNet' is not accepted by the replay"):
+    with pytest.raises(
+        ConfigError, match=r"model._target_='backprop_lab.models.HiddenUnitNet' is not accepted by the replay"
+    ):
         replay(cfg)
 
 
@@ -265,7 +273,18 @@ def test_data_without_the_posts_one_example_is_refused():
 
 def test_json_document_has_the_documented_keys():
     doc = json.loads(to_json(replay(compose_config("model=sigmoid"))))
-    assert list(doc) == ["model", "section", "dtype", "inputs", "post_column", "rows", "notes", "post_figures", "marks", "summary"]
+    assert list(doc) == [
+        "model",
+        "section",
+        "dtype",
+        "inputs",
+        "post_column",
+        "rows",
+        "notes",
+        "post_figures",
+        "marks",
+        "summary",
+    ]
     assert doc["inputs"] == {
         "model.w1": 0.5, "model.w2": -1.0, "data.x": 1.0, "data.y": 0.5,
         "optim.lr": 0.1, "optim.momentum": 0.0, "optim.weight_decay": 0.0,

@@ -13,7 +13,6 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
-
 from conftest import train_run
 
 
@@ -29,7 +28,18 @@ def tensorboard_server(logdir: Path, timeout: float = 60.0):
     port = free_port()
     server = subprocess.Popen(
         # load_fast=false: the Python reader, which loads a small logdir at once and needs no helper binary
-        [sys.executable, "-m", "tensorboard.main", "--logdir", str(logdir), "--port", str(port), "--host", "127.0.0.1", "--load_fast=false"],
+        [
+            sys.executable,
+            "-m",
+            "tensorboard.main",
+            "--logdir",
+            str(logdir),
+            "--port",
+            str(port),
+            "--host",
+            "127.0.0.1",
+            "--load_fast=false",
+        ],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
         text=True,
@@ -127,10 +137,19 @@ def test_tensorboard_serves_the_runs_scalars_histograms_images_hparams_and_layou
         assert "hp_metric" not in metrics
 
         # The dashboard's own query: which columns, which session statuses.
-        columns = [{"hparam": "status", "includeInResult": True}, {"hparam": "trainer.max_steps", "includeInResult": True}]
+        columns = [
+            {"hparam": "status", "includeInResult": True},
+            {"hparam": "trainer.max_steps", "includeInResult": True},
+        ]
         columns.append({"metric": {"tag": "hparams/steps", "group": ""}, "includeInResult": True})
         statuses = ["STATUS_UNKNOWN", "STATUS_SUCCESS", "STATUS_FAILURE", "STATUS_RUNNING"]
-        query = {"experimentName": "", "startIndex": 0, "sliceSize": 10, "allowedStatuses": statuses, "colParams": columns}
+        query = {
+            "experimentName": "",
+            "startIndex": 0,
+            "sliceSize": 10,
+            "allowedStatuses": statuses,
+            "colParams": columns,
+        }
         (group,) = post(url + "/data/plugin/hparams/session_groups", query)["sessionGroups"]
         assert group["hparams"] == {"status": "finished", "trainer.max_steps": 6}
         assert {m["name"]["tag"]: m["value"] for m in group["metricValues"]}["hparams/steps"] == 6.0

@@ -52,14 +52,25 @@ def run(cfg: DictConfig) -> float:
 
     from backprop_lab.train import train
 
-    result = train(cfg, run_dir=hydra_cfg.runtime.output_dir, overrides=list(hydra_cfg.overrides.task))
+    try:
+        result = train(cfg, run_dir=hydra_cfg.runtime.output_dir, overrides=list(hydra_cfg.overrides.task))
+    except ConfigError as error:  # what only the run can check: e.g. a checkpoint to resume
+        refuse(error)
     return result.final_loss if math.isfinite(result.final_loss) else math.inf
 
 
 @hydra.main(version_base="1.3", config_path=CONFIGS, config_name="train")
-def main(cfg: DictConfig) -> float:
-    """``backprop-lab``: one training run, or a sweep with ``-m``."""
+def _train_main(cfg: DictConfig) -> float:
     return run(cfg)
+
+
+def main() -> None:
+    """``backprop-lab``: one training run, or a sweep with ``-m``."""
+    try:
+        _train_main()
+    except KeyboardInterrupt:  # Ctrl-C before training started (during training the run stops cleanly)
+        print("interrupted before training started; nothing was trained", file=sys.stderr)
+        sys.exit(130)
 
 
 @hydra.main(version_base="1.3", config_path=CONFIGS, config_name="replay")

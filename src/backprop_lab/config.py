@@ -158,6 +158,13 @@ class ReplayConfig:
 
 
 @dataclass
+class CheckpointConfig:
+    """The run's own checkpoint (``<run dir>/checkpoints/last.ckpt``), which ``resume=<run dir>`` continues."""
+
+    every_n_steps: int = MISSING
+
+
+@dataclass
 class TrainConfig:
     model: Any = MISSING
     data: Any = MISSING
@@ -169,6 +176,8 @@ class TrainConfig:
     logger: dict[str, Any] = field(default_factory=dict)
     # extra Lightning callbacks: +callbacks.<name>._target_=lightning.pytorch.callbacks.EarlyStopping ...
     callbacks: dict[str, Any] = field(default_factory=dict)
+    checkpoint: CheckpointConfig = MISSING
+    resume: Optional[str] = None  # noqa: UP045 (OmegaConf reads typing.Optional)
     seed: int = MISSING
     tol: float = MISSING
     progress_every_n_steps: int = MISSING

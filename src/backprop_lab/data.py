@@ -45,11 +45,13 @@ class EpochSampler(Sampler[int]):
     """One pass over range(n): shuffled from ``(seed, epoch)`` where ``shuffle``, in order otherwise.
 
     Lightning calls :meth:`set_epoch` before every epoch (as for a DistributedSampler), so each epoch
-    has its own order and the same epoch always has the same one.
+    has its own order and the same epoch always has the same one. :attr:`resume_at` ``(epoch, k)`` leaves
+    out the first k indices of that epoch: the ones a resumed run had already trained on.
     """
 
     def __init__(self, n: int, seed: int, shuffle: bool = True):
         self.n, self.seed, self.shuffle, self.epoch = n, seed, shuffle, 0
+        self.resume_at: tuple[int, int] | None = None
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -58,10 +60,30 @@ class EpochSampler(Sampler[int]):
         return self.n
 
     def __iter__(self) -> Iterator[int]:
-        if not self.shuffle:
-            return iter(range(self.n))
-        gen = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
-        return iter(torch.randperm(self.n, generator=gen).tolist())
+        order = list(range(self.n))
+        if self.shuffle:
+            gen = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+            order = torch.randperm(self.n, generator=gen).tolist()
+        if self.resume_at is not None and self.resume_at[0] == self.epoch:
+            order = order[self.resume_at[1] :]
+        return iter(order)
+
+
+class ResumableLoader(DataLoader):
+    """A DataLoader that Lightning resumes mid-epoch, through its ``state_dict``/``load_state_dict``
+    interface for data loaders: the state is where training stands in the fixed order of
+    :class:`EpochSampler` (its epoch, and the batches of it already trained on), read from the trainer."""
+
+    def __init__(self, *args, epoch_sampler: EpochSampler, global_batch: int, steps_done, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.epoch_sampler, self.global_batch, self.steps_done = epoch_sampler, global_batch, steps_done
+
+    def state_dict(self) -> dict[str, int]:
+        batches = self.steps_done()  # batches trained on so far, every epoch counted
+        return {"epoch": batches // len(self), "batches": batches % len(self)}
+
+    def load_state_dict(self, state_dict: dict[str, int]) -> None:
+        self.epoch_sampler.resume_at = (state_dict["epoch"], state_dict["batches"] * self.global_batch)
 
 
 class RankShare(Sampler[int]):
@@ -133,16 +155,26 @@ class TensorDataModule(L.LightningDataModule):
         self.setup()
         sampler = EpochSampler(len(self.train_set), self.seed, self.shuffle)
         world, rank = self._ranks()
+        resumable = {"epoch_sampler": sampler, "global_batch": self.batch_size, "steps_done": self._batches_done}
         if world == 1 or self.replicate_across_ranks:
-            return DataLoader(self.train_set, batch_size=self.batch_size, sampler=sampler, collate_fn=_keep_batch)
+            return ResumableLoader(
+                self.train_set, batch_size=self.batch_size, sampler=sampler, collate_fn=_keep_batch, **resumable
+            )
         if self.batch_size % world:
             raise ValueError(f"data.batch_size={self.batch_size} does not split evenly over {world} processes")
         share = RankShare(sampler, self.batch_size, rank, world)
-        return DataLoader(self.train_set, batch_size=self.batch_size // world, sampler=share, collate_fn=_keep_batch)
+        return ResumableLoader(
+            self.train_set, batch_size=self.batch_size // world, sampler=share, collate_fn=_keep_batch, **resumable
+        )
 
     def _ranks(self) -> tuple[int, int]:
         trainer = getattr(self, "trainer", None)
         return (trainer.world_size, trainer.global_rank) if trainer is not None else (1, 0)
+
+    def _batches_done(self) -> int:
+        """Training batches consumed so far: one per micro-batch of every update taken."""
+        trainer = getattr(self, "trainer", None)
+        return trainer.global_step * trainer.accumulate_grad_batches if trainer is not None else 0
 
 
 class ExampleDataModule(TensorDataModule):

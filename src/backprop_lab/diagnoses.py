@@ -136,6 +136,11 @@ def _s(value: float) -> str:
     return "0" if value == 0 else f"{value:.4g}"
 
 
+def _times(ratio: float) -> str:
+    """A large ratio in a sentence: 12,345 or 1.23e+07."""
+    return f"{round(ratio):,}" if ratio < 1e6 else f"{ratio:.3g}"
+
+
 # --- the post's hidden unit -----------------------------------------------------------------------
 
 
@@ -229,8 +234,8 @@ def _vanishing(h: History) -> list[Diagnosis]:
         else "each layer multiplies the gradient by its local derivative and its weights on the way back"
     )
     text = (
-        f"Vanishing gradients since step {since}: ‖∂L/∂W‖ of {first} is {_s(at[f'{first}/grad_norm'])}, "
-        f"{_s(ratios[i])} times smaller than that of {last} ({_s(at[f'{last}/grad_norm'])}), beyond 10³: {why}, "
+        f"Vanishing gradients since step {since}: at step {h.steps[i]}, ‖∂L/∂W‖ of {first} is {_s(at[f'{first}/grad_norm'])}, "
+        f"{_times(ratios[i])} times smaller than that of {last} ({_s(at[f'{last}/grad_norm'])}), beyond 10³: {why}, "
         f"so {first} barely moves (update ratio {_s(at[f'{first}/update_ratio'])}). What helps: fewer layers, "
         "relu or leaky_relu activations (derivative 1 where active), or model.init=he."
     )

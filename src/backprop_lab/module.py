@@ -28,7 +28,8 @@ class BackpropModule(L.LightningModule):
     """Trains ``net`` to minimise ``loss_fn(net(x), y)`` with the optimizer ``optimizer(params)`` builds.
 
     ``tol`` > 0 stops the run once a batch's loss falls below it (status ``converged``). A loss that
-    is inf or NaN stops the run before that update is taken (status ``diverged``).
+    is inf or NaN stops the run before that update is taken (status ``diverged``). ``config`` (the run's
+    config as a dict) is saved in its checkpoints' hyper-parameters.
     """
 
     def __init__(
@@ -37,8 +38,11 @@ class BackpropModule(L.LightningModule):
         optimizer: Callable[..., torch.optim.Optimizer],
         loss_fn: Callable[[Tensor, Tensor], Tensor] = F.mse_loss,
         tol: float = 0.0,
+        config: dict | None = None,
     ):
         super().__init__()
+        if config is not None:  # kept in every checkpoint, so a resumed run can be checked against it
+            self.save_hyperparameters({"config": config}, logger=False)
         self.net = net
         self.optimizer_factory = optimizer
         self.loss_fn = loss_fn
@@ -46,10 +50,19 @@ class BackpropModule(L.LightningModule):
         self.best_loss = math.inf
         self.final_loss = math.nan
         self.diverged_at: int | None = None
+        self.interrupted_by: int | None = None  # the signal that stopped training (backprop_lab.interrupts)
         self._last_batch: tuple[Tensor, Tensor] | None = None
 
     def forward(self, x: Tensor) -> Tensor:
         return self.net(x)
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint["backprop_lab"] = {"best_loss": self.best_loss, "final_loss": self.final_loss}
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        state = checkpoint.get("backprop_lab", {})
+        self.best_loss = state.get("best_loss", self.best_loss)
+        self.final_loss = state.get("final_loss", self.final_loss)
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
         return self.optimizer_factory(self.net.parameters())
@@ -84,8 +97,8 @@ class BackpropModule(L.LightningModule):
 
     def on_train_end(self) -> None:
         """The final forward pass: the loss of the last batch under the trained parameters, at step N."""
-        if self.diverged_at is not None or self._last_batch is None:
-            return
+        if self.diverged_at is not None or self.interrupted_by is not None or self._last_batch is None:
+            return  # an interrupted run goes on from this step when resumed: it logs this step then
         x, y = self._last_batch
         with torch.no_grad():
             value = self._mean_over_ranks(self.loss_fn(self.net(x), y))
@@ -101,7 +114,7 @@ class BackpropModule(L.LightningModule):
         """converged, diverged, interrupted, stopped (by a callback such as EarlyStopping) or finished."""
         if self.diverged_at is not None:
             return "diverged"
-        if self.trainer is not None and self.trainer.interrupted:
+        if self.interrupted_by is not None or (self.trainer is not None and self.trainer.interrupted):
             return "interrupted"
         if self.tol > 0 and self.final_loss < self.tol:
             return "converged"

@@ -59,7 +59,7 @@ class PostFigure:
 class Row:
     """One quantity: its value, and the formula that gave it with the factors' values filled in."""
 
-    key: str  # stable id, e.g. "dL_dw1" (README.md lists them)
+    key: str  # stable id, e.g. "dL_dw1" (docs/replay.md lists them)
     phase: str  # one of PHASES
     quantity: str  # the post's notation, e.g. "∂L/∂w1"
     formula: str  # e.g. "∂L/∂ŷ · w2 · σ′(z1) · x"
@@ -105,7 +105,7 @@ class Replay:
         return next(row for row in self.rows if row.key == key)
 
     def to_dict(self) -> dict:
-        """The JSON document (its keys are documented in README.md, "Replay")."""
+        """The JSON document (its keys are documented in docs/replay.md)."""
         return {
             "model": self.model,
             "section": self.section,

@@ -21,7 +21,6 @@ import io
 import itertools
 import math
 import re
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -30,6 +29,7 @@ from hydra.experimental.callback import Callback
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
+from backprop_lab.checks import check_sweep_subdir
 from backprop_lab.config import ConfigError, validate
 from backprop_lab.summary import read_summaries
 
@@ -63,13 +63,18 @@ def run_label(model: str, experiment: str | None = None) -> str:
 
 
 def register_resolvers() -> None:
-    """``${run_name:...}`` and ``${run_label:...}``, which configs/train.yaml uses in Hydra's run dirs.
+    """The resolvers configs/train.yaml uses in Hydra's run dirs: ``run_name`` and ``run_label`` name a run,
+    ``run_dir`` and ``hydra_record`` send a resumed run back into its own directory.
 
     Called by :mod:`backprop_lab.cli` when it is imported: launcher workers (joblib, submitit) resolve
     ``hydra.sweep.subdir`` after unpickling the job function, which imports that module.
     """
     OmegaConf.register_new_resolver("run_name", run_name, replace=True)
     OmegaConf.register_new_resolver("run_label", run_label, replace=True)
+    OmegaConf.register_new_resolver("run_dir", lambda resume, new: new if resume is None else str(resume), replace=True)
+    OmegaConf.register_new_resolver(
+        "hydra_record", lambda resume, now: ".hydra" if resume is None else f".hydra/resumed_{now}", replace=True
+    )
 
 
 # --- multi-process trainers and local launchers -------------------------------------------------------
@@ -153,6 +158,11 @@ def check_sweep(config: DictConfig) -> int:
             cause = f" ({str(error.__cause__).splitlines()[0]})" if error.__cause__ else ""
             raise ConfigError(f"job #{num} ({' '.join(overrides)}): {error}{cause}") from error
         name = run_name(job_cfg.hydra.job.override_dirname, num)
+        try:
+            subdir = str(job_cfg.hydra.sweep.subdir)
+        except OmegaConfBaseException:  # it names values only the launcher knows (hydra.job.num): the default
+            subdir = name
+        check_sweep_subdir(str(config.hydra.sweep.dir), subdir)
         if name in seen:
             raise ConfigError(
                 f"jobs #{seen[name]} and #{num} would write into the same directory {name!r}: "
@@ -306,16 +316,7 @@ def summarize(sweep_dir: Path) -> list[dict]:
 
 
 class SweepSummary(Callback):
-    """Checks every job before the first one starts; summarises the sweep after the last one."""
-
-    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
-        try:
-            check_sweep(config)
-        except ConfigError as error:
-            # SystemExit, not an exception (even with HYDRA_FULL_ERROR=1): Hydra turns a callback's
-            # exceptions into warnings and would start the sweep anyway.
-            print(f"error: {error}", file=sys.stderr)
-            sys.exit(2)
+    """Summarises the sweep after the last job: table, summary.csv, picture."""
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         summarize(Path(config.hydra.sweep.dir))

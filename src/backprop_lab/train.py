@@ -24,16 +24,20 @@ from lightning.pytorch.loggers import Logger, TensorBoardLogger
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf
 
+from backprop_lab.checks import CHECKPOINT
+from backprop_lab.interrupts import GracefulStop
 from backprop_lab.module import LOSS_BY_TASK, BackpropModule
 from backprop_lab.monitors import DeadReLUMonitor, GradientMonitor, PictureMonitor, custom_scalars_layout
 from backprop_lab.monitors.common import find_callback, tensorboard_writers
 from backprop_lab.progress import StepProgressBar
 from backprop_lab.replay import log_replay
+from backprop_lab.resume import check_resumable, checkpoint_callback, resume_command, run_config
 from backprop_lab.summary import write_summary
 
 log = logging.getLogger("backprop_lab")
 
 SIGTERM_EXIT = 128 + 15  # the shell's exit status of a process ended by SIGTERM
+SIGINT_EXIT = 128 + 2  # ... and by Ctrl-C
 
 
 @dataclass
@@ -65,38 +69,54 @@ def train(cfg: DictConfig, run_dir: str | Path, overrides: Sequence[str] = ()) -
     """
     run_dir = Path(run_dir)
     started = time.perf_counter()
-    module, data, trainer = build_run(cfg, run_dir)
+    resume_step = check_resumable(cfg, run_dir) if cfg.resume is not None else None
+    module, data, trainer = build_run(cfg, run_dir, resume_step)
+    ckpt_path = run_dir / CHECKPOINT if resume_step is not None else None
     try:
         with expected_warnings():
-            trainer.fit(module, datamodule=data)
+            trainer.fit(module, datamodule=data, ckpt_path=ckpt_path, weights_only=True)
     except SystemExit as stop:
-        # Lightning ends a run on SIGTERM (SIGTERMException) or Ctrl-C (sys.exit(1)) after the current
-        # step and closes its loggers, so the logs stay readable; record the run, then stop the process.
+        # Lightning ends a run on SIGTERM (SIGTERMException) or Ctrl-C (sys.exit(1)), saves the checkpoint
+        # (ModelCheckpoint's on_exception) and closes its loggers, so the logs stay readable; record the
+        # run, then stop the process with the shell's status for the signal.
         result = run_result(module, trainer, run_dir, started)
         finish(cfg, result, trainer, overrides)
-        raise SystemExit(SIGTERM_EXIT if isinstance(stop, SIGTERMException) else stop.code) from None
+        raise SystemExit(SIGTERM_EXIT if isinstance(stop, SIGTERMException) else SIGINT_EXIT) from None
 
     result = run_result(module, trainer, run_dir, started)
     log_hparams(trainer.loggers, cfg, result)
     for logger in trainer.loggers:
         logger.finalize("success")
     finish(cfg, result, trainer, overrides)
+    if module.interrupted_by is not None:  # stopped cleanly after a step: the shell's status for the signal
+        raise SystemExit(128 + module.interrupted_by)
     return result
 
 
-def build_run(cfg: DictConfig, run_dir: Path) -> tuple[BackpropModule, L.LightningDataModule, L.Trainer]:
-    """The run :func:`train` fits, built but not started: ``(module, datamodule, trainer)``."""
+def build_run(
+    cfg: DictConfig, run_dir: Path, resume_step: int | None = None
+) -> tuple[BackpropModule, L.LightningDataModule, L.Trainer]:
+    """The run :func:`train` fits, built but not started: ``(module, datamodule, trainer)``.
+
+    ``resume_step``: the step a resumed run starts from; TensorBoard then drops what the run logged from
+    that step on before it stopped (its ``purge_step``), so no step is shown twice."""
+    run_dir = Path(run_dir)
     L.seed_everything(cfg.seed, workers=True, verbose=False)
 
     data = instantiate(cfg.data, seed=cfg.seed)
     data.setup()  # draws from its own seeded generator: the model's init below is the same either way
     net = instantiate(cfg.model, **sizes_from_data(cfg.model, data))
-    module = BackpropModule(net, optimizer=instantiate(cfg.optim), loss_fn=LOSS_BY_TASK[data.task], tol=cfg.tol)
+    module = BackpropModule(
+        net, optimizer=instantiate(cfg.optim), loss_fn=LOSS_BY_TASK[data.task], tol=cfg.tol, config=run_config(cfg)
+    )
 
     callbacks = [*monitors(cfg.monitor), *extra_callbacks(cfg.callbacks)]
+    callbacks.append(GracefulStop(run_dir if cfg.trainer.enable_checkpointing else None))
     if cfg.trainer.enable_progress_bar:
         callbacks.append(StepProgressBar(refresh_rate=cfg.progress_every_n_steps))
-    loggers = [instantiate(logger_cfg, save_dir=str(run_dir)) for logger_cfg in cfg.logger.values()]
+    if cfg.trainer.enable_checkpointing:
+        callbacks.append(checkpoint_callback(run_dir, cfg.checkpoint.every_n_steps))
+    loggers = [make_logger(logger_cfg, run_dir, resume_step) for logger_cfg in cfg.logger.values()]
     trainer = L.Trainer(
         **OmegaConf.to_container(cfg.trainer, resolve=True),
         max_epochs=-1,  # max_steps ends the run
@@ -117,6 +137,14 @@ def sizes_from_data(model_cfg: DictConfig, data: L.LightningDataModule) -> dict[
     if "in_features" not in inspect.signature(get_class(model_cfg._target_)).parameters:
         return {}  # the post's networks: their one input and output are fixed
     return {"in_features": data.in_features, "out_features": data.out_features}
+
+
+def make_logger(logger_cfg: DictConfig, run_dir: Path, resume_step: int | None) -> Logger:
+    """The Lightning logger of ``logger.<name>``, writing into the run directory."""
+    extra = {}
+    if resume_step is not None and issubclass(get_class(logger_cfg._target_), TensorBoardLogger):
+        extra["purge_step"] = resume_step  # passed on to TensorBoard's SummaryWriter
+    return instantiate(logger_cfg, save_dir=str(run_dir), **extra)
 
 
 def monitors(monitor: DictConfig) -> list[Callback]:
@@ -158,7 +186,8 @@ def log_run_texts(trainer: L.Trainer, cfg: DictConfig, net) -> None:
     writers = tensorboard_writers(trainer)
     if not writers:
         return
-    config = "\n".join("    " + line for line in OmegaConf.to_yaml(cfg, resolve=True).splitlines())
+    # As typed: an interpolation such as ${oc.env:TOKEN} is shown, never the value it resolves to.
+    config = "\n".join("    " + line for line in OmegaConf.to_yaml(cfg, resolve=False).splitlines())
     for writer in writers:
         # indented by four spaces: TensorBoard's text plugin renders markdown, this keeps it verbatim
         writer.add_text("config", config, 0)
@@ -192,8 +221,11 @@ def finish(cfg: DictConfig, result: TrainResult, trainer: L.Trainer, overrides: 
     if not trainer.is_global_zero:
         return
     write_summary(Path(result.log_dir), {"overrides": list(overrides), **result.to_dict()})
-    for line in closing_lines(cfg, result, trainer.lightning_module.net):
+    tensorboard = any(isinstance(logger, TensorBoardLogger) for logger in trainer.loggers)
+    for line in closing_lines(cfg, result, trainer.lightning_module.net, tensorboard):
         log.info(line)
+    if result.status == "interrupted" and cfg.trainer.enable_checkpointing:
+        log.info(f"to continue: {resume_command(overrides, relative_to_cwd(Path(result.log_dir)))}")
 
 
 def flat_hparams(cfg: DictConfig) -> dict[str, float | int | str | bool]:
@@ -210,7 +242,7 @@ def flat_hparams(cfg: DictConfig) -> dict[str, float | int | str | bool]:
             else:
                 out[key] = v if isinstance(v, (int, float, str, bool)) else str(v)
 
-    walk(OmegaConf.to_container(cfg, resolve=True), "")
+    walk(OmegaConf.to_container(cfg, resolve=False), "")  # as typed: no resolved secret in the hparams
     return out
 
 
@@ -232,9 +264,9 @@ def log_hparams(loggers: list[Logger], cfg: DictConfig, result: TrainResult) -> 
             logger.log_hyperparams(params)
 
 
-def tensorboard_hint(log_dir: Path) -> str:
+def logs_hint(log_dir: Path, tensorboard: bool) -> str:
     shown = relative_to_cwd(log_dir)
-    return f"TensorBoard logs: {shown}  (open with: tensorboard --logdir {shown})"
+    return f"TensorBoard logs: {shown}  (open with: tensorboard --logdir {shown})" if tensorboard else f"logs: {shown}"
 
 
 def relative_to_cwd(path: Path) -> str:
@@ -246,7 +278,7 @@ def relative_to_cwd(path: Path) -> str:
         return str(path)
 
 
-def closing_lines(cfg: DictConfig, result: TrainResult, net) -> list[str]:
+def closing_lines(cfg: DictConfig, result: TrainResult, net, tensorboard: bool = True) -> list[str]:
     """What the run prints last: how it ended, why a ReLU layer died, where its logs are."""
     lines = [
         f"run {result.status} after {result.steps} steps: loss {result.final_loss:.6g} "
@@ -269,5 +301,5 @@ def closing_lines(cfg: DictConfig, result: TrainResult, net) -> list[str]:
             f"{where} died at step {since}: its input z was ≤ 0 on every sample{detail}, so ReLU′(z) = 0 and "
             f"no gradient has reached the weights before it since; the loss stays at {result.final_loss:.6g}"
         )
-    lines.append(tensorboard_hint(Path(result.log_dir)))
+    lines.append(logs_hint(Path(result.log_dir), tensorboard))
     return lines

@@ -34,7 +34,7 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from tensorboard.compat.proto.summary_pb2 import DATA_CLASS_TENSOR, Summary, SummaryMetadata
 from tensorboard.compat.proto.tensor_pb2 import TensorProto
 from tensorboard.compat.proto.tensor_shape_pb2 import TensorShapeProto
-from tensorboard.compat.proto.types_pb2 import DT_DOUBLE
+from tensorboard.compat.proto.types_pb2 import DT_DOUBLE, DT_FLOAT
 from torch import Tensor, nn
 
 from backprop_lab import models
@@ -65,28 +65,38 @@ GRAPH_FIELDS = {
 }
 
 
-def _scalar(t: Tensor, how: str = "mean") -> Tensor:
-    """A one-element view of ``t``: itself for one element, else its batch mean (or sum)."""
-    t = t.detach()
+def _reduce(t: Tensor, how: str) -> Tensor:
+    """``t`` as a 1-element tensor: itself for one element, else its batch mean (values) or sum (∂L/∂)."""
     if t.numel() == 1:
         return t.reshape(1)
     t = t.double()
     return (t.sum() if how == "sum" else t.mean()).reshape(1)
 
 
-def _local_derivative(act: nn.Module, z: Tensor, h: Tensor) -> Tensor:
+def _prime(kind: str, z: Tensor, h: Tensor, at_zero: int, slope: float) -> Tensor:
     """dh/dz of the activation, elementwise, from the values the forward pass made."""
-    kind = ACTIVATIONS.get(type(act))
     if kind == "sigmoid":
         return h * (1 - h)  # σ′(z) = σ(z)·(1 − σ(z))
     if kind == "relu":
-        at_zero = getattr(act, "grad_at_zero", 0)
-        return (z >= 0) if at_zero else (z > 0)  # ReLU′(z) = 1 for z > 0, 0 for z < 0, grad_at_zero at 0
+        return ((z >= 0) if at_zero else (z > 0)).double()  # ReLU′(z) = 1 for z > 0, 0 for z < 0, grad_at_zero at 0
     if kind == "leaky_relu":
-        return torch.where(z > 0, 1.0, act.negative_slope)
+        return torch.where(z > 0, 1.0, slope).double()
     if kind == "tanh":
         return 1 - h * h
     return torch.full_like(z, math.nan)
+
+
+def _prime_of_number(kind: str, z: float, h: float, at_zero: int, slope: float) -> float:
+    """:func:`_prime` for a batch of one, on the numbers already copied to the host (no more tensor ops)."""
+    if kind == "sigmoid":
+        return h * (1 - h)
+    if kind == "relu":
+        return 1.0 if z > 0 or (z == 0 and at_zero) else 0.0
+    if kind == "leaky_relu":
+        return 1.0 if z > 0 else slope
+    if kind == "tanh":
+        return 1 - h * h
+    return math.nan
 
 
 class BackpropViewMonitor(Callback):
@@ -104,22 +114,30 @@ class BackpropViewMonitor(Callback):
         self._writers: list = []
         self._net: nn.Module | None = None
         self._kind: str | None = None  # "graph" | "layers" | None (nothing this monitor can draw)
-        self._every = 1
-        self._tag = ""
         self._layout: dict = {}
-        self._first: set[int] = set()  # ids of the writers that have the layout already
-        self._summary: Summary | None = None
-        self._reset_step()
+        self._every = 1
+        self._hooks: list = []
+        self._names: list[str] = []
+        self._params: list[nn.Parameter] = []
+        self._linear: list[nn.Module] = []
+        self._act = (0, 0.0)  # ReLU′(0) and the leaky slope of the hidden unit
+        self._typecode = "d"
+        self._first: set[int] = set()  # ids of the writers that have had the layout
         self._last_batch = None
+        self._armed = False  # the forward hooks keep values only while a logged step runs
+        self._fwd: dict[str, Tensor] = {}  # forward values (and dead counts) the hooks kept
+        self._grads: dict[str, Tensor] = {}  # ∂L/∂(node) the tensor hooks kept
+        self._clear()
 
-    def _reset_step(self) -> None:
-        self._step: int | None = None  # the step being recorded, None when this one is not
-        self._handles: list = []
-        self._fwd: dict[str, Tensor] = {}
-        self._grads: dict[str, Tensor] = {}
-        self._before: dict[str, Tensor | float] = {}
+    def _clear(self) -> None:
+        self._step: int | None = None  # the step being recorded; None when this one is not
+        self._fwd.clear()  # in place: the hooks hold these dicts
+        self._grads.clear()
+        self._before: Tensor | None = None  # parameters (graph: values, then gradients; layers: norms)
+        self._rates: list[float] = []  # the learning rate of each parameter (graph) or linear layer (layers)
+        self._has_grad = False
 
-    # --- set-up ------------------------------------------------------------------------------------
+    # --- set-up and tear-down --------------------------------------------------------------------
 
     def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         self._writers = []
@@ -127,43 +145,36 @@ class BackpropViewMonitor(Callback):
             return
         writers = [lg.experiment for lg in trainer.loggers if isinstance(lg, TensorBoardLogger)]
         net = pl_module.get_submodule(self.root) if self.root else pl_module
-        self._net = net
-        self._kind, self._layout = _describe(net, trainer)
-        if self._kind is None or not writers:
+        kind, layout = _describe(net, trainer)
+        if kind is None or not writers:
             return
-        self._writers = writers
+        self._writers, self._net, self._kind, self._layout = writers, net, kind, layout
+        named = list(net.named_parameters()) if kind == "graph" else []
+        self._names, self._params = [n for n, _ in named], [p for _, p in named]
+        act = getattr(net, "h", None)  # the hidden unit's activation (graph kind)
+        self._act = (int(getattr(act, "grad_at_zero", 0)), float(getattr(act, "negative_slope", 0.0)))
+        self._linear = [
+            net.get_submodule(layer["name"]) for layer in layout.get("layers", []) if layer["type"] == "linear"
+        ]
         n_params = sum(p.numel() for p in net.parameters())
         self._every = self.every_n_steps or (1 if n_params <= SMALL_NET else trainer.log_every_n_steps)
-        self._tag = GRAPH_TAG if self._kind == "graph" else LAYERS_TAG
-        self.history = History(self._layout)
-        metadata = SummaryMetadata(
+        self.history = History(layout)
+        self._metadata = SummaryMetadata(
             summary_description="The Backprop tab's data (backprop_lab.monitors.BackpropViewMonitor)",
             data_class=DATA_CLASS_TENSOR,  # what TensorBoard's data provider serves through read_tensors
-            plugin_data=SummaryMetadata.PluginData(
-                plugin_name=PLUGIN_NAME, content=json.dumps(self._layout).encode("utf-8")
-            ),
+            plugin_data=SummaryMetadata.PluginData(plugin_name=PLUGIN_NAME, content=json.dumps(layout).encode("utf-8")),
         )
-        shape = TensorShapeProto(dim=[TensorShapeProto.Dim(size=len(self._layout["fields"]))])
-        self._metadata = metadata
-        self._summary = Summary(value=[Summary.Value(tag=self._tag, tensor=TensorProto(dtype=DT_DOUBLE, tensor_shape=shape))])
+        shape = TensorShapeProto(dim=[TensorShapeProto.Dim(size=len(layout["fields"]))])
+        tag = GRAPH_TAG if kind == "graph" else LAYERS_TAG
+        # float32 numbers for a float32 network: half the bytes, and TensorBoard checksums every byte in Python
+        double = any(p.dtype == torch.float64 for p in net.parameters())
+        self._typecode = "d" if double else "f"
+        tensor = TensorProto(dtype=DT_DOUBLE if double else DT_FLOAT, tensor_shape=shape)
+        self._summary = Summary(value=[Summary.Value(tag=tag, tensor=tensor)])
+        self._add_hooks()
 
-    def _due(self, step: int) -> bool:
-        return step == 0 or (step + 1) % self._every == 0
-
-    # --- a logged step -----------------------------------------------------------------------------
-
-    def on_train_batch_start(self, trainer: Trainer, pl_module: LightningModule, batch, batch_idx: int) -> None:
-        if not self._writers:
-            return
-        self._last_batch = batch
-        self._reset_step()
-        step = trainer.global_step
-        if self._due(step):
-            self._step = step
-            self._hook(record_grads=True)
-
-    def _hook(self, record_grads: bool) -> None:
-        """Forward hooks that keep the values the tab draws (and, in training, their gradients)."""
+    def _add_hooks(self) -> None:
+        """Forward hooks, on for the whole run and idle between logged steps (one flag test)."""
         fwd, grads = self._fwd, self._grads
 
         def keep_grad(name: str):
@@ -173,142 +184,194 @@ class BackpropViewMonitor(Callback):
             return hook
 
         def on_output(module, inputs, output) -> None:
-            fwd["y_hat"] = output
-            if record_grads and output.requires_grad:
-                output.register_hook(keep_grad("y_hat"))
-            for handle in self._handles:  # one forward pass a step: off again at once
-                handle.remove()
-            self._handles = []
+            if self._armed:
+                fwd["y_hat"] = output
+                if output.requires_grad:
+                    output.register_hook(keep_grad("y_hat"))
 
-        if self._kind == "graph":
-            if isinstance(self._net, models.HiddenUnitNet):
+        if self._kind == "graph" and isinstance(self._net, models.HiddenUnitNet):
 
-                def on_act(module, inputs, output) -> None:
+            def on_act(module, inputs, output) -> None:
+                if self._armed:
                     fwd["z1"], fwd["h"] = inputs[0], output
-                    if record_grads and output.requires_grad:
+                    if output.requires_grad:
                         output.register_hook(keep_grad("h"))
                         inputs[0].register_hook(keep_grad("z1"))
 
-                self._handles.append(self._net.h.register_forward_hook(on_act))
-        else:
-            for layer in self._layout["layers"]:
-                if layer["type"] == "relu":
-                    self._handles.append(self._net.get_submodule(layer["name"]).register_forward_hook(_dead_count(fwd, layer["name"])))
-        self._handles.append(self._net.register_forward_hook(on_output))
+            self._hooks.append(self._net.h.register_forward_hook(on_act))
+        for layer in self._layout.get("layers", []):
+            if layer["type"] == "relu":
+                module = self._net.get_submodule(layer["name"])
+                self._hooks.append(module.register_forward_hook(self._dead_count(layer["name"])))
+        self._hooks.append(self._net.register_forward_hook(on_output))
+
+    def _dead_count(self, name: str):
+        """A forward hook counting the units of a ReLU layer with h ≤ 0 on every sample of the batch."""
+        key = f"{name}/dead_fraction"
+
+        def hook(module, inputs, output: Tensor) -> None:
+            if self._armed:
+                h = output.detach()
+                h = h.reshape(-1, h.shape[-1]) if h.dim() != 2 else h
+                # amax over the batch, a float reduction (faster than a boolean any), then a count; no sync
+                self._fwd[key] = (h.amax(0) <= 0).sum().reshape(1)
+
+        return hook
+
+    def on_train_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        try:
+            self._final_pass(trainer, pl_module)
+        finally:
+            self._remove_hooks()
+
+    def teardown(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        self._remove_hooks()
+
+    def _remove_hooks(self) -> None:
+        for handle in self._hooks:
+            handle.remove()
+        self._hooks = []
+        self._armed = False
+
+    # --- a logged step -----------------------------------------------------------------------------
+
+    def on_train_batch_start(self, trainer: Trainer, pl_module: LightningModule, batch, batch_idx: int) -> None:
+        if not self._writers:
+            return
+        self._last_batch = batch
+        step = trainer.global_step
+        if step == 0 or (step + 1) % self._every == 0:  # Lightning's cadence, and the run's start
+            self._clear()
+            self._step, self._armed = step, True
 
     def on_before_optimizer_step(self, trainer: Trainer, pl_module: LightningModule, optimizer) -> None:
+        """The parameters before the update and the gradients of this step's backward pass."""
         if self._step is None:
             return
+        self._armed = False
         lr_of = {id(p): group["lr"] for group in optimizer.param_groups for p in group["params"]}
-        before = self._before
         with torch.no_grad():
             if self._kind == "graph":
-                for name, p in self._net.named_parameters():
-                    before[name] = p.detach().reshape(1).clone()  # the update changes p in place
-                    before[f"dL_d{name}"] = p.grad.detach().reshape(1).clone() if p.grad is not None else math.nan
-                    before[f"lr_{name}"] = float(lr_of.get(id(p), math.nan))
+                grads = [p.grad for p in self._params]
+                self._has_grad = all(g is not None for g in grads)
+                parts = [p.reshape(-1) for p in self._params] + (
+                    [g.reshape(-1) for g in grads] if self._has_grad else []
+                )
+                self._before = torch.cat(parts)  # a copy: the update changes the parameters in place
+                self._rates = [float(lr_of.get(id(p), math.nan)) for p in self._params]
             else:
-                for layer in self._layout["layers"]:
-                    if layer["type"] != "linear":
-                        continue
-                    w = self._net.get_submodule(layer["name"]).weight
-                    name = layer["name"]
-                    before[f"{name}/weight_norm"] = torch.linalg.vector_norm(w.detach()).reshape(1)
-                    g = w.grad
-                    before[f"{name}/grad_norm"] = torch.linalg.vector_norm(g.detach()).reshape(1) if g is not None else math.nan
-                    before[f"{name}/lr"] = float(lr_of.get(id(w), math.nan))
+                weights = [m.weight for m in self._linear]
+                self._has_grad = all(w.grad is not None for w in weights)
+                norms = [torch.linalg.vector_norm(w) for w in weights]
+                if self._has_grad:
+                    norms += [torch.linalg.vector_norm(w.grad) for w in weights]
+                self._before = torch.stack(norms)
+                self._rates = [float(lr_of.get(id(w), math.nan)) for w in weights]
 
     def on_train_batch_end(self, trainer: Trainer, pl_module: LightningModule, outputs, batch, batch_idx: int) -> None:
         if self._step is None:
             return
-        for handle in self._handles:
-            handle.remove()
+        self._armed = False
         loss = outputs.get("loss") if isinstance(outputs, Mapping) else outputs
-        if loss is None and "y_hat" in self._fwd and hasattr(pl_module, "loss_fn"):
-            with torch.no_grad():  # training_step skipped the update (e.g. a non-finite loss): the loss anew
-                loss = pl_module.loss_fn(self._fwd["y_hat"], batch[1])
-        backward = any(isinstance(v, Tensor) for k, v in self._before.items() if "grad" in k or k.startswith("dL_d"))
-        if not self._before:  # no optimizer step was taken: the parameters as they are
-            self._before = self._parameters()
-        values = self._values(batch, loss, backward=backward)
-        self._write(self._step, values)
-        self._reset_step()
+        with torch.no_grad():
+            if not isinstance(loss, Tensor) and "y_hat" in self._fwd and hasattr(pl_module, "loss_fn"):
+                loss = pl_module.loss_fn(self._fwd["y_hat"], batch[1])  # the step was skipped (a non-finite loss)
+            self._record(self._step, batch, loss, after_update=self._before is not None and self._has_grad)
+        self._clear()
 
-    def on_train_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+    def _final_pass(self, trainer: Trainer, pl_module: LightningModule) -> None:
         """The forward pass under the trained parameters, at step N (forward values only)."""
         if not self._writers or self._last_batch is None or self.history is None:
             return
         step = trainer.global_step
         if len(self.history) and (self.history.steps[-1] >= step or not math.isfinite(self.history.column("loss")[-1])):
-            return  # already recorded (a step that was not taken), or diverged: no further pass
-        self._reset_step()
+            return  # this step is recorded already (it was not taken), or the run diverged
+        self._clear()
         x, y = self._last_batch
-        self._hook(record_grads=False)
-        with torch.no_grad():
-            y_hat = self._net(x)
-            loss = pl_module.loss_fn(y_hat, y) if hasattr(pl_module, "loss_fn") else None
-        for handle in self._handles:
-            handle.remove()
-        self._before = self._parameters()
-        self._write(step, self._values(self._last_batch, loss, backward=False))
-        self._reset_step()
+        self._armed = True
+        try:
+            with torch.no_grad():
+                loss = pl_module.loss_fn(self._net(x), y) if hasattr(pl_module, "loss_fn") else None
+        finally:
+            self._armed = False
+        self._record(step, self._last_batch, loss, after_update=False)
+        self._clear()
 
     # --- the step's numbers -----------------------------------------------------------------------
 
-    def _parameters(self) -> dict[str, Tensor]:
-        """The parameters as they are now: values (graph) or weight norms (layers), without gradients."""
-        with torch.no_grad():
-            if self._kind == "graph":
-                return {name: p.detach().reshape(1).clone() for name, p in self._net.named_parameters()}
-            return {
-                f"{layer['name']}/weight_norm": torch.linalg.vector_norm(self._net.get_submodule(layer["name"]).weight.detach()).reshape(1)
-                for layer in self._layout["layers"]
-                if layer["type"] == "linear"
-            }
+    def _record(self, step: int, batch, loss: Tensor | None, after_update: bool) -> None:
+        """Every field of the step, copied to the host in one go, into the history and the event files."""
+        if len(self.history) and self.history.steps[-1] >= step:
+            return  # recorded already (several micro-batches make one step under gradient accumulation)
+        names: list[str] = []
+        parts: list[Tensor] = []
 
-    def _values(self, batch, loss: Tensor | None, backward: bool) -> dict[str, Tensor | float]:
-        """Every field of the step as a one-element tensor (copied to the host together) or a number."""
+        def add(name: str, t: Tensor, how: str = "mean") -> None:
+            names.append(name)
+            parts.append(_reduce(t, how))
+
+        x, y = batch[0], batch[1]
         fwd, grads = self._fwd, self._grads
-        x = batch[0]
-        v: dict[str, Tensor | float] = {"loss": _scalar(loss) if isinstance(loss, Tensor) else math.nan}
+        if isinstance(loss, Tensor):
+            add("loss", loss)
+        layout, n_batch = self._layout, len(x)
         if self._kind == "graph":
-            v["x"], v["y"] = _scalar(x), _scalar(batch[1])
-            if "z1" in fwd:
-                z1, h = fwd["z1"].detach(), fwd["h"].detach()
-                v["z1"], v["h"] = _scalar(z1), _scalar(h)
-                v["dh_dz1"] = _scalar(_local_derivative(self._net.h, z1, h))
-            if "y_hat" in fwd:
-                v["y_hat"] = _scalar(fwd["y_hat"])
-            for name, g in grads.items():
-                v[f"dL_d{name}"] = _scalar(g, "sum")
-            v.update(self._before)
-            if backward:
-                for name, p in self._net.named_parameters():
-                    v[f"{name}_new"] = p.detach().reshape(1)
+            add("x", x)
+            add("y", y)
+            for key in ("z1", "h", "y_hat"):
+                if key in fwd:
+                    add(key, fwd[key])
+            if "z1" in fwd and n_batch > 1:
+                add("dh_dz1", _prime(layout["activation"], fwd["z1"], fwd["h"], *self._act))
+            for key in ("y_hat", "h", "z1"):
+                if key in grads:
+                    add(f"dL_d{key}", grads[key], "sum")
+            names_p = self._names
+            before = self._before if self._before is not None else torch.cat([p.reshape(-1) for p in self._params])
+            names += names_p + ([f"dL_d{n}" for n in names_p] if self._before is not None and self._has_grad else [])
+            parts.append(before)
+            if after_update:
+                names += [f"{n}_new" for n in names_p]
+                parts += [p.reshape(-1) for p in self._params]
         else:
-            v.update(self._before)
-            v.update({k: t for k, t in fwd.items() if k != "y_hat"})
-        v["batch"], v["backward"] = float(len(x)), float(backward)
-        return v
-
-    def _write(self, step: int, values: dict[str, Tensor | float]) -> None:
-        names = [k for k, t in values.items() if isinstance(t, Tensor)]
-        if names:
-            # The one host copy of the step (a device sync on a GPU).
-            numbers = dict(zip(names, torch.cat([values[k].reshape(1) for k in names]).tolist()))
+            linear = [layer["name"] for layer in layout["layers"] if layer["type"] == "linear"]
+            if self._before is None:
+                self._before = torch.stack([torch.linalg.vector_norm(m.weight) for m in self._linear])
+            names += [f"{n}/weight_norm" for n in linear] + (
+                [f"{n}/grad_norm" for n in linear] if self._has_grad else []
+            )
+            parts.append(self._before)
+            for key, t in fwd.items():
+                if key != "y_hat":
+                    names.append(key)
+                    parts.append(t)
+        # The one host copy of the step (on a GPU, its one device sync).
+        values = dict(zip(names, torch.cat(parts).tolist()))  # cat promotes float32, float64 and counts alike
+        values["batch"], values["backward"] = float(n_batch), float(after_update or self._has_grad)
+        if self._kind == "graph":
+            for name, rate in zip(self._names, self._rates):
+                values[f"lr_{name}"] = rate
+            if "z1" in values and "dh_dz1" not in values:
+                values["dh_dz1"] = _prime_of_number(layout["activation"], values["z1"], values["h"], *self._act)
         else:
-            numbers = {}
-        row = []
-        for field in self._layout["fields"]:
-            value = numbers.get(field, values.get(field, math.nan))
-            row.append(float(value) if not isinstance(value, Tensor) else math.nan)
-        if self._kind == "layers":
-            row = self._layer_ratios(row)
+            for layer in layout["layers"]:
+                name = layer["name"]
+                if layer["type"] == "linear":
+                    rate = self._rates[linear.index(name)] if self._rates else math.nan
+                    w, g = values.get(f"{name}/weight_norm", math.nan), values.get(f"{name}/grad_norm", math.nan)
+                    values[f"{name}/lr"] = rate
+                    values[f"{name}/update_ratio"] = rate * g / w if w > 0 else math.nan  # ‖η·g‖/‖w‖
+                elif f"{name}/dead_fraction" in values:
+                    values[f"{name}/dead_fraction"] /= layer["units"] or math.nan
+        row = [values.get(field, math.nan) for field in layout["fields"]]
         self.history.add(step, row)
+        self._write(step, row)
+
+    def _write(self, step: int, row: list[float]) -> None:
         value = self._summary.value[0]
-        value.tensor.tensor_content = array("d", row).tobytes()
+        value.tensor.tensor_content = array(self._typecode, row).tobytes()
         for writer in self._writers:
-            # The layout travels with the first event of each writer; TensorBoard keeps a tag's first metadata.
+            # The layout travels with a writer's first event: TensorBoard keeps a tag's first metadata.
             first = id(writer) not in self._first
             if first:
                 value.metadata.CopyFrom(self._metadata)
@@ -317,31 +380,6 @@ class BackpropViewMonitor(Callback):
                 writer.file_writer.add_summary(self._summary, global_step=step)
             if first:
                 value.ClearField("metadata")
-
-    def _layer_ratios(self, row: list[float]) -> list[float]:
-        """Fill in the update ratios ‖η·g‖/‖w‖ and turn dead counts into fractions, in Python (no more ops)."""
-        at = {f: j for j, f in enumerate(self._layout["fields"])}
-        for layer in self._layout["layers"]:
-            name = layer["name"]
-            if layer["type"] == "linear":
-                w, g, lr = (row[at[f"{name}/{k}"]] for k in ("weight_norm", "grad_norm", "lr"))
-                row[at[f"{name}/update_ratio"]] = lr * g / w if w > 0 else math.nan
-            elif f"{name}/dead_fraction" in at:
-                j = at[f"{name}/dead_fraction"]
-                row[j] = row[j] / layer["units"] if layer.get("units") else math.nan
-        return row
-
-
-def _dead_count(fwd: dict[str, Tensor], name: str):
-    """A forward hook counting the units of a ReLU layer with h ≤ 0 on every sample of the batch."""
-
-    def hook(module, inputs, output: Tensor) -> None:
-        h = output.detach()
-        h = h.reshape(-1, h.shape[-1]) if h.dim() != 2 else h
-        # amax over the batch: one float reduction (a boolean any() is slower), then a count (no sync)
-        fwd[f"{name}/dead_fraction"] = (h.amax(0) <= 0).sum().reshape(1)
-
-    return hook
 
 
 def _describe(net: nn.Module, trainer: Trainer) -> tuple[str | None, dict]:

@@ -120,6 +120,26 @@ class DeadReLUMonitor(Callback):
         """Per watched layer, its slope for z ≤ 0 (0 for ReLU; a leaky layer's units are never dead)."""
         return dict(self._slopes)
 
+    def state_dict(self) -> dict:
+        """What the statistics of later steps and the end of the run depend on, for a resumed run."""
+        return {
+            "last_active": {n: t.cpu() for n, t in self._last_active.items()},
+            "logged_steps": list(self._logged_steps),
+            "dead_since": dict(self.dead_since),
+            "last_dead_fraction": dict(self.last_dead_fraction),
+            "activity_steps": list(self.activity_steps),
+            "activity": {n: [a.tolist() for a in column] for n, column in self.activity.items()},
+        }
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        self._last_active = dict(state_dict["last_active"])
+        self._logged_steps = list(state_dict["logged_steps"])
+        self.dead_since = dict(state_dict["dead_since"])
+        self.last_dead_fraction = dict(state_dict["last_dead_fraction"])
+        self.activity_steps = list(state_dict["activity_steps"])
+        self.activity = {n: [np.asarray(a, dtype=np.float32) for a in column] for n, column in state_dict["activity"].items()}
+        self._finished = False  # the end of the resumed run writes dead_forever_fraction/* again, over the whole run
+
     # --- hooks on the watched layers ------------------------------------------------------------------
 
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
@@ -191,8 +211,10 @@ class DeadReLUMonitor(Callback):
         for name, counts in self._counts.items():
             last = self._last_active.get(name)
             if last is None:
-                last = self._last_active[name] = torch.full_like(counts.alive, -1, dtype=torch.int64)
-            last.masked_fill_(counts.alive, step)
+                last = torch.full_like(counts.alive, -1, dtype=torch.int64)
+            elif last.device != counts.alive.device:  # loaded from a checkpoint onto the CPU
+                last = last.to(counts.alive.device)
+            self._last_active[name] = last.masked_fill_(counts.alive, step)
 
     def _log_batch(self, trainer: Trainer, step: int) -> None:
         names = list(self._counts)

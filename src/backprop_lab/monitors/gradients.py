@@ -35,7 +35,8 @@ class GradientMonitor(Callback):
     ``gradient_clip_val`` and after every micro-batch of ``accumulate_grad_batches``; the parameter
     values are read before the update. Both are logged at the step k of that update (step k shows the
     parameters before the k-th update and the gradient it applies), every ``log_every_n_steps``
-    (default: the trainer's). After training, ``params/*`` once more at the final step.
+    (default: the trainer's; histograms every ``histogram_every_n_steps``, whichever steps are logged).
+    After training, ``params/*`` once more at the final step.
 
     :attr:`grad_norm_history` and :attr:`value_history` keep the logged norms and one-element values,
     first layer to last, for :class:`~backprop_lab.monitors.PictureMonitor`.
@@ -50,6 +51,7 @@ class GradientMonitor(Callback):
         self.values: dict[str, list[float]] = {}  # params/<name> of one-element parameters at history_steps
         # what on_before_optimizer_step read for the step being taken: (step, named, values, learning rates)
         self._before: tuple[int, list[tuple[str, nn.Parameter]], Tensor, list[float]] | None = None
+        self._log_now = self._histogram_now = False
 
     @property
     def grad_norm_history(self) -> tuple[np.ndarray, dict[str, np.ndarray]]:
@@ -61,9 +63,20 @@ class GradientMonitor(Callback):
         """``(steps, {name: value})`` of the one-element parameters at the logged steps."""
         return np.asarray(self.history_steps), {n: np.asarray(v) for n, v in self.values.items()}
 
+    def state_dict(self) -> dict:
+        """The logged history, so a resumed run's pictures show the whole run."""
+        return {"history_steps": list(self.history_steps), "history": dict(self.history), "values": dict(self.values)}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        self.history_steps = list(state_dict["history_steps"])
+        self.history = {n: list(v) for n, v in state_dict["history"].items()}
+        self.values = {n: list(v) for n, v in state_dict["values"].items()}
+
     def on_before_optimizer_step(self, trainer: Trainer, pl_module: LightningModule, optimizer) -> None:
         self._before = None
-        if not is_log_step(trainer, self.log_every_n_steps):
+        self._log_now = is_log_step(trainer, self.log_every_n_steps)
+        self._histogram_now = trainer.global_step % self.histogram_every_n_steps == 0
+        if not (self._log_now or self._histogram_now):
             return
         params = watched_module(pl_module, self.root).named_parameters()
         named = [(n, p) for n, p in params if p.requires_grad and p.grad is not None]
@@ -73,7 +86,7 @@ class GradientMonitor(Callback):
         with torch.no_grad():
             values = torch.stack([_number(p) for _, p in named])  # stays on the device until the step ends
         self._before = (trainer.global_step, named, values, [float(lr_of.get(id(p), math.nan)) for _, p in named])
-        if trainer.global_step % self.histogram_every_n_steps == 0:
+        if self._histogram_now:
             self._histograms(trainer, "params", [(n, p) for n, p in named if p.numel() > 1], trainer.global_step)
 
     def on_train_batch_end(self, trainer: Trainer, pl_module: LightningModule, *args) -> None:
@@ -82,6 +95,10 @@ class GradientMonitor(Callback):
         step, named, values, lrs = self._before
         self._before = None
         if any(p.grad is None for _, p in named):
+            return
+        if self._histogram_now:
+            self._histograms(trainer, "grads", [(n, p.grad) for n, p in named if p.numel() > 1], step)
+        if not self._log_now:
             return
         with torch.no_grad():
             host = torch.cat([values, torch.stack([_number(p.grad) for _, p in named])]).tolist()  # one sync
@@ -97,8 +114,6 @@ class GradientMonitor(Callback):
                 metrics[f"update_ratio/{n}"] = abs(lr * g / w)
         log_metrics(trainer, metrics, step)
         self._remember(step, norms, {n: w for (n, p), w in zip(named, host[:k]) if p.numel() == 1})
-        if step % self.histogram_every_n_steps == 0:
-            self._histograms(trainer, "grads", [(n, p.grad) for n, p in named if p.numel() > 1], step)
 
     def _remember(self, step: int, norms: dict[str, float], values: dict[str, float]) -> None:
         before = len(self.history_steps)

@@ -258,6 +258,12 @@ class PictureMonitor(Callback):
         self._path_from: GradientMonitor | None = None
         self._path_names: list[str] = []
 
+    def state_dict(self) -> dict:
+        return {"path": [t.tolist() for t in self._path]}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        self._path = [torch.tensor(p, dtype=torch.float64) for p in state_dict["path"]]
+
     def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         named = trainable(watched_module(pl_module, self.root))
         numbers = sum(p.numel() for _, p in named)
@@ -316,10 +322,10 @@ class PictureMonitor(Callback):
         if not self._path_params or loss_fn is None or probe is None:
             return None
         net = watched_module(pl_module, self.root)
-        x, y = (t.to(pl_module.device) for t in probe)
+        dtype = self._path_params[0].dtype  # the run's precision (64-true, bf16-true, …)
+        x, y = (t.to(device=pl_module.device, dtype=dtype) for t in probe)
         path = self._path_array()
         path = path[np.isfinite(path).all(axis=1)] if path.size else path
-        dtype = self._path_params[0].dtype
 
         def surface(thetas: np.ndarray) -> np.ndarray:
             grid = torch.as_tensor(thetas, dtype=dtype, device=pl_module.device)

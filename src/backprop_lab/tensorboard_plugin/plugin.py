@@ -186,7 +186,8 @@ class BackpropPlugin(base_plugin.TBPlugin):
                 i = history.index(k)
             except ValueError:
                 raise BadParam(
-                    "step", f"step={k} is not a logged step of run {run!r} (logged: {len(steps)} steps, {steps[0]} … {steps[-1]})"
+                    "step",
+                    f"step={k} is not a logged step of run {run!r} (logged: {len(steps)} steps, {steps[0]} … {steps[-1]})",
                 ) from None
         body = {
             "run": run,
@@ -214,6 +215,11 @@ def _layout(series) -> dict | None:
     except (ValueError, UnicodeDecodeError, AttributeError):
         return None
     return layout if isinstance(layout, dict) and "fields" in layout and "kind" in layout else None
+
+
+def _same(got: float, wanted: float) -> bool:
+    """Equal as the run stores them: a float32 run writes η = 0.1 as 0.100000001."""
+    return math.isfinite(got) and abs(got - float(wanted)) <= 1e-6 * max(1.0, abs(float(wanted)))
 
 
 def _json(value):
@@ -252,7 +258,6 @@ def graph_view(h: History, i: int) -> dict:
     """The post's network at the i-th logged step: values by key, nodes, edges, parameters, post figures."""
     row = h.row(i)
     nxt = h.row(i + 1) if i + 1 < len(h) and h.steps[i + 1] == h.steps[i] + 1 else None
-    model = h.model
     hidden = "z1" in row
     act = h.layout.get("activation", "")
     a = ACT_NAME.get(act, act)
@@ -292,7 +297,11 @@ def graph_view(h: History, i: int) -> dict:
         numbers.update(loss_new=nxt["loss"], y_hat_new=nxt["y_hat"])
         if hidden:
             numbers.update(z1_new=nxt["z1"], h_new=nxt["h"])
-    values = {k: {"key": k, "label": labels.get(k, k), "value": numbers[k], "text": _text(numbers[k])} for k in labels if k in numbers}
+    values = {
+        k: {"key": k, "label": labels.get(k, k), "value": numbers[k], "text": _text(numbers[k])}
+        for k in labels
+        if k in numbers
+    }
 
     post = _post_column(h, i, row, values)
     dead, since = False, None
@@ -319,7 +328,9 @@ def graph_view(h: History, i: int) -> dict:
             _edge("loss", "L", "y_hat", "∂L/∂ŷ = −2·(y − ŷ)", q("dL_dy_hat"), _one(), q("dL_dy_hat")),
             _edge("out_w", "y_hat", "w2", "∂ŷ/∂w2 = h", q("h"), q("dL_dy_hat"), q("dL_dw2")),
             _edge("out_h", "y_hat", "h", "∂ŷ/∂h = w2", q("w2"), q("dL_dy_hat"), q("dL_dh")),
-            _edge("act", "h", "z1", f"∂h/∂z1 = {a}′(z1) = {ACT_PRIME.get(act, '')}", q("dh_dz1"), q("dL_dh"), q("dL_dz1")),
+            _edge(
+                "act", "h", "z1", f"∂h/∂z1 = {a}′(z1) = {ACT_PRIME.get(act, '')}", q("dh_dz1"), q("dL_dh"), q("dL_dz1")
+            ),
             _edge("in_w", "z1", "w1", "∂z1/∂w1 = x", q("x"), q("dL_dz1"), q("dL_dw1")),
         ]
         edges[3].update(dead=dead, dead_since=since)
@@ -361,7 +372,15 @@ def _one() -> dict:
 
 def _edge(id_: str, frm: str, to: str, local_label: str, local: dict | None, grad_from: dict | None, grad: dict | None):
     """A backward edge from node ``frm`` to ``to``: ∂L/∂(to) = ∂L/∂(frm) · local."""
-    return {"id": id_, "from": frm, "to": to, "local_label": local_label, "local": local, "grad_from": grad_from, "grad": grad}
+    return {
+        "id": id_,
+        "from": frm,
+        "to": to,
+        "local_label": local_label,
+        "local": local,
+        "grad_from": grad_from,
+        "grad": grad,
+    }
 
 
 def _param(name: str, q) -> dict:
@@ -385,13 +404,20 @@ def _post_column(h: History, i: int, row: dict, values: dict) -> dict:
     have = {
         "model": {k: row.get(k) for k in ("w", "w1", "w2")},
         "data": {"x": row.get("x"), "y": row.get("y")},
-        "optim": {"lr": row.get("lr_w1", row.get("lr_w")), **{k: h.layout.get(k) for k in ("momentum", "weight_decay")}},
+        "optim": {
+            "lr": row.get("lr_w1", row.get("lr_w")),
+            **{k: h.layout.get(k) for k in ("momentum", "weight_decay")},
+        },
     }
     for group, wanted in table["inputs"].items():
         for key, value in wanted.items():
             got = have.get(group, {}).get(key)
-            if got is None or float(got) != float(value):
-                return {"shown": False, "why": f"not the post's inputs: {group}.{key}={got}, where the post has {value}", "section": table["section"]}
+            if got is None or not _same(got, value):
+                return {
+                    "shown": False,
+                    "why": f"not the post's inputs: {group}.{key}={got}, where the post has {value}",
+                    "section": table["section"],
+                }
     if row.get("batch", 1) != 1:
         return {"shown": False, "why": "not the post's inputs: a batch of several samples", "section": table["section"]}
     marks, count = 0, 0

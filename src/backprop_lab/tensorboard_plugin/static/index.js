@@ -52,6 +52,19 @@ export async function render() {
   }
   const run = findRun(wanted.run) || state.runs[0].run;
   await selectRun(run, wanted.step);
+  try {
+    window.parent.addEventListener('hashchange', followAddress); // a new deep link in the same page
+  } catch (err) {
+    // another origin around us
+  }
+}
+
+async function followAddress() {
+  const wanted = addressParams();
+  if (PHASES.includes(wanted.phase)) setPhase(wanted.phase);
+  const run = findRun(wanted.run);
+  if (run && run !== state.run) return selectRun(run, wanted.step);
+  if (wanted.step !== undefined && Number(wanted.step) !== state.steps[state.index]) await load(wanted.step);
 }
 
 // --- the address ------------------------------------------------------------------------------
@@ -60,8 +73,9 @@ function addressParams() {
   const out = {};
   const read = (text) => {
     for (const part of text.replace(/^[#?]/, '').split('&')) {
-      const [k, v] = part.split('=');
-      if (v !== undefined && ['run', 'step', 'phase'].includes(k)) out[k] = decodeURIComponent(v.replace(/\+/g, ' '));
+      const i = part.indexOf('='); // a run's name holds '=' of its own: model=relu,optim.lr=0.1
+      const k = part.slice(0, i);
+      if (i > 0 && ['run', 'step', 'phase'].includes(k)) out[k] = decodeURIComponent(part.slice(i + 1));
     }
   };
   read(window.location.search);
@@ -496,7 +510,7 @@ function legend(x, y) {
 function ratioColour(r) {
   if (r === null || r === undefined || !(r > 0)) return '#eeeeee';
   const t = Math.max(0, Math.min(1, (Math.log10(r) + 6) / 5));
-  return `hsl(${210 - 210 * t}, 70%, ${88 - 28 * t}%)`;
+  return `hsl(${210 - 210 * t}, 65%, ${90 - 16 * t}%)`;
 }
 
 function deadColour(f) {

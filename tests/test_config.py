@@ -1,0 +1,125 @@
+"""backprop_lab.config: the composed configs, the checks beyond types, and the run directory's name."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+from conftest import CONFIGS, compose_config
+from hydra import compose, initialize_config_dir
+from hydra.core.hydra_config import HydraConfig
+
+from backprop_lab.config import ConfigError, check_devices, validate
+
+# --- the composed configs ----------------------------------------------------------------------------
+
+
+def test_mlp_config_defaults_to_the_sine():
+    cfg = compose_config("model=mlp")
+    assert list(cfg.model.hidden) == [16, 16] and cfg.model.activation == "relu" and cfg.model.init == "default"
+    assert cfg.data._target_ == "backprop_lab.data.SineDataModule"
+    assert (cfg.data.n_samples, cfg.data.n_probe, cfg.data.batch_size, cfg.data.noise) == (256, 128, 32, 0.1)
+
+
+def test_each_post_network_gets_the_posts_example_for_it():
+    linear, sigmoid, relu = (compose_config(f"model={m}") for m in ("linear", "sigmoid", "relu"))
+    assert (linear.model.w, linear.data.x, linear.data.y) == (3.0, 2.0, 10.0)  # §3
+    assert (sigmoid.model.w1, sigmoid.model.w2, sigmoid.data.x, sigmoid.data.y) == (0.5, -1.0, 1.0, 0.5)  # §4
+    assert (relu.model.w1, relu.model.w2, relu.model.relu_grad_at_zero, relu.data.x) == (0.5, -1.0, 0, 1.0)  # §5
+    assert sigmoid.optim.lr == 0.1 and sigmoid.optim.momentum == 0.0  # the post's η, no momentum
+
+
+def test_ddp_trainer_config():
+    cfg = compose_config("trainer=ddp")
+    assert (cfg.trainer.devices, cfg.trainer.strategy, cfg.trainer.accelerator) == (2, "ddp", "auto")
+
+
+def _run_dir(overrides: list[str]) -> str:
+    """hydra.run.dir as Hydra resolves it for a new run (``now`` is resolved once per composed config)."""
+    with initialize_config_dir(config_dir=str(CONFIGS), version_base="1.3"):
+        cfg = compose(config_name="train", overrides=overrides, return_hydra_config=True)
+    HydraConfig.instance().set_config(cfg)
+    try:
+        return str(HydraConfig.get().run.dir)
+    finally:
+        HydraConfig.instance().cfg = None
+
+
+def test_a_run_started_in_the_same_second_as_another_gets_its_own_directory():
+    # Microseconds in the name: two runs composed back to back (well within one second) differ.
+    from backprop_lab.sweep import register_resolvers
+
+    register_resolvers()
+    first, second = _run_dir(["model=relu"]), _run_dir(["model=relu"])
+    pattern = r"outputs/runs/\d{4}-\d\d-\d\d_\d\d-\d\d-\d\d\.\d{6}_relu"
+    assert re.fullmatch(pattern, first) and re.fullmatch(pattern, second)
+    assert first != second
+    assert re.fullmatch(r"outputs/runs/.*_dead_relu", _run_dir(["experiment=dead_relu"]))  # named after the experiment
+
+
+# --- refused values -----------------------------------------------------------------------------------
+
+BAD_MLP = [
+    (["model.hidden=[]"], "model.hidden=[] is not accepted: use a non-empty list of positive layer widths"),
+    (["model.hidden=[16,0]"], "model.hidden=[16, 0] is not accepted"),
+    (["model.hidden=[-4]"], "model.hidden=[-4] is not accepted"),
+    (["model.activation=tanh"], "model.activation='tanh' is not accepted: use one of sigmoid, relu, leaky_relu"),
+    (["model.init=xavier"], "model.init='xavier' is not accepted: use one of default, he, negative_bias"),
+    (["model.negative_slope=1.0"], "model.negative_slope=1.0 is not accepted: use a number with 0 <= a < 1"),
+    (["model.negative_slope=-0.1"], "model.negative_slope=-0.1 is not accepted"),
+    (["model.relu_grad_at_zero=2"], "model.relu_grad_at_zero=2 is not accepted"),
+    (["data.batch_size=257"], "data.batch_size=257 is not accepted: use an integer from 1 to data.n_samples=256"),
+    (["data.batch_size=0"], "data.batch_size=0 is not accepted"),
+    (["data.n_samples=0"], "data.n_samples=0 is not accepted"),
+    (["data.n_probe=0"], "data.n_probe=0 is not accepted"),
+    (["data.noise=-0.1"], "data.noise=-0.1 is not accepted"),
+    (["data=moons", "data.batch_size=300"], "data.batch_size=300 is not accepted"),
+]
+
+
+@pytest.mark.parametrize("overrides, message", BAD_MLP, ids=[" ".join(o) for o, _ in BAD_MLP])
+def test_bad_mlp_and_data_values_are_refused_naming_the_key(overrides, message):
+    cfg = compose_config("model=mlp", *overrides)
+    with pytest.raises(ConfigError) as error:
+        validate(cfg)
+    assert message in str(error.value)
+
+
+def test_the_posts_networks_are_refused_on_two_inputs():
+    with pytest.raises(ConfigError) as error:
+        validate(compose_config("model=sigmoid", "data=moons"))
+    assert "data='moons' is not accepted: the moons have two inputs" in str(error.value)
+    validate(compose_config("model=relu", "data=sine"))  # one input: the post's nets fit the sine
+
+
+def test_good_mlp_values_pass():
+    validate(compose_config("model=mlp", "model.hidden=[1]", "model.negative_slope=0", "data.batch_size=256"))
+    validate(compose_config("model=mlp", "model.activation=leaky_relu", "model.negative_slope=0.99", "data=moons"))
+
+
+BAD_MONITOR = [
+    ("monitor.picture_every_n_steps=0", "monitor.picture_every_n_steps=0 is not accepted: use an integer >= 1"),
+    ("monitor.histogram_every_n_steps=0", "monitor.histogram_every_n_steps=0 is not accepted: use an integer >= 1"),
+    (
+        "monitor.pictures=[fit,surface]",
+        "monitor.pictures=['fit', 'surface'] is not accepted: use a list of loss_surface",
+    ),
+]
+
+
+@pytest.mark.parametrize("override, message", BAD_MONITOR)
+def test_bad_monitor_values_are_refused_naming_the_key(override, message):
+    with pytest.raises(ConfigError, match="unknown: surface" if "surface" in override else "integer") as error:
+        validate(compose_config(override))
+    assert message in str(error.value)
+
+
+def test_more_devices_than_the_machine_has_is_refused():
+    with pytest.raises(ConfigError, match=r"trainer.devices=4096 is more than this machine has \(\d+ CPU cores"):
+        check_devices("cpu", 4096)
+
+
+def test_a_global_batch_that_does_not_split_over_the_processes_is_refused():
+    with pytest.raises(ConfigError, match=r"data.batch_size=33 is not accepted with trainer.devices=2"):
+        validate(compose_config("trainer=ddp", "model=mlp", "data.batch_size=33"))
+    validate(compose_config("trainer=ddp", "model=mlp", "data.batch_size=32"))  # splits: accepted

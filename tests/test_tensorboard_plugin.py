@@ -1,0 +1,233 @@
+"""The Backprop tab's backend in a real TensorBoard server on a loopback port, queried over HTTP.
+
+The runs are trained here with the Python API into a temporary logdir: the post's sigmoid step (pinned
+at steps 0 and 1), the post's ReLU net dying at step 4, a small MLP, and a sweep of two linear runs
+(one diverging) named by their overrides as Hydra names sweep jobs.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+import torch
+from test_backprop_view import approx, fit, fit_post, post_cfg
+
+from backprop_lab import models
+from backprop_lab.replay import replay
+
+SWEEP = "sweeps/2026-01-01_00-00-00.000000"
+RUNS = {  # run (path under the logdir) -> its last step
+    "post_sigmoid": 1,
+    "post_relu": 200,
+    "mlp": 20,
+    f"{SWEEP}/model=linear,optim.lr=0.1": 30,
+    f"{SWEEP}/model=linear,optim.lr=0.3": 128,  # η > 1/x² = 0.25: the loss is inf at step 128
+}
+
+
+def train_runs(logdir: Path) -> None:
+    fit_post(logdir / "post_sigmoid", models.SigmoidNet(w1=0.5, w2=-1.0), 1.0, 0.5, steps=1)
+    fit_post(logdir / "post_relu", models.ReLUNet(w1=0.5, w2=-1.0), 1.0, 0.5, steps=200)
+    torch.manual_seed(0)
+    gen = torch.Generator().manual_seed(0)
+    x = torch.rand(64, 1, generator=gen) * 6 - 3
+    net = models.MLP(1, 1, hidden=[16, 16, 16], activation="sigmoid")
+    fit(logdir / "mlp", net, [(x, torch.sin(x))], steps=20, every=1)
+    fit_post(logdir / SWEEP / "model=linear,optim.lr=0.1", models.LinearNet(w=3.0), 2.0, 10.0, steps=30, lr=0.1)
+    fit_post(logdir / SWEEP / "model=linear,optim.lr=0.3", models.LinearNet(w=3.0), 2.0, 10.0, steps=200, lr=0.3)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextmanager
+def tensorboard_server(logdir: Path, *flags: str, timeout: float = 60.0):
+    """``python -m tensorboard.main --logdir logdir`` on 127.0.0.1; yields the base URL once every run of
+    RUNS is loaded to its last step; stops the server."""
+    port = free_port()
+    cmd = [sys.executable, "-m", "tensorboard.main", "--logdir", str(logdir), "--port", str(port)]
+    cmd += ["--host", "127.0.0.1", *flags]
+    server = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + timeout
+        while True:
+            if server.poll() is not None:
+                pytest.fail(f"tensorboard exited with {server.returncode}: {server.stderr.read()[-2000:]}")
+            try:
+                listed = {r["run"]: r["last_step"] for r in get(url + "/data/plugin/backprop/runs")["runs"]}
+                if listed == RUNS:
+                    break
+            except (urllib.error.URLError, ConnectionError):
+                pass
+            if time.monotonic() > deadline:
+                pytest.fail(f"tensorboard did not load the runs within {timeout} s")
+            time.sleep(0.25)
+        yield url
+    finally:
+        server.terminate()
+        try:
+            server.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            server.kill()
+            server.wait(timeout=10)
+
+
+def get(url: str):
+    with urllib.request.urlopen(url, timeout=10) as response:
+        return json.load(response)
+
+
+def get_error(url: str) -> tuple[int, dict]:
+    with pytest.raises(urllib.error.HTTPError) as caught:
+        urllib.request.urlopen(url, timeout=10)
+    return caught.value.code, json.load(caught.value)
+
+
+def graph(url: str, run: str, step: int | None = None) -> dict:
+    query = urllib.parse.urlencode({"run": run, **({} if step is None else {"step": step})})
+    return get(f"{url}/data/plugin/backprop/graph?{query}")
+
+
+@pytest.fixture(scope="module")
+def logdir(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("backprop_runs")
+    train_runs(root)
+    return root
+
+
+@pytest.fixture(scope="module")
+def server(logdir):
+    with tensorboard_server(logdir) as url:  # TensorBoard's default loader (the Rust data server where it runs)
+        yield url
+
+
+@pytest.mark.slow
+def test_the_plugin_is_listed_and_serves_its_module(server):
+    listing = get(server + "/data/plugins_listing")["backprop"]
+    assert listing["enabled"] is True and listing["tab_name"] == "Backprop"
+    assert listing["loading_mechanism"] == {"type": "IFRAME", "module_path": "/data/plugin/backprop/index.js"}
+    with urllib.request.urlopen(server + "/data/plugin/backprop/index.js", timeout=10) as r:
+        assert r.headers["Content-Type"].startswith("application/javascript")
+        assert "export async function render()" in r.read().decode()
+    with urllib.request.urlopen(server + "/data/plugin/backprop/style.css", timeout=10) as r:
+        assert r.headers["Content-Type"].startswith("text/css")
+
+
+@pytest.mark.slow
+def test_runs_grouped_by_sweep_and_named_by_their_overrides(server):
+    answer = get(server + "/data/plugin/backprop/runs")
+    by_run = {r["run"]: r for r in answer["runs"]}
+    assert set(by_run) == set(RUNS)
+    swept = by_run[f"{SWEEP}/model=linear,optim.lr=0.3"]
+    assert (swept["group"], swept["name"]) == (SWEEP, "model=linear,optim.lr=0.3")
+    assert (swept["model"], swept["kind"]) == ("linear", "graph")
+    assert by_run["post_relu"]["model"] == "relu" and by_run["post_relu"]["group"] == ""
+    assert (by_run["mlp"]["kind"], by_run["mlp"]["description"]) == ("layers", "mlp 1→16→16→16→1, sigmoid")
+    groups = {g["group"]: g["runs"] for g in answer["groups"]}
+    assert groups[SWEEP] == [f"{SWEEP}/model=linear,optim.lr=0.1", f"{SWEEP}/model=linear,optim.lr=0.3"]
+
+
+@pytest.mark.slow
+def test_sigmoid_graph_at_steps_0_and_1_with_the_posts_figures(server):
+    g = graph(server, "post_sigmoid", 0)
+    assert (g["step"], g["steps"], g["kind"], g["model"], g["backward"]) == (0, [0, 1], "graph", "sigmoid", True)
+    v = {k: q["value"] for k, q in g["values"].items()}
+    assert v["loss"] == approx(1.2599149502)
+    assert v["dL_dw2"] == approx(-1.3973705692)
+    assert v["dL_dw1"] == approx(0.5275642193)
+    assert v["loss_new"] == approx(1.0501050768)  # the new forward pass: L at step 1
+    nodes = {n["id"]: n for n in g["nodes"]}
+    assert [n["id"] for n in g["nodes"]] == ["x", "w1", "z1", "h", "w2", "y_hat", "L", "y"]
+    assert nodes["h"]["label"] == "h = σ(z1)" and nodes["h"]["value"]["value"] == approx(0.6224593312)
+    assert nodes["z1"]["grad"]["value"] == approx(0.5275642193)
+    edges = {e["id"]: e for e in g["edges"]}
+    assert (edges["act"]["from"], edges["act"]["to"]) == ("h", "z1")
+    assert edges["act"]["local"]["value"] == approx(0.2350037122)  # σ′(z1)
+    assert edges["act"]["grad_from"]["value"] == approx(2.2449186624)  # ∂L/∂h
+    assert edges["act"]["dead"] is False
+    assert edges["in_w"]["local"]["value"] == 1.0 and edges["in_w"]["grad"]["value"] == approx(0.5275642193)
+    params = {p["name"]: p for p in g["params"]}
+    assert params["w1"]["value"]["value"] == 0.5 and params["w1"]["lr"]["value"] == approx(0.1)
+    assert params["w1"]["new"]["value"] == approx(0.4472435781)
+    assert params["w2"]["new"]["value"] == approx(-0.8602629431)
+    # the post's figures beside the values, marked where the replay marks them
+    assert g["post"]["shown"] is True and (g["post"]["figures"], g["post"]["marks"]) == (11, 2)
+    marked = {k for k, q in g["values"].items() if q.get("post") and q["post"]["marked"]}
+    rows = replay(post_cfg("sigmoid", 1.0, 0.5, w1=0.5, w2=-1.0)).rows
+    assert marked == {row.key for row in rows if row.post and row.post.marked} == {"dL_dw2", "loss_new"}
+    assert g["values"]["h"]["post"]["figure"] == "0.622" and g["values"]["h"]["post"]["marked"] is False
+    assert g["diagnoses"] == []
+
+    g1 = graph(server, "post_sigmoid", 1)
+    assert (g1["step"], g1["index"], g1["backward"]) == (1, 1, False)
+    assert g1["values"]["loss"]["value"] == approx(1.0501050768)
+    assert g1["values"]["dL_dw1"]["value"] == "nan" and g1["values"]["dL_dw1"]["text"] == "nan"
+    assert g1["post"]["shown"] is False  # the post prints step 0 only
+
+
+@pytest.mark.slow
+def test_relu_every_step_kept_and_dead_since_step_4(server):
+    g3 = graph(server, "post_relu", 3)
+    assert g3["steps"] == list(range(201))  # every logged step, not TensorBoard's default sample of 10
+    assert {e["id"]: e for e in g3["edges"]}["act"]["dead"] is False
+    g = graph(server, "post_relu", 4)
+    act = {e["id"]: e for e in g["edges"]}["act"]
+    assert (act["dead"], act["dead_since"], act["local"]["value"], act["grad"]["value"]) == (True, 4, 0.0, 0.0)
+    assert g["dead"] == {"h": {"dead": True, "since": 4}}
+    assert g["values"]["z1"]["value"] == approx(-0.0381204359)
+    (dead,) = g["diagnoses"]
+    assert (dead["kind"], dead["step"], dead["where"]) == ("dead_unit", 4, "h")
+    assert "dead since step 4" in dead["text"] and "ReLU′(z1) = 0" in dead["text"]
+    assert {e["id"]: e for e in graph(server, "post_relu", 150)["edges"]}["act"]["dead_since"] == 4
+    relu0 = graph(server, "post_relu")  # no step: the first logged one, with the post's §5 figures
+    assert relu0["step"] == 0 and relu0["post"]["shown"] is True and relu0["post"]["marks"] == 0
+    assert relu0["values"]["dL_dw1"]["post"]["figure"] == "2"
+
+
+@pytest.mark.slow
+def test_mlp_layers_and_a_diverging_sweep_run(server):
+    g = graph(server, "mlp", 0)
+    assert g["kind"] == "layers" and g["steps"] == list(range(21))
+    assert [layer["name"] for layer in g["layers"]] == ["fc1", "act1", "fc2", "act2", "fc3", "act3", "out"]
+    fc1 = g["layers"][0]
+    assert fc1["update_ratio"] == approx(fc1["lr"] * fc1["grad_norm"] / fc1["weight_norm"])
+    assert g["gradient_ratio"] == approx(g["layers"][-1]["grad_norm"] / fc1["grad_norm"])
+    diverged = graph(server, f"{SWEEP}/model=linear,optim.lr=0.3", 128)
+    assert diverged["values"]["loss"]["value"] == "inf"
+    (found,) = diverged["diagnoses"]
+    assert (found["kind"], found["step"]) == ("divergence", 128) and "η < 1/x² = 0.25" in found["text"]
+    calm = graph(server, f"{SWEEP}/model=linear,optim.lr=0.1", 0)
+    assert calm["values"]["dL_dw"]["value"] == -16.0 and calm["post"]["shown"] is True and calm["diagnoses"] == []
+
+
+@pytest.mark.slow
+def test_bad_parameters_are_400_naming_the_parameter(server):
+    base = server + "/data/plugin/backprop/graph"
+    for query, param, words in [
+        ("", "run", "missing query parameter run"),
+        ("?run=nope", "run", "'nope' has no backprop data"),
+        ("?run=post_relu&step=four", "step", "not an integer"),
+        ("?run=post_relu&step=201", "step", "not a logged step"),
+    ]:
+        code, body = get_error(base + query)
+        assert code == 400 and body["param"] == param and words in body["error"]
+
+
+@pytest.mark.slow
+def test_the_python_loader_serves_the_same(logdir):
+    with tensorboard_server(logdir, "--load_fast=false") as url:
+        g = graph(url, "post_relu", 4)
+        assert len(g["steps"]) == 201 and {e["id"]: e for e in g["edges"]}["act"]["dead_since"] == 4
