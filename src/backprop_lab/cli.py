@@ -12,6 +12,7 @@ from __future__ import annotations
 import math
 import os
 import sys
+import threading
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
@@ -50,12 +51,17 @@ def run(cfg: DictConfig) -> float:
     except ConfigError as error:
         refuse(error)
 
-    from backprop_lab.train import train
+    from backprop_lab.train import RunFailed, train
 
     try:
         result = train(cfg, run_dir=hydra_cfg.runtime.output_dir, overrides=list(hydra_cfg.overrides.task))
     except ConfigError as error:  # what only the run can check: e.g. a checkpoint to resume
         refuse(error)
+    except RunFailed as error:  # the machine failed the run (a full disk, say); summary.json says so if it could
+        if os.environ.get("HYDRA_FULL_ERROR") == "1":
+            raise
+        print(f"error: the run failed: {error}; what it logged before stays in {hydra_cfg.runtime.output_dir}", file=sys.stderr)
+        sys.exit(1)
     return result.final_loss if math.isfinite(result.final_loss) else math.inf
 
 
@@ -64,8 +70,18 @@ def _train_main(cfg: DictConfig) -> float:
     return run(cfg)
 
 
+def _report_writer_error(args: threading.ExceptHookArgs) -> None:
+    """A background writer's OSError (TensorBoard's, on a full disk) in one line: the run reports it too."""
+    if isinstance(args.exc_value, OSError):
+        print(f"error: a background writer stopped: {args.exc_value}", file=sys.stderr)
+    else:
+        threading.__excepthook__(args)
+
+
 def main() -> None:
     """``backprop-lab``: one training run, or a sweep with ``-m``."""
+    if os.environ.get("HYDRA_FULL_ERROR") != "1":
+        threading.excepthook = _report_writer_error  # the command's own choice, made when it runs
     try:
         _train_main()
     except KeyboardInterrupt:  # Ctrl-C before training started (during training the run stops cleanly)

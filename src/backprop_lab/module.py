@@ -51,6 +51,7 @@ class BackpropModule(L.LightningModule):
         self.final_loss = math.nan
         self.diverged_at: int | None = None
         self.interrupted_by: int | None = None  # the signal that stopped training (backprop_lab.interrupts)
+        self.failure: str | None = None  # the error that ended training, if one did
         self._last_batch: tuple[Tensor, Tensor] | None = None
 
     def forward(self, x: Tensor) -> Tensor:
@@ -111,7 +112,9 @@ class BackpropModule(L.LightningModule):
 
     @property
     def status(self) -> str:
-        """converged, diverged, interrupted, stopped (by a callback such as EarlyStopping) or finished."""
+        """converged, diverged, interrupted, failed, stopped (by a callback such as EarlyStopping) or finished."""
+        if self.failure is not None:
+            return "failed"
         if self.diverged_at is not None:
             return "diverged"
         if self.interrupted_by is not None or (self.trainer is not None and self.trainer.interrupted):

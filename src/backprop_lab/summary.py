@@ -28,8 +28,12 @@ def write_summary(run_dir: Path, summary: dict[str, Any]) -> Path:
     """``run_dir/summary.json``, written whole or not at all (a temporary file renamed over it)."""
     path = Path(run_dir) / SUMMARY_FILE
     partial = path.with_suffix(".json.partial")
-    partial.write_text(json.dumps(_strict_json(summary), indent=2, allow_nan=False) + "\n")
-    partial.replace(path)
+    try:
+        partial.write_text(json.dumps(_strict_json(summary), indent=2, allow_nan=False) + "\n")
+        partial.replace(path)
+    except OSError:
+        partial.unlink(missing_ok=True)
+        raise
     return path
 
 

@@ -40,9 +40,23 @@ SIGTERM_EXIT = 128 + 15  # the shell's exit status of a process ended by SIGTERM
 SIGINT_EXIT = 128 + 2  # ... and by Ctrl-C
 
 
+class RunFailed(RuntimeError):
+    """The machine failed the run (a full disk, a vanished directory): not a bug, no traceback needed."""
+
+
+def system_error(error: BaseException) -> OSError | None:
+    """The OSError behind ``error``, if one is (loggers wrap the writer's errors in their own)."""
+    while error is not None:
+        if isinstance(error, OSError):
+            return error
+        error = error.__cause__ or error.__context__
+    return None
+
+
 @dataclass
 class TrainResult:
-    """What a run ended with. ``status``: converged, finished, stopped, diverged or interrupted."""
+    """What a run ended with. ``status``: converged, finished, stopped, diverged, interrupted or failed
+    (``reason`` says why)."""
 
     status: str
     final_loss: float
@@ -53,6 +67,7 @@ class TrainResult:
     dead_since: dict[str, int | None] = field(default_factory=dict)
     wall_time_s: float = 0.0
     final_dead_fraction: float | None = None  # mean over ReLU layers at the end; None without ReLUs
+    reason: str | None = None  # why a failed run failed
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -82,6 +97,16 @@ def train(cfg: DictConfig, run_dir: str | Path, overrides: Sequence[str] = ()) -
         result = run_result(module, trainer, run_dir, started)
         finish(cfg, result, trainer, overrides)
         raise SystemExit(SIGTERM_EXIT if isinstance(stop, SIGTERMException) else SIGINT_EXIT) from None
+    except Exception as error:  # the run failed (a full disk, say): say so in summary.json if there is room
+        cause = system_error(error)
+        module.failure = str(cause or error)
+        try:
+            finish(cfg, run_result(module, trainer, run_dir, started), trainer, overrides)
+        except OSError as again:
+            log.error(f"could not write {run_dir / 'summary.json'}: {again}")
+        if cause is not None:
+            raise RunFailed(str(cause)) from error
+        raise
 
     result = run_result(module, trainer, run_dir, started)
     log_hparams(trainer.loggers, cfg, result)
@@ -213,6 +238,7 @@ def run_result(module: BackpropModule, trainer: L.Trainer, run_dir: Path, starte
         dead_since=dict(dead_relu.dead_since) if dead_relu else {},
         wall_time_s=time.perf_counter() - started,
         final_dead_fraction=sum(fractions) / len(fractions) if fractions else None,
+        reason=module.failure,
     )
 
 

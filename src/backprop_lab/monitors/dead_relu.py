@@ -280,7 +280,10 @@ class DeadReLUMonitor(Callback):
         self._log_dead_forever(trainer)
 
     def on_exception(self, trainer: Trainer, pl_module: LightningModule, exception: BaseException) -> None:
-        self._log_dead_forever(trainer)
+        try:
+            self._log_dead_forever(trainer)
+        except Exception as error:  # noqa: BLE001 — a failing run's logger (a full disk) may fail again
+            rank_zero_warn(f"DeadReLUMonitor could not write relu/dead_forever_fraction/* while the run failed: {error}")
 
     def dead_forever_fractions(self) -> dict[str, np.ndarray]:
         """Per layer, at each logged step s: the fraction of units alive on no training batch from s on."""

@@ -171,52 +171,110 @@ def draw_boundary(x: np.ndarray, labels: np.ndarray, g1: np.ndarray, g2: np.ndar
 # --- the monitors' histories ------------------------------------------------------------------------------
 
 
-def draw_unit_activity(steps: list[int], activity: dict[str, list[np.ndarray]], source: str, step: int, leaky: frozenset = frozenset()):
-    """One panel per layer: units (rows) × recorded steps (columns), coloured by active fraction.
+# Past these sizes a picture is drawn in a summarised form, so a drawing costs O(layers + units) and stays
+# under a couple of seconds however deep the network: one panel per layer up to MAX_PANELS layers, else
+# one layer × step map; one line per weight up to MAX_LINES, else one layer × step map of log₁₀‖g‖.
+MAX_PANELS = 6
+MAX_LINES = 12
 
-    Column i spans steps[i] to steps[i + 1] (the last one a step wide): the state recorded at a step
-    is drawn until the next record. Layers in ``leaky`` pass a·g where h ≤ 0: their silent units are
-    not dead, and the title says so.
-    """
+
+def _column_edges(steps: list[int] | np.ndarray) -> np.ndarray:
+    """Column i spans steps[i] to steps[i + 1] (the last one a step wide)."""
+    return np.array([*steps, steps[-1] + 1], dtype=float)
+
+
+def draw_unit_activity(steps: list[int], activity: dict[str, list[np.ndarray]], source: str, step: int, leaky: frozenset = frozenset()):
+    """Each unit's active fraction (h > 0) at every recorded step: one panel per layer, units (rows) ×
+    steps (columns); past :data:`MAX_PANELS` layers, one panel of layers × steps with the fraction of
+    each layer's units that are alive. Layers in ``leaky`` pass a·g where h ≤ 0: silent is not dead."""
     layers = [n for n in activity if activity[n]]
+    if len(layers) > MAX_PANELS:
+        return _draw_layer_activity(steps, {n: activity[n] for n in layers}, source, step)
     heights = [max(len(activity[n][-1]), 2) for n in layers]
-    fig = new_figure((SIZE[0], min(2.0 + 0.02 * sum(heights) + 0.6 * len(layers), 9.0)))
+    fig = new_figure((SIZE[0], min(2.2 + 0.02 * sum(heights) + 0.9 * len(layers), 9.0)))
     axes = fig.subplots(len(layers), 1, sharex=True, squeeze=False, height_ratios=heights)[:, 0]
-    edges = np.array([*steps, steps[-1] + 1], dtype=float)
+    fig.subplots_adjust(left=0.14, right=0.86, bottom=0.1, top=0.88, hspace=0.6)
+    edges = _column_edges(steps)
     for ax, name in zip(axes, layers):
         grid = np.stack(activity[name], axis=1)  # units × steps
         image = ax.pcolormesh(edges, np.arange(grid.shape[0] + 1) - 0.5, grid, cmap="magma", vmin=0, vmax=1)
         ax.invert_yaxis()
         silent = float(np.mean(grid[:, -1] == 0))
-        ax.set_ylabel(f"{name}\nunit")
-        what = "with h ≤ 0 on every sample (leaky: not dead)" if name in leaky else "dead"
-        ax.set_title(f"{name}: {silent:.0%} of {grid.shape[0]} units {what} at step {steps[-1]}", fontsize=9)
+        ax.set_ylabel(f"{name}\nunit", fontsize=8)
+        what = "silent, leaky (not dead)" if name in leaky else "dead"
+        ax.set_title(f"{name}: {silent:.0%} of {grid.shape[0]} units {what} at step {steps[-1]}", fontsize=8, loc="left")
     axes[-1].set_xlabel("step")
     fig.colorbar(image, ax=list(axes), label="active fraction (0 = dead)")
-    fig.suptitle(f"unit activity on the {source} (h > 0), step {step}")
+    fig.suptitle(f"unit activity on the {source} (h > 0), step {step}", fontsize=10)
+    return fig
+
+
+def _draw_layer_activity(steps: list[int], activity: dict[str, list[np.ndarray]], source: str, step: int):
+    fig = new_figure()
+    ax = fig.add_subplot()
+    alive = np.array([[float(np.mean(a > 0)) for a in activity[n]] for n in activity])  # layers × steps
+    image = ax.pcolormesh(_column_edges(steps), np.arange(len(activity) + 1) - 0.5, alive, cmap="magma", vmin=0, vmax=1)
+    ax.invert_yaxis()
+    ax.set_xlabel("step")
+    ax.set_ylabel(f"layer (first {next(iter(activity))} at the top)")
+    fig.colorbar(image, ax=ax, label="fraction of units alive")
+    ax.set_title(f"units alive on the {source}, {len(activity)} layers, step {step}", fontsize=10)
     return fig
 
 
 def draw_grad_norms(steps: np.ndarray, norms: dict[str, np.ndarray], step: int):
-    """Gradient norm of each parameter over the steps, log scale, coloured from first layer to last."""
+    """Gradient norm of each weight over the steps, log scale, coloured from first layer to last.
+
+    An exact-zero gradient (a dead unit's, say) has no logarithm: it is marked on the bottom edge, not
+    dropped. Past :data:`MAX_LINES` weights, a layer × step map of log₁₀‖g‖ instead, zeros in grey.
+    """
+    weights = [n for n in norms if n.endswith("weight")] or list(norms)
+    if len(weights) > MAX_LINES:
+        return _draw_grad_norm_map(steps, {n: norms[n] for n in weights}, step)
     from matplotlib import colormaps
 
-    weights = [n for n in norms if n.endswith("weight")] or list(norms)
     fig = new_figure()
     ax = fig.add_subplot()
     colours = colormaps["viridis"](np.linspace(0, 0.9, len(weights)))
+    zero_label = "exact 0 (no gradient)"
     for name, colour in zip(weights, colours):
-        values = np.where(norms[name] > 0, norms[name], np.nan)  # a zero norm has no logarithm
-        ax.plot(steps, values, color=colour, lw=1.2, label=name)
-    ax.set_yscale("log")
+        values = norms[name]
+        ax.plot(steps, np.where(values > 0, values, np.nan), color=colour, lw=1.2, label=name)
+        zeros = steps[values == 0]
+        if len(zeros):
+            ax.plot(zeros, np.zeros(len(zeros)), "x", color=colour, ms=5, clip_on=False,
+                    transform=ax.get_xaxis_transform(), label=zero_label)  # fmt: skip
+            zero_label = None  # one legend entry for every layer's zeros
+    if np.any([np.any(norms[n] > 0) for n in weights]):
+        ax.set_yscale("log")
     ax.set_xlabel("step")
     ax.set_ylabel("‖∂L/∂w‖")
-    ax.legend(loc="best", fontsize=8)
+    ax.legend(loc="best", fontsize=7)
+    ax.set_title(_grad_norm_title(steps, norms, weights, step), fontsize=10)
+    return fig
+
+
+def _grad_norm_title(steps: np.ndarray, norms: dict[str, np.ndarray], weights: list[str], step: int) -> str:
     title = f"gradient norm by layer, step {step}"
     first, last = norms[weights[0]][-1], norms[weights[-1]][-1]
     if len(weights) > 1 and last > 0:
         title += f"\n‖g‖ of {weights[0]} / ‖g‖ of {weights[-1]} = {first / last:.3g} at step {steps[-1]}"
-    ax.set_title(title)
+    return title
+
+
+def _draw_grad_norm_map(steps: np.ndarray, norms: dict[str, np.ndarray], step: int):
+    fig = new_figure()
+    ax = fig.add_subplot()
+    grid = np.array([norms[n] for n in norms], dtype=float)  # layers × steps
+    with np.errstate(divide="ignore", invalid="ignore"):
+        log_norms = np.ma.masked_invalid(np.where(grid > 0, np.log10(grid), np.nan))
+    cmap = __import__("matplotlib").colormaps["viridis"].with_extremes(bad="0.6")  # zeros (and NaN) in grey
+    image = ax.pcolormesh(_column_edges(steps), np.arange(len(norms) + 1) - 0.5, log_norms, cmap=cmap)
+    ax.invert_yaxis()
+    ax.set_xlabel("step")
+    ax.set_ylabel(f"weight (first: {next(iter(norms))} at the top)")
+    fig.colorbar(image, ax=ax, label="log₁₀ ‖∂L/∂w‖ (grey: exact 0)")
+    ax.set_title(_grad_norm_title(steps, norms, list(norms), step), fontsize=10)
     return fig
 
 
@@ -293,7 +351,7 @@ class PictureMonitor(Callback):
         """The path so far as a (steps, numbers) float64 array: the GradientMonitor's logged values (if
         it is the source), then what this callback recorded itself."""
         parts = []
-        if self._path_from is not None:
+        if self._path_from is not None and len(self._path_from.history_steps):
             steps, values = self._path_from.value_history
             nan = np.full(len(steps), np.nan)
             parts.append(np.stack([values.get(n, nan) for n in self._path_names], axis=1).reshape(len(steps), -1))
