@@ -79,8 +79,8 @@ def find(rows: list[dict], key: str, **match) -> float | None:
 
 def machine() -> dict:
     cpu = platform.processor()
-    with contextlib.suppress(OSError):
-        cpu = next(ln.split(":", 1)[1].strip() for ln in open("/proc/cpuinfo") if ln.startswith("model name"))
+    with contextlib.suppress(OSError), open("/proc/cpuinfo") as info:
+        cpu = next(ln.split(":", 1)[1].strip() for ln in info if ln.startswith("model name"))
     import lightning
 
     return {

@@ -7,6 +7,7 @@ processes of the CLI) and ``sweep`` (basic vs joblib launcher, per-job overhead)
 from __future__ import annotations
 
 import contextlib
+import functools
 import gc
 import io
 import math
@@ -215,50 +216,57 @@ def bench_training(cfg: dict, quick: bool) -> tuple[list[dict], list[dict]]:
     rows, ratios = [], []
     with tempfile.TemporaryDirectory(prefix="bench-train-") as tmp:
         for model in TRAIN_MODELS:
-            n = cfg["mlp_train_steps"] if model.startswith("mlp") else cfg["train_steps"]
-            # --quick draws no pictures: they cost seconds per run, at the end, off the clock.
-            extra = ["monitor.pictures=[]"] if quick else []
-            default = compose_train_config(model, n, *extra)
-            no_monitors = compose_train_config(model, n, "monitor.gradients=false", "monitor.dead_relu=false", *extra)
-            pictures: list[float] = []
-            runners = {
-                "package_default": lambda d: _fit_package(default, d, pictures),
-                "package_no_monitors": lambda d: _fit_package(no_monitors, d),
-                "bare_lightning": lambda d: _fit_bare_lightning(default, d),
-                "plain_loop": lambda d: _plain_loop(default, d, tensorboard=False),
-                "plain_loop_tensorboard": lambda d: _plain_loop(default, d, tensorboard=True),
-            }
-            rounds: list[dict[str, float]] = []
-            for rnd in range(cfg["train_rounds"]):
-                sample = {}
-                for name in RUNNERS if rnd % 2 == 0 else reversed(RUNNERS):
-                    gc.collect()
-                    sample[name] = runners[name](tempfile.mkdtemp(dir=tmp))
-                rounds.append(sample)
-            us = {name: statistics.median(r[name] for r in rounds) * 1e6 for name in RUNNERS}
-            rows += [{"model": model, "runner": name, "us_per_step": v, "steps": n} for name, v in us.items()]
+            model_rows, model_ratios = _bench_model(model, cfg, quick, tmp)
+            rows += model_rows
+            ratios.append(model_ratios)
+    return rows, ratios
 
-            def paired(a: str, b: str) -> float:
-                return statistics.median(r[a] / r[b] for r in rounds)
 
-            def spread(a: str, b: str, minus: float = 0.0) -> list[float]:
-                """Lowest and highest per-round ratio: how far one round can land from the median."""
-                values = [r[a] / r[b] - minus for r in rounds]
-                return [min(values), max(values)]
+def _bench_model(model: str, cfg: dict, quick: bool, tmp: str) -> tuple[list[dict], dict]:
+    """Every runner on ``model``, interleaved over ``cfg["train_rounds"]`` rounds: its rows and ratios."""
+    n = cfg["mlp_train_steps"] if model.startswith("mlp") else cfg["train_steps"]
+    # --quick draws no pictures: they cost seconds per run, at the end, off the clock.
+    extra = ["monitor.pictures=[]"] if quick else []
+    default = compose_train_config(model, n, *extra)
+    off = ("monitor.gradients=false", "monitor.dead_relu=false", "monitor.backprop_view=false")
+    no_monitors = compose_train_config(model, n, *off, *extra)
+    pictures: list[float] = []
+    runners = {
+        "package_default": functools.partial(_fit_package, default, picture_s=pictures),
+        "package_no_monitors": functools.partial(_fit_package, no_monitors),
+        "bare_lightning": functools.partial(_fit_bare_lightning, default),
+        "plain_loop": functools.partial(_plain_loop, default, tensorboard=False),
+        "plain_loop_tensorboard": functools.partial(_plain_loop, default, tensorboard=True),
+    }
+    rounds: list[dict[str, float]] = []
+    for rnd in range(cfg["train_rounds"]):
+        sample = {}
+        for name in RUNNERS if rnd % 2 == 0 else reversed(RUNNERS):
+            gc.collect()
+            sample[name] = runners[name](run_dir=tempfile.mkdtemp(dir=tmp))
+        rounds.append(sample)
+    us = {name: statistics.median(r[name] for r in rounds) * 1e6 for name in RUNNERS}
+    rows = [{"model": model, "runner": name, "us_per_step": v, "steps": n} for name, v in us.items()]
 
-            ratios.append(
-                {
-                    "model": model,
-                    "package_vs_bare_lightning": paired("package_default", "bare_lightning"),
-                    "package_vs_plain_tensorboard": paired("package_default", "plain_loop_tensorboard"),
-                    "bare_lightning_vs_plain": paired("bare_lightning", "plain_loop"),
-                    "monitoring_overhead": paired("package_default", "package_no_monitors") - 1.0,
-                    "rounds": len(rounds),
-                    "package_vs_bare_lightning_range": spread("package_default", "bare_lightning"),
-                    "monitoring_overhead_range": spread("package_default", "package_no_monitors", 1.0),
-                    "picture_s": statistics.median(pictures) if pictures else None,
-                }
-            )
+    def paired(a: str, b: str) -> float:
+        return statistics.median(r[a] / r[b] for r in rounds)
+
+    def spread(a: str, b: str, minus: float = 0.0) -> list[float]:
+        """Lowest and highest per-round ratio: how far one round can land from the median."""
+        values = [r[a] / r[b] - minus for r in rounds]
+        return [min(values), max(values)]
+
+    ratios = {
+        "model": model,
+        "package_vs_bare_lightning": paired("package_default", "bare_lightning"),
+        "package_vs_plain_tensorboard": paired("package_default", "plain_loop_tensorboard"),
+        "bare_lightning_vs_plain": paired("bare_lightning", "plain_loop"),
+        "monitoring_overhead": paired("package_default", "package_no_monitors") - 1.0,
+        "rounds": len(rounds),
+        "package_vs_bare_lightning_range": spread("package_default", "bare_lightning"),
+        "monitoring_overhead_range": spread("package_default", "package_no_monitors", 1.0),
+        "picture_s": statistics.median(pictures) if pictures else None,
+    }
     return rows, ratios
 
 

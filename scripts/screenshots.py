@@ -63,10 +63,12 @@ def train_runs(logdir: Path, names: set[str]) -> None:
         if name not in names:
             continue
         experiment = overrides[0].partition("=")[2]
-        if overrides[0].startswith("experiment=") and not (ROOT / "configs" / "experiment" / f"{experiment}.yaml").exists():
+        config = ROOT / "configs" / "experiment" / f"{experiment}.yaml"
+        if overrides[0].startswith("experiment=") and not config.exists():
             print(f"skip {name}: configs/experiment/{experiment}.yaml does not exist")
             continue
-        cmd = [sys.executable, str(ROOT / "scripts" / "train.py"), *overrides, *COMMON, f"hydra.run.dir={logdir / name}"]
+        cmd = [sys.executable, str(ROOT / "scripts" / "train.py"), *overrides, *COMMON]
+        cmd.append(f"hydra.run.dir={logdir / name}")
         print("run:", " ".join(cmd[1:]))
         subprocess.run(cmd, cwd=logdir, check=True, capture_output=True, timeout=600)
 
@@ -147,11 +149,9 @@ def main() -> None:
         logdir.mkdir(parents=True, exist_ok=True)
         train_runs(logdir, names)
         port = free_port()
-        server = subprocess.Popen(
-            [sys.executable, "-m", "tensorboard.main", "--logdir", str(logdir), "--port", str(port), "--host", "127.0.0.1", "--load_fast=false"],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
+        cmd = [sys.executable, "-m", "tensorboard.main", "--logdir", str(logdir), "--port", str(port)]
+        cmd += ["--host", "127.0.0.1", "--load_fast=false"]
+        server = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         try:
             url = f"http://127.0.0.1:{port}"
             wait_for_runs(url, min(len(names), len(RUNS) - 3))

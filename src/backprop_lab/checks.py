@@ -5,19 +5,31 @@
 refused value leaves no empty run directory behind and a bad seventh job fails the sweep at once. A refusal
 prints one line naming the key and exits 2 (a callback's exception would only be a warning to Hydra).
 
+What Hydra refuses itself, while it composes the config (a wrong type, an unknown option, a broken YAML
+file), comes before any callback: :func:`short_hydra_errors`, around the ``@hydra.main`` function, words it
+as one line naming the key or file.
+
 This module imports neither torch nor Lightning.
 """
 
 from __future__ import annotations
 
+import contextlib
+import importlib.resources
 import os
+import re
 import sys
+import tempfile
+import traceback
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from hydra.core.hydra_config import HydraConfig
+from hydra.errors import HydraException
 from hydra.experimental.callback import Callback
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
 
 from backprop_lab.config import ConfigError, validate
 from backprop_lab.summary import SUMMARY_FILE
@@ -36,21 +48,41 @@ def previous_run(run_dir: Path) -> Path | None:
     return None
 
 
+def check_writable_dir(key: str, value: Any, what: str = "the run") -> Path:
+    """Refuse a directory that cannot be written: empty, a file (or under one), not writable. Creates nothing.
+
+    Root passes ``os.access`` everywhere, yet cannot create anything under /proc or /sys or on a read-only
+    mount: so a directory is also made (and removed at once) in the nearest existing parent."""
+    if value is None or str(value).strip() == "":
+        raise ConfigError(f"{key}='' is not accepted: give a directory for {what} (the default puts it under outputs/)")
+    path = Path(str(value))
+    existing = next((p for p in [path, *path.parents] if p.exists()), Path("."))
+    if not existing.is_dir():
+        where = "it is a file" if existing == path else f"{existing} is a file"
+        raise ConfigError(f"{key}={str(value)!r} is not accepted: {where}, not a directory")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise ConfigError(f"{key}={str(value)!r} is not accepted: {existing} is not writable")
+    try:
+        os.rmdir(tempfile.mkdtemp(prefix=".backprop-lab-check-", dir=existing))
+    except OSError as error:
+        raise ConfigError(
+            f"{key}={str(value)!r} is not accepted: nothing can be created in {existing} ({error.strerror})"
+        ) from error
+    return path
+
+
 def check_run_dir(key: str, value: Any, resume: str | None) -> None:
     """Refuse a run directory that cannot hold this run: empty, a file, not writable, or one that already
     holds another run (unless that run is being resumed)."""
-    if value is None or str(value).strip() == "":
-        raise ConfigError(f"{key}='' is not accepted: give a directory for the run (the default puts it under outputs/)")
-    run_dir = Path(str(value))
-    if run_dir.exists() and not run_dir.is_dir():
-        raise ConfigError(f"{key}={str(value)!r} is not accepted: it is a file, not a directory")
-    existing = next((p for p in [run_dir, *run_dir.parents] if p.exists()), Path("."))
-    if not os.access(existing, os.W_OK | os.X_OK):
-        raise ConfigError(f"{key}={str(value)!r} is not accepted: {existing} is not writable")
     if resume is not None:
+        run_dir = Path(str(value))
         if not (run_dir / CHECKPOINT).is_file():
-            raise ConfigError(f"resume={resume!r} is not accepted: {run_dir / CHECKPOINT} does not exist (no checkpoint to resume from)")
+            raise ConfigError(
+                f"resume={resume!r} is not accepted: {run_dir / CHECKPOINT} does not exist (no checkpoint to resume from)"
+            )
+        check_writable_dir(key, value)
         return
+    run_dir = check_writable_dir(key, value)
     found = previous_run(run_dir)
     if found is not None:
         raise ConfigError(
@@ -64,25 +96,40 @@ def check_sweep_subdir(sweep_dir: str, subdir: str) -> None:
     base = Path(sweep_dir).resolve()
     job = (base / subdir).resolve()
     if job == base or base not in job.parents:
-        raise ConfigError(f"hydra.sweep.subdir={subdir!r} is not accepted: a job's directory must lie inside hydra.sweep.dir")
+        raise ConfigError(
+            f"hydra.sweep.subdir={subdir!r} is not accepted: a job's directory must lie inside hydra.sweep.dir"
+        )
 
 
 def refuse_and_exit(error: ConfigError) -> None:
+    """One line naming the key, exit 2; with ``HYDRA_FULL_ERROR=1`` the traceback first, as Hydra shows its own."""
+    if os.environ.get("HYDRA_FULL_ERROR") == "1":
+        traceback.print_exception(error)
     print(f"error: {error}", file=sys.stderr)
     sys.exit(2)
+
+
+def hydra_value(config: DictConfig, key: str) -> Any:
+    """``config``'s value at ``key`` (e.g. ``hydra.run.dir``), or ConfigError naming it where it does not resolve."""
+    try:
+        return OmegaConf.select(config, key, throw_on_missing=True)
+    except OmegaConfBaseException as error:
+        reason = str(error).splitlines()[0]
+        raise ConfigError(f"{key} is not accepted: it does not resolve ({reason})") from error
 
 
 class ConfigChecks(Callback):
     """Validates a single run's config and directory before Hydra writes anything; and every job of a sweep."""
 
     def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
+        composed()
         # The run directory's name reads ${hydra:runtime.choices...}: Hydra sets this same config as the
         # job's HydraConfig right after this hook; set it now so the name resolves here (and is the same).
         HydraConfig.instance().set_config(config)
         try:
             validate(config)
             if config.hydra.output_subdir is not None:  # scripts/replay.py writes nothing: no run directory
-                check_run_dir("hydra.run.dir", config.hydra.run.dir, config.get("resume"))
+                check_run_dir("hydra.run.dir", hydra_value(config, "hydra.run.dir"), config.get("resume"))
             if config.get("resume") is not None:
                 from backprop_lab.resume import check_resumable  # imports torch: only to resume
 
@@ -93,7 +140,114 @@ class ConfigChecks(Callback):
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         from backprop_lab.sweep import check_sweep
 
+        composed()
         try:
+            check_writable_dir("hydra.sweep.dir", hydra_value(config, "hydra.sweep.dir"), "the sweep")
             check_sweep(config)
         except ConfigError as error:
             refuse_and_exit(error)
+
+
+# --- Hydra's own errors, one line each ---------------------------------------------------------------------
+
+# Hydra's plugins that ``pip install -e ".[sweep]"`` installs, by the config options they add.
+PLUGIN_OPTIONS = {
+    "hydra/launcher/joblib": "hydra-joblib-launcher",
+    "hydra/launcher/submitit_local": "hydra-submitit-launcher",
+    "hydra/launcher/submitit_slurm": "hydra-submitit-launcher",
+    "hydra/sweeper/optuna": "hydra-optuna-sweeper",
+}
+_composing: dict[str, Any] = {"active": False, "user": None}  # set by short_hydra_errors
+
+
+def composed() -> None:
+    """The config is composed: put back the user's own HYDRA_FULL_ERROR (see :func:`short_hydra_errors`)."""
+    if _composing["active"]:
+        _composing["active"] = False
+        if _composing["user"] is None:
+            os.environ.pop("HYDRA_FULL_ERROR", None)
+        else:
+            os.environ["HYDRA_FULL_ERROR"] = _composing["user"]
+
+
+@contextlib.contextmanager
+def short_hydra_errors() -> Iterator[None]:
+    """Around a ``@hydra.main`` function: Hydra's refusals while it composes the config, as one line naming the
+    key or file (and the options, with the install hint of a plugin's), exit 1.
+
+    Hydra prints them in five to fifteen lines, some (a broken YAML file, ``model=null``) with a traceback.
+    With ``HYDRA_FULL_ERROR=1`` set while it composes, Hydra raises them instead and they are worded here;
+    :class:`ConfigChecks` puts the user's own setting back as soon as the config is composed, so what fails
+    in the run itself is reported by Hydra as before. A user's ``HYDRA_FULL_ERROR=1`` gets Hydra's report.
+    """
+    user = os.environ.get("HYDRA_FULL_ERROR")
+    if user == "1":
+        yield
+        return
+    _composing.update(active=True, user=user)
+    os.environ["HYDRA_FULL_ERROR"] = "1"
+    try:
+        yield
+    except Exception as error:
+        if not _composing["active"]:
+            raise
+        composed()
+        message = hydra_error_message(error, sys.argv[1:])
+        if message is None:  # not a refusal of the input: the traceback, as Hydra would show it
+            raise
+        print(f"error: {message}", file=sys.stderr)
+        print("(HYDRA_FULL_ERROR=1 shows Hydra's full report)", file=sys.stderr)
+        sys.exit(1)
+    finally:
+        composed()
+
+
+def hydra_error_message(error: BaseException, argv: list[str]) -> str | None:
+    """One line for an error Hydra raised composing the config from ``argv``; None for any other error."""
+    import yaml
+
+    if isinstance(error, yaml.MarkedYAMLError):
+        mark = error.problem_mark
+        where = f"{mark.name}, line {mark.line + 1}, column {mark.column + 1}" if mark else "a YAML file"
+        problem = ", ".join(p for p in (error.context, error.problem) if p)
+        return f"{where} is not valid YAML: {problem}"
+    if isinstance(error, ValueError) and "Config group override must be" in str(error):
+        groups = [arg for arg in argv if _is_group_override(arg)]
+        return (
+            f"{' '.join(groups) or 'a config group'} is not accepted: a config group takes an option's name ({error})"
+        )
+    if not isinstance(error, (HydraException, OmegaConfBaseException, yaml.YAMLError)):
+        return None
+    text = str(error)
+    if isinstance(error.__cause__, OmegaConfBaseException) and str(error.__cause__) not in text:
+        text += "\n" + str(error.__cause__)
+    message = _one_line(text)
+    for option, package in PLUGIN_OPTIONS.items():
+        if f"Could not find '{option}'" in text:
+            message += f"; {option} comes with Hydra's plugin {package}: pip install -e '.[sweep]' (or {package})"
+    return message
+
+
+def _one_line(text: str) -> str:
+    """Hydra's report joined into one line: its lists of options inline, its search path and types left out."""
+    parts: list[str] = []
+    for line in text.splitlines():
+        if line.startswith("Config search path"):
+            break
+        item = line.strip()
+        if not item or item.startswith(("reference_type=", "object_type=", "See https://")):
+            continue
+        if line.startswith("\t") and parts and parts[-1].endswith((":", ",")):  # an option of a list
+            parts[-1] += f" {item},"
+        else:
+            parts.append(item)
+    return "; ".join(part.rstrip(",") for part in parts)
+
+
+def _is_group_override(arg: str) -> bool:
+    """Whether ``arg`` sets a config group (``model=null``, ``hydra/launcher=1``) of the package's configs."""
+    match = re.fullmatch(r"[+~]*([\w/@.-]+)=.*", arg)
+    if match is None:
+        return False
+    group = match.group(1).split("@")[0]
+    return "/" in group or (importlib.resources.files("backprop_lab.configs") / group).is_dir()

@@ -16,7 +16,7 @@ import threading
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from backprop_lab.config import ConfigError, check_accelerator, check_devices, register_configs, validate
 from backprop_lab.sweep import check_multirun_trainer, register_resolvers
@@ -54,7 +54,9 @@ def run(cfg: DictConfig) -> float:
     from backprop_lab.train import RunFailed, train
 
     try:
-        result = train(cfg, run_dir=hydra_cfg.runtime.output_dir, overrides=list(hydra_cfg.overrides.task))
+        # as typed: an override ${oc.env:TOKEN} stays that, never the value it resolves to
+        overrides = OmegaConf.to_container(hydra_cfg.overrides.task, resolve=False)
+        result = train(cfg, run_dir=hydra_cfg.runtime.output_dir, overrides=overrides)
     except ConfigError as error:  # what only the run can check: e.g. a checkpoint to resume
         refuse(error)
     except RunFailed as error:  # the machine failed the run (a full disk, say); summary.json says so if it could

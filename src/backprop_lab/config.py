@@ -9,11 +9,16 @@ ranges and choices are checked by :func:`validate`, which raises :class:`ConfigE
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import difflib
+import importlib.util
+import math
+import os
+from dataclasses import dataclass, field, fields
 from typing import Any, Optional
 
 from hydra.core.config_store import ConfigStore
-from omegaconf import MISSING, DictConfig
+from omegaconf import MISSING, Container, DictConfig, ListConfig, OmegaConf
+from omegaconf.errors import InterpolationResolutionError, MissingMandatoryValue, OmegaConfBaseException
 
 # The choices of the keys that take one of a list (each list lives here only).
 ACCELERATORS = ("auto", "cpu", "gpu", "cuda", "mps")  # trainer.accelerator
@@ -198,6 +203,59 @@ def register_configs() -> None:
 
 # --- checks beyond types ---------------------------------------------------------------------------
 
+# The classes a config may name in _target_ (instantiate builds whatever a _target_ names, so a config,
+# or a command line, could otherwise run any callable: data._target_=os.system). The package's own
+# networks and data sets, each with the keys of its schema:
+MODELS = {c._target_: c for c in (LinearNetConfig, SigmoidNetConfig, ReLUNetConfig, MLPConfig)}
+DATA = {c._target_: c for c in (ExampleDataConfig, SineDataConfig, MoonsDataConfig)}
+# the optimizers of torch.optim that take optim's keys (lr, momentum, weight_decay):
+OPTIMIZERS = ("torch.optim.SGD", "torch.optim.RMSprop")
+# Lightning's loggers (lightning.pytorch.loggers.<name>), with the module each needs beyond this package's
+# dependencies and its pip name:
+LOGGERS = {
+    "TensorBoardLogger": None,
+    "CSVLogger": None,
+    "WandbLogger": ("wandb", "wandb"),
+    "MLFlowLogger": ("mlflow", "mlflow"),
+    "CometLogger": ("comet_ml", "comet-ml"),
+    "LitLogger": ("litlogger", "litlogger"),
+}
+# Lightning's callbacks that a config can build (lightning.pytorch.callbacks.<name>; not the base classes,
+# nor LambdaCallback, whose arguments are functions):
+CALLBACKS = (
+    "BackboneFinetuning", "BatchSizeFinder", "DeviceStatsMonitor", "EarlyStopping", "EMAWeightAveraging",
+    "GradientAccumulationScheduler", "LearningRateFinder", "LearningRateMonitor", "ModelCheckpoint",
+    "ModelPruning", "ModelSummary", "OnExceptionCheckpoint", "RichModelSummary", "RichProgressBar",
+    "SpikeDetection", "StochasticWeightAveraging", "ThroughputMonitor", "Timer", "TQDMProgressBar",
+    "WeightAveraging",
+)  # fmt: skip
+GROUPS = {"optim": SGDConfig, "trainer": TrainerConfig, "monitor": MonitorConfig, "replay": ReplayConfig}
+GROUPS["checkpoint"] = CheckpointConfig
+
+# Lightning's names (StrategyRegistry and the precision flags; tests/test_bad_input.py checks them against the
+# installed Lightning). deepspeed and transformer-engine need their own packages.
+_DDP = ("ddp", "ddp_spawn", "ddp_fork", "ddp_notebook")
+STRATEGIES = (
+    "auto", "single_device", *_DDP,
+    *(f"{s}_find_unused_parameters_{b}" for s in _DDP for b in ("true", "false")),
+    "fsdp", "fsdp_cpu_offload",
+)  # fmt: skip
+DEEPSPEED_STRATEGIES = ("deepspeed", *(f"deepspeed_stage_{s}" for s in ("1", "2", "2_offload", "3", "3_offload")))
+DEEPSPEED_STRATEGIES += ("deepspeed_stage_3_offload_nvme",)
+PRECISIONS = ("64-true", "32-true", "16-true", "bf16-true", "16-mixed", "bf16-mixed", "64", "32", "16", "bf16")
+TRANSFORMER_ENGINE_PRECISIONS = ("transformer-engine", "transformer-engine-float16")
+
+INT64_MAX = 2**63 - 1  # the largest integer torch, numpy and Lightning take
+SEED_MAX = 2**32 - 1  # numpy's seeds, which Lightning's seed_everything sets: 0 … 2**32 − 1
+FLOAT32_MAX = 3.4028234663852886e38  # a larger start value becomes inf in a float32 tensor
+FLOAT16_MAX = 65504.0  # ... and in a float16 one (trainer.precision=16-true)
+# A run's memory, roughly (see memory_estimate): float32 weight, gradient, optimizer state and one copy per
+# parameter; float32 z and h per hidden unit and row, and their gradients; and per sample the data's tensors
+# and the epoch's shuffled order as a Python list of ints (about 100 bytes, measured).
+BYTES_PER_PARAMETER = 16
+BYTES_PER_ACTIVATION = 16
+BYTES_PER_SAMPLE = 100
+
 
 def _require(ok: bool, key: str, value: Any, accepted: str) -> None:
     if not ok:
@@ -205,7 +263,36 @@ def _require(ok: bool, key: str, value: Any, accepted: str) -> None:
 
 
 def validate(cfg: DictConfig) -> None:
-    """Refuse values the schema's types admit but training cannot use. Raises ConfigError."""
+    """Refuse what the schema's types admit but a run cannot use. Raises ConfigError naming the key and
+    what is accepted. Imports neither torch nor Lightning. What is checked, in this order:
+
+    * every value resolves: no ``???`` left, no interpolation that fails (``optim.lr=${nope}``);
+    * the schema is closed: a key it lacks, at the top or in a group (``+max_steps=5``,
+      ``+trainer.max_step=5``), is refused with the nearest valid key; ``logger.<name>`` and
+      ``callbacks.<name>`` take one entry per logger or callback;
+    * ``_target_``: the package's own networks and data sets (``MODELS``, ``DATA``; the keys of that
+      class's schema, none missing), ``OPTIMIZERS`` with ``_partial_: true``, Lightning's ``LOGGERS``
+      (installed) and ``CALLBACKS``; no other instantiate key (``_partial_``, ``_args_`` …) and no nested
+      ``_target_`` in a logger or callback;
+    * numbers: every float finite (no nan, inf); model and data start values within float32 (float16
+      under ``trainer.precision=16-true``), which would otherwise become inf; every integer within int64;
+    * ranges and choices: optim.lr > 0, optim.momentum and optim.weight_decay >= 0; trainer.max_steps,
+      log_every_n_steps, accumulate_grad_batches, the monitors' intervals, checkpoint.every_n_steps,
+      progress_every_n_steps >= 1; trainer.gradient_clip_val >= 0 or null; tol >= 0;
+      trainer.accelerator, replay.format, monitor.pictures, model.activation, model.init from their lists;
+      model.relu_grad_at_zero 0 or 1; model.negative_slope in [0, 1); model.hidden positive integers;
+      data.n_samples, data.n_probe >= 1, data.noise >= 0, 1 <= data.batch_size <= data.n_samples;
+      the moons with the mlp only; resume null or a directory;
+    * Lightning's values: trainer.strategy (``STRATEGIES``; deepspeed where installed),
+      trainer.precision (``PRECISIONS``; transformer-engine where installed), trainer.devices a positive
+      integer or auto, data.batch_size a multiple of it; seed within numpy's range [0, 2**32 − 1];
+    * memory: the run's rough size (:func:`memory_estimate`) within this machine's memory.
+    """
+    _check_resolves(cfg)
+    _check_keys(cfg)
+    _check_targets(cfg)
+    _check_numbers(cfg)
+
     lr = cfg.optim.lr
     _require(lr > 0, "optim.lr", lr, "use a positive learning rate, e.g. optim.lr=0.1")
     _require(cfg.optim.momentum >= 0, "optim.momentum", cfg.optim.momentum, "use a number >= 0")
@@ -219,16 +306,20 @@ def validate(cfg: DictConfig) -> None:
     )
     devices = t.devices
     _require(
-        devices == "auto" or (isinstance(devices, int) and devices >= 1),
+        devices == "auto" or (isinstance(devices, int) and not isinstance(devices, bool) and devices >= 1),
         "trainer.devices",
         devices,
         "use a positive integer or auto",
     )
+    _validate_lightning(t)
     for key in ("histogram_every_n_steps", "probe_every_n_steps", "picture_every_n_steps"):
         every = cfg.monitor[key]
         _require(every >= 1, f"monitor.{key}", every, "use an integer >= 1")
     _require(
-        t.accumulate_grad_batches >= 1, "trainer.accumulate_grad_batches", t.accumulate_grad_batches, "use an integer >= 1"
+        t.accumulate_grad_batches >= 1,
+        "trainer.accumulate_grad_batches",
+        t.accumulate_grad_batches,
+        "use an integer >= 1",
     )
     clip = t.gradient_clip_val
     _require(clip is None or clip >= 0, "trainer.gradient_clip_val", clip, "use a number >= 0, or null for no clipping")
@@ -239,9 +330,24 @@ def validate(cfg: DictConfig) -> None:
         cfg.progress_every_n_steps,
         "use an integer >= 1 (the progress bar is redrawn every this many steps)",
     )
+    every = cfg.checkpoint.every_n_steps
+    _require(every >= 1, "checkpoint.every_n_steps", every, "use an integer >= 1 (a checkpoint every this many steps)")
     _require(cfg.tol >= 0, "tol", cfg.tol, "use a number >= 0 (0 turns early stopping off)")
+    _require(
+        0 <= cfg.seed <= SEED_MAX,
+        "seed",
+        cfg.seed,
+        f"use an integer from 0 to {SEED_MAX} (numpy's seeds, which Lightning's seed_everything sets)",
+    )
     fmt = cfg.replay.format
     _require(fmt in REPLAY_FORMATS, "replay.format", fmt, f"use one of {', '.join(REPLAY_FORMATS)}")
+    resume = cfg.resume
+    _require(
+        resume is None or str(resume).strip() != "",
+        "resume",
+        resume,
+        "give the run directory to continue (resume=outputs/runs/<run>), or null for a new run",
+    )
 
     if "relu_grad_at_zero" in cfg.model:
         g = cfg.model.relu_grad_at_zero
@@ -258,17 +364,227 @@ def validate(cfg: DictConfig) -> None:
         f"the moons have two inputs and {cfg.model.get('_target_')} takes one; use model=mlp",
     )
     check_batch_split(cfg)
+    _check_memory(cfg)
+
+
+# --- the config's shape: values resolve, keys are the schema's, targets are allowed ------------------------
+
+
+def _check_resolves(cfg: DictConfig) -> None:
+    """Every value outside ``hydra`` resolves: an interpolation that fails, or a ``???`` left, names its key."""
+    try:
+        for key in cfg:
+            if key != "hydra":
+                value = cfg[key]
+                if isinstance(value, Container):
+                    OmegaConf.to_container(value, resolve=True, throw_on_missing=True)
+    except MissingMandatoryValue as error:
+        raise ConfigError(f"{error.full_key}=??? is not accepted: give it a value") from error
+    except InterpolationResolutionError as error:
+        reason = str(error).splitlines()[0]
+        raise ConfigError(f"{error.full_key} is not accepted: its interpolation does not resolve ({reason})") from error
+    except OmegaConfBaseException as error:
+        raise ConfigError(f"{error.full_key} is not accepted: {str(error).splitlines()[0]}") from error
+
+
+def _names(schema: type) -> list[str]:
+    return [f.name for f in fields(schema)]
+
+
+def _schema_paths() -> list[str]:
+    """Every key of the schema as a dotted path (model.* and data.* of every class), for suggestions."""
+    paths = [f.name for f in fields(TrainConfig)]
+    paths += [f"{group}.{name}" for group, schema in GROUPS.items() for name in _names(schema)]
+    for group, schemas in (("model", MODELS), ("data", DATA)):
+        paths += list(dict.fromkeys(f"{group}.{name}" for s in schemas.values() for name in _names(s)))
+    return paths
+
+
+def _closed(node: DictConfig, prefix: str, allowed: list[str], where: str) -> None:
+    """Refuse a key of ``node`` that ``allowed`` lacks, with the nearest valid key (difflib)."""
+    for key in node:
+        if key in allowed:
+            continue
+        full = f"{prefix}.{key}" if prefix else str(key)
+        near = difflib.get_close_matches(str(key), allowed, n=1)
+        nearest = [f"{prefix}.{near[0]}" if prefix else near[0]] if near else []
+        if not nearest:  # a key of another group: +max_steps=5 meant trainer.max_steps
+            paths = [p for p in _schema_paths() if p != full]
+            last = difflib.get_close_matches(str(key), [p.rsplit(".", 1)[-1] for p in paths], n=1, cutoff=0.8)
+            nearest = [p for p in paths if p.rsplit(".", 1)[-1] == last[0]][:1] if last else []
+        hint = f"did you mean {nearest[0]}?" if nearest else f"its keys are {', '.join(allowed)}"
+        raise ConfigError(f"{full} is not accepted: {where} has no such key; {hint}")
+
+
+def _check_keys(cfg: DictConfig) -> None:
+    top = [*_names(TrainConfig), "hydra"]  # hydra: Hydra's own node, in the config its callbacks see
+    _closed(cfg, "", top, "the config")
+    for group, schema in GROUPS.items():
+        _closed(cfg[group], group, _names(schema), group)
+    for group, schemas in (("model", MODELS), ("data", DATA)):
+        node = cfg[group]
+        target = node.get("_target_") if isinstance(node, DictConfig) else None
+        _require(
+            target in schemas,
+            f"{group}._target_",
+            target,
+            f"use one of {', '.join(schemas)} (the package's own classes, which the {group} options set)",
+        )
+        names = _names(schemas[target])
+        _closed(node, group, names, target)
+        missing = [name for name in names if name not in node]
+        if missing:
+            raise ConfigError(f"{group}.{missing[0]} is missing: {target} takes {', '.join(names)}")
+
+
+def _check_targets(cfg: DictConfig) -> None:
+    target = cfg.optim._target_
+    _require(
+        target in OPTIMIZERS,
+        "optim._target_",
+        target,
+        f"use {' or '.join(OPTIMIZERS)} (the optimizers of torch.optim that take lr, momentum and weight_decay)",
+    )
+    _require(
+        cfg.optim._partial_ is True,
+        "optim._partial_",
+        cfg.optim._partial_,
+        "use true (the optimizer is built later, with the model's parameters)",
+    )
+    for name, entry in cfg.logger.items():
+        _check_entry(f"logger.{name}", entry, "lightning.pytorch.loggers.", LOGGERS, "TensorBoardLogger")
+    for name, entry in cfg.callbacks.items():
+        _check_entry(
+            f"callbacks.{name}", entry, "lightning.pytorch.callbacks.", dict.fromkeys(CALLBACKS), "EarlyStopping"
+        )
+
+
+def _check_entry(key: str, entry: Any, module: str, classes: dict, example: str) -> None:
+    """One logger or callback: a ``_target_`` of ``module`` from ``classes`` and its keyword arguments."""
+    _require(
+        isinstance(entry, DictConfig) and "_target_" in entry,
+        key,
+        OmegaConf.to_container(entry) if isinstance(entry, Container) else entry,
+        f"give a class and its keyword arguments, e.g. {key}._target_={module}{example}",
+    )
+    target = str(entry._target_)
+    name = target[len(module) :] if target.startswith(module) else None
+    _require(
+        name in classes,
+        f"{key}._target_",
+        target,
+        f"use {module}<name> with <name> one of {', '.join(classes)}",
+    )
+    needs = classes[name]
+    if needs is not None and importlib.util.find_spec(needs[0]) is None:
+        raise ConfigError(
+            f"{key}._target_={target!r} is not accepted here: it needs {needs[0]} (pip install {needs[1]})"
+        )
+    for sub in entry:
+        _require(
+            not str(sub).startswith("_") or sub == "_target_",
+            f"{key}.{sub}",
+            entry[sub],
+            "Hydra's instantiate keys other than _target_ are not accepted here; give keyword arguments only",
+        )
+    nested = _nested_target(entry, key)
+    if nested is not None:
+        raise ConfigError(f"{nested}._target_ is not accepted: only {key}._target_ names a class; give plain arguments")
+
+
+def _nested_target(node: Any, key: str) -> str | None:
+    """The key of a ``_target_`` below the top of ``node``, if any."""
+    items = node.items() if isinstance(node, DictConfig) else enumerate(node) if isinstance(node, ListConfig) else ()
+    for sub, value in items:
+        inner = f"{key}.{sub}" if isinstance(node, DictConfig) else f"{key}[{sub}]"
+        if isinstance(value, DictConfig) and "_target_" in value:
+            return inner
+        found = _nested_target(value, inner)
+        if found is not None:
+            return found
+    return None
+
+
+# --- numbers ------------------------------------------------------------------------------------------------
+
+
+def _leaves(key: str, value: Any):
+    """``(key, value)`` of every scalar in a resolved container, list items as ``key[i]``."""
+    if isinstance(value, dict):
+        for sub, inner in value.items():
+            yield from _leaves(f"{key}.{sub}", inner)
+    elif isinstance(value, list):
+        for i, inner in enumerate(value):
+            yield from _leaves(f"{key}[{i}]", inner)
+    else:
+        yield key, value
+
+
+FINITE_HINTS = {"trainer.gradient_clip_val": " (or null for no clipping)", "tol": " (0 turns early stopping off)"}
+
+
+def _check_numbers(cfg: DictConfig) -> None:
+    """Floats finite, model and data start values within their tensors' type, integers within int64."""
+    limit, dtype = (FLOAT16_MAX, "float16") if cfg.trainer.precision == "16-true" else (FLOAT32_MAX, "float32")
+    scalars = [(key, cfg[key]) for key in ("seed", "tol", "progress_every_n_steps")]
+    for group in ("model", "data", *GROUPS):
+        scalars += [(k, v, group) for k, v in _leaves(group, OmegaConf.to_container(cfg[group], resolve=True))]
+    for key, value, *group in scalars:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            continue
+        if isinstance(value, int):
+            _require(
+                abs(value) <= INT64_MAX,
+                key,
+                value,
+                f"use an integer within a 64-bit integer's range (at most {INT64_MAX})",
+            )
+            continue
+        _require(math.isfinite(value), key, value, f"use a finite number{FINITE_HINTS.get(key, '')}")
+        if group and group[0] in ("model", "data"):
+            _require(abs(value) <= limit, key, value, f"it becomes inf in {dtype}; use a number within ±{limit:.4g}")
+
+
+# --- groups ---------------------------------------------------------------------------------------------------
+
+
+def _validate_lightning(t: DictConfig) -> None:
+    """trainer.strategy and trainer.precision: Lightning's names, with the packages some of them need."""
+    strategy, precision = t.strategy, t.precision
+    if strategy in DEEPSPEED_STRATEGIES and importlib.util.find_spec("deepspeed") is None:
+        raise ConfigError(
+            f"trainer.strategy={strategy!r} is not accepted here: it needs deepspeed (pip install deepspeed)"
+        )
+    _require(
+        strategy in STRATEGIES + DEEPSPEED_STRATEGIES,
+        "trainer.strategy",
+        strategy,
+        "use one of Lightning's auto, single_device, ddp, ddp_spawn, ddp_fork, ddp_notebook (each also with "
+        "_find_unused_parameters_true or _false), fsdp, fsdp_cpu_offload; deepspeed… where deepspeed is installed",
+    )
+    if precision in TRANSFORMER_ENGINE_PRECISIONS and importlib.util.find_spec("transformer_engine") is None:
+        raise ConfigError(
+            f"trainer.precision={precision!r} is not accepted here: it needs NVIDIA's transformer_engine package"
+        )
+    _require(
+        precision in PRECISIONS + TRANSFORMER_ENGINE_PRECISIONS,
+        "trainer.precision",
+        precision,
+        f"use one of Lightning's {', '.join(PRECISIONS)} (or transformer-engine where it is installed)",
+    )
 
 
 def _validate_mlp(model: DictConfig) -> None:
-    hidden = list(model.hidden)
+    hidden = OmegaConf.to_container(model.hidden)
     _require(
-        len(hidden) > 0 and all(w >= 1 for w in hidden),
+        len(hidden) > 0 and all(isinstance(w, int) and not isinstance(w, bool) and w >= 1 for w in hidden),
         "model.hidden",
         hidden,
         "use a non-empty list of positive layer widths, e.g. model.hidden=[16,16]",
     )
-    _require(model.activation in ACTIVATIONS, "model.activation", model.activation, f"use one of {', '.join(ACTIVATIONS)}")
+    _require(
+        model.activation in ACTIVATIONS, "model.activation", model.activation, f"use one of {', '.join(ACTIVATIONS)}"
+    )
     _require(model.init in INITS, "model.init", model.init, f"use one of {', '.join(INITS)}")
     a = model.negative_slope
     _require(0 <= a < 1, "model.negative_slope", a, "use a number with 0 <= a < 1 (0 is plain ReLU)")
@@ -287,13 +603,69 @@ def _validate_generated_data(data: DictConfig) -> None:
 
 
 def _validate_monitor(monitor: DictConfig) -> None:
-    unknown = [p for p in monitor.pictures if p not in PICTURES]
+    pictures = OmegaConf.to_container(monitor.pictures)
+    unknown = [p for p in pictures if p not in PICTURES]
     _require(
         not unknown,
         "monitor.pictures",
-        list(monitor.pictures),
+        pictures,
         f"use a list of {', '.join(PICTURES)} (or [] for none); unknown: {', '.join(map(str, unknown))}",
     )
+
+
+# --- memory ---------------------------------------------------------------------------------------------------
+
+
+def physical_memory() -> int | None:
+    """This machine's memory in bytes (None where the system does not say)."""
+    try:
+        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (AttributeError, OSError, ValueError):
+        return None
+
+
+def memory_estimate(cfg: DictConfig) -> tuple[int, str, str]:
+    """A rough size of the run in bytes, the key that needs most of it, and how the estimate is made.
+
+    Parameters × 16 bytes (float32 weight, gradient, optimizer state, a copy), plus rows × hidden units ×
+    16 bytes of activations (z and h, and their gradients; rows: the larger of a batch and the probe set),
+    plus samples × 100 bytes of data (its tensors and an epoch's shuffled order), times the processes
+    (trainer.devices), each of which builds all of it. An estimate to refuse the impossible, not a measure.
+    """
+    data, model = cfg.data, cfg.model
+    n_samples, n_probe = int(data.get("n_samples", 1)), int(data.get("n_probe", 0))
+    rows = max(int(data.get("batch_size", 1)), n_probe)
+    hidden = [int(w) for w in model.hidden] if "hidden" in model else []
+    in_features = 2 if data._target_ == MoonsDataConfig._target_ else 1
+    widths = [in_features, *hidden, 1]
+    params = sum((a + 1) * b for a, b in zip(widths, widths[1:])) if hidden else 2
+    model_bytes = BYTES_PER_PARAMETER * params + BYTES_PER_ACTIVATION * rows * sum(hidden)
+    data_bytes = BYTES_PER_SAMPLE * (n_samples + n_probe)
+    devices = cfg.trainer.devices
+    processes = devices if isinstance(devices, int) and not isinstance(devices, bool) else 1
+    key = "data.n_samples" if n_samples >= n_probe else "data.n_probe"
+    if model_bytes >= data_bytes:
+        key = "model.hidden"
+    detail = (
+        f"{params:.3g} parameters × {BYTES_PER_PARAMETER} bytes + {rows} rows × {sum(hidden):.3g} hidden units × "
+        f"{BYTES_PER_ACTIVATION} bytes of activations + {n_samples + n_probe:.3g} samples × {BYTES_PER_SAMPLE} bytes"
+        + (f", × {processes} processes" if processes > 1 else "")
+    )
+    return processes * (model_bytes + data_bytes), key, detail
+
+
+def _check_memory(cfg: DictConfig) -> None:
+    have = physical_memory()
+    if have is None:
+        return
+    need, key, detail = memory_estimate(cfg)
+    if need > have:
+        value = OmegaConf.select(cfg, key)
+        value = OmegaConf.to_container(value) if isinstance(value, Container) else value
+        raise ConfigError(
+            f"{key}={value!r} is not accepted: the run needs about {need / 2**30:.3g} GiB ({detail}), more than "
+            f"this machine's {have / 2**30:.3g} GiB of memory; use a smaller value"
+        )
 
 
 def check_accelerator(accelerator: str) -> None:

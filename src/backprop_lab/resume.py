@@ -21,12 +21,29 @@ from backprop_lab.checks import CHECKPOINT
 from backprop_lab.config import ConfigError
 
 # What a resumed run may set differently: how long it runs and how it shows it, not what it computes.
-MAY_CHANGE = ("resume", "trainer.max_steps", "trainer.enable_progress_bar", "progress_every_n_steps", "checkpoint.every_n_steps")
+MAY_CHANGE = (
+    "resume",
+    "trainer.max_steps",
+    "trainer.accelerator",
+    "trainer.enable_progress_bar",
+    "progress_every_n_steps",
+    "checkpoint.every_n_steps",
+    "logger",
+)
+
+
+class RunCheckpoint(ModelCheckpoint):
+    """Lightning's ModelCheckpoint, its state saved under one key whatever its interval, so a run resumed
+    with another ``checkpoint.every_n_steps`` still finds it (Lightning keys it by its arguments)."""
+
+    @property
+    def state_key(self) -> str:
+        return "RunCheckpoint"
 
 
 def checkpoint_callback(run_dir: Path, every_n_steps: int) -> ModelCheckpoint:
     """``last.ckpt`` in ``<run dir>/checkpoints`` every ``every_n_steps``, at the end and on an exception."""
-    return ModelCheckpoint(
+    return RunCheckpoint(
         dirpath=run_dir / CHECKPOINT.parent,
         filename="interrupted-{step}",  # written only on an exception, beside last.ckpt
         save_top_k=0,  # no ranking: the last checkpoint is the run's

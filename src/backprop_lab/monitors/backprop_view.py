@@ -174,7 +174,8 @@ class BackpropViewMonitor(Callback):
         self._add_hooks()
 
     def _add_hooks(self) -> None:
-        """Forward hooks, on for the whole run and idle between logged steps (one flag test)."""
+        """Forward hooks, on for the whole run and idle between logged steps (one flag test). They keep the
+        step's first forward pass only, the training one: a probe pass another monitor makes is left out."""
         fwd, grads = self._fwd, self._grads
 
         def keep_grad(name: str):
@@ -185,6 +186,7 @@ class BackpropViewMonitor(Callback):
 
         def on_output(module, inputs, output) -> None:
             if self._armed:
+                self._armed = False  # the network's forward pass is over
                 fwd["y_hat"] = output
                 if output.requires_grad:
                     output.register_hook(keep_grad("y_hat"))
@@ -210,7 +212,7 @@ class BackpropViewMonitor(Callback):
         key = f"{name}/dead_fraction"
 
         def hook(module, inputs, output: Tensor) -> None:
-            if self._armed:
+            if self._armed and key not in self._fwd:
                 h = output.detach()
                 h = h.reshape(-1, h.shape[-1]) if h.dim() != 2 else h
                 # amax over the batch, a float reduction (faster than a boolean any), then a count; no sync

@@ -25,7 +25,6 @@ from tensorboard.plugins import base_plugin
 from werkzeug import wrappers
 
 from backprop_lab.diagnoses import History, dead_flags, diagnose, gradient_ratios, streak_start
-from backprop_lab.replay import compare, post_figures
 
 PLUGIN_NAME = "backprop"
 TAGS = ("backprop/graph", "backprop/layers")
@@ -245,6 +244,7 @@ def _text(value: float | None) -> str:
 
 # --- the post's networks ------------------------------------------------------------------------------
 
+POST_MODELS = ("linear", "sigmoid", "relu")  # the networks post_figures.yaml has figures for
 ACT_NAME = {"sigmoid": "σ", "relu": "ReLU", "leaky_relu": "LeakyReLU", "tanh": "tanh"}
 ACT_PRIME = {
     "sigmoid": "σ(z1) · (1 − σ(z1))",
@@ -396,6 +396,11 @@ def _param(name: str, q) -> dict:
 
 def _post_column(h: History, i: int, row: dict, values: dict) -> dict:
     """The post's printed figures beside the values: at step 0 of a run with the post's inputs only."""
+    if h.model not in POST_MODELS:
+        return {"shown": False, "why": f"model {h.model!r} is not one of the post's networks"}
+    # Here, not at the top: the replay imports torch, and TensorBoard loads every plugin when it starts.
+    from backprop_lab.replay import compare, post_figures
+
     table = post_figures().get(h.model)
     if table is None:
         return {"shown": False, "why": f"model {h.model!r} is not one of the post's networks"}

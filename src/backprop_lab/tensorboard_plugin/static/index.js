@@ -184,7 +184,10 @@ function togglePlay() {
 async function selectRun(run, step) {
   state.run = run;
   state.cache = new Map();
-  for (const b of document.querySelectorAll('button.run')) b.setAttribute('aria-pressed', String(b.dataset.run === run));
+  for (const b of document.querySelectorAll('button.run')) {
+    b.setAttribute('aria-pressed', String(b.dataset.run === run));
+    if (b.dataset.run === run) b.scrollIntoView({block: 'nearest'});
+  }
   const info = state.runs.find((r) => r.run === run);
   byId('run-title').textContent = run;
   byId('run-model').textContent = info ? info.description || info.model : '';
