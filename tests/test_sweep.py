@@ -80,10 +80,26 @@ def test_sweep_subdir_is_named_after_the_overrides():
         "hparams_search",
         "trainer.enable_progress_bar",
         "progress_every_n_steps",
+        "resume",  # a resumed run keeps its name (and its directory)
+        "checkpoint.every_n_steps",
     ]
 
 
 # --- the sweep summary ---------------------------------------------------------------------
+
+
+def test_converged_runs_rank_by_steps_to_converge_before_the_others():
+    from backprop_lab.sweep import rank_runs
+
+    rows = [
+        {"run": "a", "status": "converged", "final_loss": 1e-12, "best_loss": 1e-12, "steps": 30},
+        {"run": "b", "status": "finished", "final_loss": 0.2, "best_loss": 0.1, "steps": 200},
+        {"run": "c", "status": "converged", "final_loss": 5e-9, "best_loss": 5e-9, "steps": 8},
+        {"run": "d", "status": "diverged", "final_loss": "inf", "best_loss": 3.0, "steps": 4},
+        {"run": "e", "status": "finished", "final_loss": 0.05, "best_loss": 0.05, "steps": 200},
+    ]
+    # c converged in 8 steps, a in 30 (its lower loss says nothing more); then by final loss; diverged last
+    assert [r["run"] for r in rank_runs(rows)] == ["c", "a", "e", "b", "d"]
 
 
 def _fake_sweep(sweep: Path) -> None:
@@ -153,7 +169,7 @@ def test_linear_sweep_with_a_diverging_lr_exits_0_with_both_summaries_and_the_ta
     assert loss[0] == 16.0 and loss[10] == float("inf") and max(loss.keys()) == 10  # nothing after step 10
     assert "the loss became non-finite at step 10" in proc.stdout + proc.stderr
     table = proc.stdout
-    assert "sorted by final loss" in table
+    assert "converged ones by steps to converge" in table
     assert table.index("converged") < table.index("diverged")
     assert [r["status"] for r in _csv_rows(sweep / "summary.csv")] == ["converged", "diverged"]
 

@@ -105,7 +105,7 @@ def refuse_and_exit(error: ConfigError) -> None:
     """One line naming the key, exit 2; with ``HYDRA_FULL_ERROR=1`` the traceback first, as Hydra shows its own."""
     if os.environ.get("HYDRA_FULL_ERROR") == "1":
         traceback.print_exception(error)
-    print(f"error: {error}", file=sys.stderr)
+    print(f"error: {_one_line(str(error))}", file=sys.stderr)  # one line, also where it quotes Hydra's report
     sys.exit(2)
 
 
@@ -222,9 +222,14 @@ def hydra_error_message(error: BaseException, argv: list[str]) -> str | None:
     if isinstance(error.__cause__, OmegaConfBaseException) and str(error.__cause__) not in text:
         text += "\n" + str(error.__cause__)
     message = _one_line(text)
+    override = getattr(error, "override", None)  # OverrideParseException: the override it could not parse
+    if override and override not in message:
+        message = f"{override!r} is not a valid override: {message}"
     for option, package in PLUGIN_OPTIONS.items():
-        if f"Could not find '{option}'" in text:
-            message += f"; {option} comes with Hydra's plugin {package}: pip install -e '.[sweep]' (or {package})"
+        if f"Could not find '{option}'" in text or f"Could not load '{option}'" in text:
+            message += (
+                f"; {option} comes with Hydra's {package} plugin: pip install -e '.[sweep]' (or pip install {package})"
+            )
     return message
 
 
@@ -241,13 +246,13 @@ def _one_line(text: str) -> str:
             parts[-1] += f" {item},"
         else:
             parts.append(item)
-    return "; ".join(part.rstrip(",") for part in parts)
+    return "; ".join(part.rstrip(",:") for part in parts)
 
 
 def _is_group_override(arg: str) -> bool:
-    """Whether ``arg`` sets a config group (``model=null``, ``hydra/launcher=1``) of the package's configs."""
-    match = re.fullmatch(r"[+~]*([\w/@.-]+)=.*", arg)
+    """Whether ``arg`` sets a config group (``model=null``, ``hydra/launcher=1``), or no key at all (``=1``)."""
+    match = re.fullmatch(r"[+~]*([\w/@.-]*)=.*", arg)
     if match is None:
         return False
     group = match.group(1).split("@")[0]
-    return "/" in group or (importlib.resources.files("backprop_lab.configs") / group).is_dir()
+    return not group or "/" in group or (importlib.resources.files("backprop_lab.configs") / group).is_dir()

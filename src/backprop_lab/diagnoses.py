@@ -71,7 +71,7 @@ class History:
         if len(row) != len(self.fields):
             raise ValueError(f"a row of {len(row)} values for {len(self.fields)} fields")
         self.steps.append(int(step))
-        self.values.extend(float(v) for v in row)
+        self.values.extend(row)  # the array takes numbers only
 
     def has(self, name: str) -> bool:
         return name in self._index

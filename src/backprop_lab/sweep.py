@@ -57,9 +57,11 @@ def run_name(override_dirname: str, num: int = 0) -> str:
     return name
 
 
-def run_label(model: str, experiment: str | None = None) -> str:
-    """A single run's directory suffix: the experiment's name when one is chosen, else the model's."""
-    return experiment or model
+def run_label(model: str, experiment: str | None = None, overrides: str = "") -> str:
+    """A single run's directory suffix: the experiment's name when one is chosen, else the model's, then
+    the run's other overrides (``relu,optim.lr=0.5``), so that many runs side by side can be told apart."""
+    kept = [o for o in overrides.split(",") if o and not o.startswith(("model=", "experiment="))]
+    return run_name(",".join([experiment or model, *kept]))
 
 
 def register_resolvers() -> None:
@@ -181,8 +183,15 @@ def _loss(value: Any) -> float:
     return loss if math.isfinite(loss) else math.inf
 
 
-def sort_by_final_loss(rows: list[dict]) -> list[dict]:
-    return sorted(rows, key=lambda r: (_loss(r.get("final_loss")), _loss(r.get("best_loss")), r["run"]))
+def rank_runs(rows: list[dict]) -> list[dict]:
+    """Best first: converged runs by the steps they took (below ``tol`` a loss says nothing more), then
+    the others by final loss, then by best loss; diverged and failed runs (no finite loss) last."""
+
+    def key(r: dict):
+        converged = r.get("status") == "converged"
+        return (not converged, r.get("steps", 0) if converged else 0, _loss(r.get("final_loss")), _loss(r.get("best_loss")), r["run"])
+
+    return sorted(rows, key=key)
 
 
 def override_values(row: dict) -> dict[str, str]:
@@ -232,7 +241,7 @@ def print_table(rows: list[dict], keys: list[str], sweep_dir: Path) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    table = Table(title=f"sweep {sweep_dir}: {len(rows)} runs, sorted by final loss")
+    table = Table(title=f"sweep {sweep_dir}: {len(rows)} runs, converged ones by steps to converge, the others by final loss")
     for header in ["", *keys, *RESULT_KEYS]:
         table.add_column(header, overflow="fold")
     for cells in table_rows(rows, keys):
@@ -302,7 +311,7 @@ def log_figure(fig, log_dir: Path, tag: str = "sweep/final_loss") -> None:
 
 def summarize(sweep_dir: Path) -> list[dict]:
     """Table, summary.csv and picture of the sweep in ``sweep_dir``; returns the sorted summaries."""
-    rows = sort_by_final_loss(read_summaries(sweep_dir))
+    rows = rank_runs(read_summaries(sweep_dir))
     if not rows:  # e.g. a scripts/replay.py multirun, which trains nothing
         return rows
     keys = swept_keys(rows)

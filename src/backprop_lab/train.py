@@ -109,7 +109,7 @@ def train(cfg: DictConfig, run_dir: str | Path, overrides: Sequence[str] = ()) -
         raise
 
     result = run_result(module, trainer, run_dir, started)
-    log_hparams(trainer.loggers, cfg, result)
+    log_hparams(trainer.loggers, cfg, result, overrides)
     for logger in trainer.loggers:
         logger.finalize("success")
     finish(cfg, result, trainer, overrides)
@@ -275,10 +275,16 @@ def flat_hparams(cfg: DictConfig) -> dict[str, float | int | str | bool]:
     return out
 
 
-def log_hparams(loggers: list[Logger], cfg: DictConfig, result: TrainResult) -> None:
+def log_hparams(loggers: list[Logger], cfg: DictConfig, result: TrainResult, overrides: Sequence[str] = ()) -> None:
     """One hparams record per run with its final metrics (TensorBoard's HParams tab); the config elsewhere."""
-    params = flat_hparams(cfg)
+    # What tells runs apart first (TensorBoard's HParams tab shows the first columns): the overrides'
+    # keys, the model, the status; then every other key.
+    every = flat_hparams(cfg)
+    first = [o.split("=", 1)[0].lstrip("+~") for o in overrides if "=" in o]
+    params = {k: every[k] for k in first if k in every}
+    params["model"] = cfg.model._target_.rsplit(".", 1)[-1]
     params["status"] = result.status
+    params.update((k, v) for k, v in every.items() if k not in params)
     metrics = {
         "hparams/final_loss": result.final_loss,
         "hparams/best_loss": result.best_loss,
