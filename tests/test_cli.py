@@ -58,7 +58,7 @@ def default_relu_run(tmp_path_factory):
 def test_default_relu_run_lands_in_outputs_and_says_the_unit_died(default_relu_run):
     proc, run = default_relu_run
     out = proc.stdout + proc.stderr
-    assert "the ReLU unit 'h' died at step 4" in out
+    assert "The ReLU unit h is dead since step 4" in out
     # microseconds in the name (two runs in the same second: test_config.py), then the model
     assert re.fullmatch(r"\d{4}-\d\d-\d\d_\d\d-\d\d-\d\d\.\d{6}_relu", run.name)
     s = read_scalars(run)

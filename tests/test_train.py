@@ -93,11 +93,21 @@ def test_the_closing_lines_say_how_the_run_ended_why_the_unit_died_and_where_the
     train_run(tmp_path / "outputs" / "runs" / "r", "model=relu", "trainer.max_steps=10", NO_PICTURES)
     lines = [r.getMessage() for r in caplog.records if r.name == "backprop_lab"]
     assert lines[0].startswith("run finished after 10 steps: loss 0.25 (best 0.25) in ")
-    # w1 = −0.03812 after the fourth update (test_default_relu_run_dies_and_says_when), x = 1
+    # w1 = −0.03812 after the fourth update (test_default_relu_run_dies_and_says_when), x = 1: the
+    # Backprop tab's diagnosis (backprop_lab.diagnoses), word for word
+    assert lines[1].startswith("The ReLU unit h is dead since step 4: z1 = w1 · x = -0.03812 ≤ 0 on every sample")
+    assert "What helps: a smaller learning rate η" in lines[1]
+    assert lines[-1] == "TensorBoard logs: outputs/runs/r  (open with: tensorboard --logdir outputs/runs/r)"
+
+
+def test_without_the_views_data_the_closing_lines_come_from_the_monitors(tmp_path, caplog, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    caplog.set_level(logging.INFO, logger="backprop_lab")
+    train_run(tmp_path / "r", "model=relu", "trainer.max_steps=10", "monitor.backprop_view=false", NO_PICTURES)
+    lines = [r.getMessage() for r in caplog.records if r.name == "backprop_lab"]
     assert lines[1].startswith("the ReLU unit 'h' died at step 4: its input z was ≤ 0 on every sample")
     assert "(now w1 = -0.03812, so z1 = w1·x = -0.03812)" in lines[1]
     assert lines[1].endswith("the loss stays at 0.25")
-    assert lines[-1] == "TensorBoard logs: outputs/runs/r  (open with: tensorboard --logdir outputs/runs/r)"
 
 
 def test_build_run_builds_without_training(tmp_path):

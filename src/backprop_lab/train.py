@@ -27,7 +27,14 @@ from omegaconf import DictConfig, OmegaConf
 from backprop_lab.checks import CHECKPOINT
 from backprop_lab.interrupts import GracefulStop
 from backprop_lab.module import LOSS_BY_TASK, BackpropModule
-from backprop_lab.monitors import DeadReLUMonitor, GradientMonitor, PictureMonitor, custom_scalars_layout
+from backprop_lab.diagnoses import Diagnosis, diagnose
+from backprop_lab.monitors import (
+    BackpropViewMonitor,
+    DeadReLUMonitor,
+    GradientMonitor,
+    PictureMonitor,
+    custom_scalars_layout,
+)
 from backprop_lab.monitors.common import find_callback, tensorboard_writers
 from backprop_lab.progress import StepProgressBar
 from backprop_lab.replay import log_replay
@@ -109,10 +116,14 @@ def train(cfg: DictConfig, run_dir: str | Path, overrides: Sequence[str] = ()) -
         raise
 
     result = run_result(module, trainer, run_dir, started)
+    found = run_diagnoses(trainer)
+    for writer in tensorboard_writers(trainer):  # the Text tab, at the step the run ended
+        if found:
+            writer.add_text("diagnoses", "\n\n".join(f"**step {d.step}**: {d.text}" for d in found), result.steps)
     log_hparams(trainer.loggers, cfg, result, overrides)
     for logger in trainer.loggers:
         logger.finalize("success")
-    finish(cfg, result, trainer, overrides)
+    finish(cfg, result, trainer, overrides, found)
     if module.interrupted_by is not None:  # stopped cleanly after a step: the shell's status for the signal
         raise SystemExit(128 + module.interrupted_by)
     return result
@@ -180,8 +191,6 @@ def monitors(monitor: DictConfig) -> list[Callback]:
     if monitor.dead_relu:
         out.append(DeadReLUMonitor(root="net", probe_every_n_steps=monitor.probe_every_n_steps))
     if monitor.backprop_view:
-        from backprop_lab.monitors.backprop_view import BackpropViewMonitor
-
         out.append(BackpropViewMonitor(root="net"))
     if monitor.pictures:  # last: it draws what the monitors above recorded at the same step
         out.append(PictureMonitor(monitor.pictures, every_n_steps=monitor.picture_every_n_steps, root="net"))
@@ -245,13 +254,25 @@ def run_result(module: BackpropModule, trainer: L.Trainer, run_dir: Path, starte
     )
 
 
-def finish(cfg: DictConfig, result: TrainResult, trainer: L.Trainer, overrides: Sequence[str]) -> None:
+def run_diagnoses(trainer: L.Trainer) -> list[Diagnosis] | None:
+    """What went wrong, in words (dead units, vanishing gradients, divergence); None without the view's data."""
+    view = find_callback(trainer, BackpropViewMonitor)
+    return diagnose(view.history) if view is not None and view.history is not None else None
+
+
+def finish(
+    cfg: DictConfig,
+    result: TrainResult,
+    trainer: L.Trainer,
+    overrides: Sequence[str],
+    diagnoses: list[Diagnosis] | None = None,
+) -> None:
     """summary.json and the closing lines, once (rank 0)."""
     if not trainer.is_global_zero:
         return
     write_summary(Path(result.log_dir), {"overrides": list(overrides), **result.to_dict()})
     tensorboard = any(isinstance(logger, TensorBoardLogger) for logger in trainer.loggers)
-    for line in closing_lines(cfg, result, trainer.lightning_module.net, tensorboard):
+    for line in closing_lines(cfg, result, trainer.lightning_module.net, tensorboard, diagnoses):
         log.info(line)
     if result.status == "interrupted" and cfg.trainer.enable_checkpointing:
         log.info(f"to continue: {resume_command(overrides, relative_to_cwd(Path(result.log_dir)))}")
@@ -313,12 +334,17 @@ def relative_to_cwd(path: Path) -> str:
         return str(path)
 
 
-def closing_lines(cfg: DictConfig, result: TrainResult, net, tensorboard: bool = True) -> list[str]:
-    """What the run prints last: how it ended, why a ReLU layer died, where its logs are."""
+def closing_lines(
+    cfg: DictConfig, result: TrainResult, net, tensorboard: bool = True, diagnoses: list[Diagnosis] | None = None
+) -> list[str]:
+    """What the run prints last: how it ended, what went wrong and why (the diagnoses of the Backprop tab,
+    or without its data the monitors' own account), where its logs are."""
     lines = [
         f"run {result.status} after {result.steps} steps: loss {result.final_loss:.6g} "
         f"(best {result.best_loss:.6g}) in {result.wall_time_s:.1f} s"
     ]
+    if diagnoses is not None:
+        return [*lines, *(d.text for d in diagnoses), logs_hint(Path(result.log_dir), tensorboard)]
     if result.status == "diverged":
         lines.append(
             f"the loss became non-finite at step {result.diverged_at}: the updates overshot and grew "

@@ -11,9 +11,10 @@ histograms, images and text go to the TensorBoard logger's writer where there is
     trainer = L.Trainer(callbacks=[GradientMonitor(), DeadReLUMonitor()], logger=TensorBoardLogger("logs"))
 """
 
+from backprop_lab.monitors.backprop_view import BackpropViewMonitor
 from backprop_lab.monitors.dead_relu import DeadReLUMonitor
 from backprop_lab.monitors.gradients import GradientMonitor
 from backprop_lab.monitors.layout import custom_scalars_layout
 from backprop_lab.monitors.pictures import PictureMonitor
 
-__all__ = ["DeadReLUMonitor", "GradientMonitor", "PictureMonitor", "custom_scalars_layout"]
+__all__ = ["BackpropViewMonitor", "DeadReLUMonitor", "GradientMonitor", "PictureMonitor", "custom_scalars_layout"]

@@ -127,7 +127,17 @@ class BackpropViewMonitor(Callback):
         self._armed = False  # the forward hooks keep values only while a logged step runs
         self._fwd: dict[str, Tensor] = {}  # forward values (and dead counts) the hooks kept
         self._grads: dict[str, Tensor] = {}  # ∂L/∂(node) the tensor hooks kept
+        self._resumed: dict | None = None  # the history of a checkpoint, until training starts
         self._clear()
+
+    def state_dict(self) -> dict:
+        """The recorded history, so a resumed run's diagnoses cover the whole run."""
+        if self.history is None:
+            return {}
+        return {"layout": self.history.layout, "steps": list(self.history.steps), "values": list(self.history.values)}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        self._resumed = state_dict or None
 
     def _clear(self) -> None:
         self._step: int | None = None  # the step being recorded; None when this one is not
@@ -159,6 +169,9 @@ class BackpropViewMonitor(Callback):
         n_params = sum(p.numel() for p in net.parameters())
         self._every = self.every_n_steps or (1 if n_params <= SMALL_NET else trainer.log_every_n_steps)
         self.history = History(layout)
+        if self._resumed is not None and self._resumed.get("layout") == layout:  # a resumed run: its history so far
+            self.history.steps.extend(self._resumed["steps"])
+            self.history.values.extend(self._resumed["values"])
         self._metadata = SummaryMetadata(
             summary_description="The Backprop tab's data (backprop_lab.monitors.BackpropViewMonitor)",
             data_class=DATA_CLASS_TENSOR,  # what TensorBoard's data provider serves through read_tensors
