@@ -168,4 +168,5 @@ def test_post_relu_run_dead_forever_from_the_step_it_died(tmp_path):
     # The unit dies at step 4 (test_train.py) and never comes back.
     _, s = train_run(tmp_path, "model=relu", "trainer.max_steps=8", "monitor.pictures=[]")
     assert [s["relu/dead_forever_fraction/h"][k] for k in range(8)] == [0, 0, 0, 0, 1, 1, 1, 1]
-    assert s["relu/probe_dead_fraction/h"] == {0: 0.0, 8: 1.0}  # step 0 and the end
+    # step 0, the step the unit died (an event: the probe runs then too) and the end
+    assert s["relu/probe_dead_fraction/h"] == {0: 0.0, 4: 1.0, 8: 1.0}

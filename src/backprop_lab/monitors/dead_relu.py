@@ -197,9 +197,9 @@ class DeadReLUMonitor(Callback):
         if step is None or not self._counts:  # no watched layer ran in this step's forward passes
             return
         self._remember_alive(step)
-        if is_log_step(trainer, self.log_every_n_steps):
-            self._log_batch(trainer, step)
-        if step % self.probe_every_n_steps == 0:
+        changed = self._log_batch(trainer, step) if is_log_step(trainer, self.log_every_n_steps) else False
+        # Also at the step a layer dies or revives: the unit-activity picture shows the event where it happens.
+        if step % self.probe_every_n_steps == 0 or changed:
             self._log_probe(trainer, pl_module, step)
 
     def on_train_batch_end(self, trainer: Trainer, pl_module: LightningModule, *args) -> None:
@@ -216,22 +216,26 @@ class DeadReLUMonitor(Callback):
                 last = last.to(counts.alive.device)
             self._last_active[name] = last.masked_fill_(counts.alive, step)
 
-    def _log_batch(self, trainer: Trainer, step: int) -> None:
+    def _log_batch(self, trainer: Trainer, step: int) -> bool:
+        """Log the step's batch statistics; whether a layer died or revived at this step."""
         names = list(self._counts)
         counts = [self._counts[n] for n in names]
         alive = torch.stack([c.alive.sum() for c in counts] + [c.nonzero for c in counts]).tolist()  # one sync
-        metrics = {}
+        metrics, changed = {}, False
         for i, (name, c) in enumerate(zip(names, counts)):
             dead = 1.0 - alive[i] / c.alive.numel()
             metrics[f"relu/dead_fraction/{name}"] = dead
             metrics[f"relu/zero_fraction/{name}"] = 1.0 - alive[len(names) + i] / c.entries
             self.last_dead_fraction[name] = dead
+            before = self.dead_since[name]
             if dead < 1.0:
                 self.dead_since[name] = None
             elif self.dead_since[name] is None:
                 self.dead_since[name] = step
+            changed |= (before is None) != (self.dead_since[name] is None)
         log_metrics(trainer, metrics, step)
         self._logged_steps.append(step)
+        return changed
 
     # --- the probe set ----------------------------------------------------------------------------------
 
