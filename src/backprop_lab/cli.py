@@ -18,6 +18,7 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
+from backprop_lab.checks import short_hydra_errors
 from backprop_lab.config import ConfigError, check_accelerator, check_devices, register_configs, validate
 from backprop_lab.sweep import check_multirun_trainer, register_resolvers
 
@@ -85,15 +86,21 @@ def main() -> None:
     if os.environ.get("HYDRA_FULL_ERROR") != "1":
         threading.excepthook = _report_writer_error  # the command's own choice, made when it runs
     try:
-        _train_main()
+        with short_hydra_errors():
+            _train_main()
     except KeyboardInterrupt:  # Ctrl-C before training started (during training the run stops cleanly)
         print("interrupted before training started; nothing was trained", file=sys.stderr)
         sys.exit(130)
 
 
-@hydra.main(version_base="1.3", config_path=CONFIGS, config_name="replay")
-def replay_main(cfg: DictConfig) -> None:
+def replay_main() -> None:
     """``backprop-lab-replay``: the post's step, number by number; writes nothing."""
+    with short_hydra_errors():
+        _replay_main()
+
+
+@hydra.main(version_base="1.3", config_path=CONFIGS, config_name="replay")
+def _replay_main(cfg: DictConfig) -> None:
     try:
         validate(cfg)  # before torch is imported: a refused value costs about a second
         from backprop_lab.replay import print_replay, replay

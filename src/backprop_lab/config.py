@@ -218,7 +218,6 @@ LOGGERS = {
     "WandbLogger": ("wandb", "wandb"),
     "MLFlowLogger": ("mlflow", "mlflow"),
     "CometLogger": ("comet_ml", "comet-ml"),
-    "LitLogger": ("litlogger", "litlogger"),
 }
 # Lightning's callbacks that a config can build (lightning.pytorch.callbacks.<name>; not the base classes,
 # nor LambdaCallback, whose arguments are functions):
@@ -229,8 +228,14 @@ CALLBACKS = (
     "SpikeDetection", "StochasticWeightAveraging", "ThroughputMonitor", "Timer", "TQDMProgressBar",
     "WeightAveraging",
 )  # fmt: skip
-GROUPS = {"optim": SGDConfig, "trainer": TrainerConfig, "monitor": MonitorConfig, "replay": ReplayConfig}
-GROUPS["checkpoint"] = CheckpointConfig
+# The groups whose keys are those of one schema, whatever the options chose:
+GROUPS = {
+    "optim": SGDConfig,
+    "trainer": TrainerConfig,
+    "monitor": MonitorConfig,
+    "replay": ReplayConfig,
+    "checkpoint": CheckpointConfig,
+}
 
 # Lightning's names (StrategyRegistry and the precision flags; tests/test_bad_input.py checks them against the
 # installed Lightning). deepspeed and transformer-engine need their own packages.
@@ -240,8 +245,10 @@ STRATEGIES = (
     *(f"{s}_find_unused_parameters_{b}" for s in _DDP for b in ("true", "false")),
     "fsdp", "fsdp_cpu_offload",
 )  # fmt: skip
-DEEPSPEED_STRATEGIES = ("deepspeed", *(f"deepspeed_stage_{s}" for s in ("1", "2", "2_offload", "3", "3_offload")))
-DEEPSPEED_STRATEGIES += ("deepspeed_stage_3_offload_nvme",)
+DEEPSPEED_STRATEGIES = (
+    "deepspeed", "deepspeed_stage_1", "deepspeed_stage_2", "deepspeed_stage_2_offload", "deepspeed_stage_3",
+    "deepspeed_stage_3_offload", "deepspeed_stage_3_offload_nvme",
+)  # fmt: skip
 PRECISIONS = ("64-true", "32-true", "16-true", "bf16-true", "16-mixed", "bf16-mixed", "64", "32", "16", "bf16")
 TRANSFORMER_ENGINE_PRECISIONS = ("transformer-engine", "transformer-engine-float16")
 
@@ -412,7 +419,8 @@ def _closed(node: DictConfig, prefix: str, allowed: list[str], where: str) -> No
             paths = [p for p in _schema_paths() if p != full]
             last = difflib.get_close_matches(str(key), [p.rsplit(".", 1)[-1] for p in paths], n=1, cutoff=0.8)
             nearest = [p for p in paths if p.rsplit(".", 1)[-1] == last[0]][:1] if last else []
-        hint = f"did you mean {nearest[0]}?" if nearest else f"its keys are {', '.join(allowed)}"
+        keys = ", ".join(name for name in allowed if name != "hydra")
+        hint = f"did you mean {nearest[0]}?" if nearest else f"its keys are {keys}"
         raise ConfigError(f"{full} is not accepted: {where} has no such key; {hint}")
 
 
@@ -627,31 +635,38 @@ def physical_memory() -> int | None:
 def memory_estimate(cfg: DictConfig) -> tuple[int, str, str]:
     """A rough size of the run in bytes, the key that needs most of it, and how the estimate is made.
 
-    Parameters × 16 bytes (float32 weight, gradient, optimizer state, a copy), plus rows × hidden units ×
-    16 bytes of activations (z and h, and their gradients; rows: the larger of a batch and the probe set),
-    plus samples × 100 bytes of data (its tensors and an epoch's shuffled order), times the processes
+    Parameters × 16 bytes (float32 weight, gradient, optimizer state, a copy); plus the rows of a batch and
+    of the probe set × the hidden units × 16 bytes of activations (z and h, and their gradients); plus the
+    samples × 100 bytes of data (their tensors and an epoch's shuffled order); times the processes
     (trainer.devices), each of which builds all of it. An estimate to refuse the impossible, not a measure.
+    The key named is the one whose smallest value would shrink the estimate most.
     """
     data, model = cfg.data, cfg.model
     n_samples, n_probe = int(data.get("n_samples", 1)), int(data.get("n_probe", 0))
-    rows = max(int(data.get("batch_size", 1)), n_probe)
+    batch = int(data.get("batch_size", 1))
     hidden = [int(w) for w in model.hidden] if "hidden" in model else []
     in_features = 2 if data._target_ == MoonsDataConfig._target_ else 1
-    widths = [in_features, *hidden, 1]
-    params = sum((a + 1) * b for a, b in zip(widths, widths[1:])) if hidden else 2
-    model_bytes = BYTES_PER_PARAMETER * params + BYTES_PER_ACTIVATION * rows * sum(hidden)
-    data_bytes = BYTES_PER_SAMPLE * (n_samples + n_probe)
+
+    def size(hidden: list[int], n_samples: int, n_probe: int) -> tuple[int, int]:
+        widths = [in_features, *hidden, 1]
+        params = sum((a + 1) * b for a, b in zip(widths, widths[1:])) if hidden else 2
+        activations = BYTES_PER_ACTIVATION * (batch + n_probe) * sum(hidden)
+        return BYTES_PER_PARAMETER * params + activations + BYTES_PER_SAMPLE * (n_samples + n_probe), params
+
+    need, params = size(hidden, n_samples, n_probe)
+    smaller = {
+        "model.hidden": size([1] * len(hidden), n_samples, n_probe)[0],
+        "data.n_probe": size(hidden, n_samples, min(n_probe, 1))[0],
+        "data.n_samples": size(hidden, min(n_samples, batch), n_probe)[0],
+    }
     devices = cfg.trainer.devices
     processes = devices if isinstance(devices, int) and not isinstance(devices, bool) else 1
-    key = "data.n_samples" if n_samples >= n_probe else "data.n_probe"
-    if model_bytes >= data_bytes:
-        key = "model.hidden"
     detail = (
-        f"{params:.3g} parameters × {BYTES_PER_PARAMETER} bytes + {rows} rows × {sum(hidden):.3g} hidden units × "
-        f"{BYTES_PER_ACTIVATION} bytes of activations + {n_samples + n_probe:.3g} samples × {BYTES_PER_SAMPLE} bytes"
+        f"{params:.3g} parameters × {BYTES_PER_PARAMETER} bytes + ({batch} + {n_probe}) rows × {sum(hidden):.3g} "
+        f"hidden units × {BYTES_PER_ACTIVATION} bytes + {n_samples + n_probe:.3g} samples × {BYTES_PER_SAMPLE} bytes"
         + (f", × {processes} processes" if processes > 1 else "")
     )
-    return processes * (model_bytes + data_bytes), key, detail
+    return processes * need, min(smaller, key=smaller.get), detail
 
 
 def _check_memory(cfg: DictConfig) -> None:
