@@ -93,10 +93,16 @@ def render(res: dict, console=None) -> None:
 
     functions.render(res, table)
     training.render(res, table, console)
-    rows = [[t["target"], t["value"], ("≥ " if "speed-up" in t["target"] else "≤ ") + fmt(t["limit"]), {True: "yes", False: "NO", None: "not run"}[t["met"]]] for t in res["targets"]]
+    rows = [
+        [
+            t["target"],
+            t["value"],
+            ("≥ " if "speed-up" in t["target"] else "≤ ") + fmt(t["limit"]),
+            {True: "yes", False: "NO", None: "not run"}[t["met"]],
+        ]
+        for t in res["targets"]
+    ]
     table("Targets", ["target", "measured", "limit", "met"], rows)
     for note in res["notes"]:
         console.print(f"note: {note}")
     console.print(f"benchmark took {res['wall_s']:.0f} s")
-
-

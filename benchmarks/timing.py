@@ -22,10 +22,24 @@ ROOT = Path(__file__).resolve().parents[1]  # the checkout: configs/ and scripts
 
 # How long one timed sample of one contender lasts, and how many interleaved rounds are taken.
 MODES = {
-    "quick": {"sample_s": 0.01, "rounds": 3, "train_steps": 27, "mlp_train_steps": 27, "train_rounds": 1, "startup_reps": 1},
+    "quick": {
+        "sample_s": 0.01,
+        "rounds": 3,
+        "train_steps": 27,
+        "mlp_train_steps": 27,
+        "train_rounds": 1,
+        "startup_reps": 1,
+    },
     # Timed windows (steps 1 … N−2) that hold the periodic work at the rate a default run has: scalars
     # every step, histograms and the probe pass every 25 steps (20 of each in 500 steps, 16 in 400).
-    "full": {"sample_s": 0.04, "rounds": 11, "train_steps": 502, "mlp_train_steps": 402, "train_rounds": 7, "startup_reps": 3},
+    "full": {
+        "sample_s": 0.04,
+        "rounds": 11,
+        "train_steps": 502,
+        "mlp_train_steps": 402,
+        "train_rounds": 7,
+        "startup_reps": 3,
+    },
 }
 
 
@@ -63,10 +77,8 @@ def race(cases: dict[str, Callable[[int], float]], rounds: int, sample_s: float)
     return {name: statistics.median(s) for name, s in samples.items()}
 
 
-
 def ratio(a: float | None, b: float | None) -> float | None:
     return None if a is None or b is None or b == 0 else a / b
-
 
 
 def find(rows: list[dict], key: str, **match) -> float | None:
@@ -74,7 +86,6 @@ def find(rows: list[dict], key: str, **match) -> float | None:
         if all(r.get(k) == v for k, v in match.items()):
             return r[key]
     return None
-
 
 
 def machine() -> dict:
@@ -93,7 +104,6 @@ def machine() -> dict:
         "lightning": lightning.__version__,
         "platform": platform.platform(),
     }
-
 
 
 def size_text(n: int) -> str:

@@ -304,7 +304,14 @@ def bench_startup(cfg: dict, quick: bool) -> list[dict]:
     rows = []
     for name, cmd in cases.items():
         shown = " ".join(["python", *[Path(a).name if a == script else a for a in cmd[1:]]])
-        rows.append({"name": name, "command": shown.replace("RUN_DIR", "<tmp>"), "wall_s": statistics.median(walls[name]), "rc": rcs[name]})
+        rows.append(
+            {
+                "name": name,
+                "command": shown.replace("RUN_DIR", "<tmp>"),
+                "wall_s": statistics.median(walls[name]),
+                "rc": rcs[name],
+            }
+        )
     return rows
 
 
@@ -358,7 +365,6 @@ def bench_sweep(step_us: float | None, job_s: float = 12.0) -> dict:
     }
 
 
-
 # --- targets and tables ---------------------------------------------------------------------------
 
 
@@ -372,7 +378,11 @@ def targets(res: dict, add) -> None:
     add("--help wall time (s)", wall.get("--help"), 0.5)
     add("refused override wall time (s)", wall.get("refused override optim.lr=-1"), 0.5)
     imp = wall.get("import torch, lightning")
-    add("model=relu run − import torch, lightning (s)", None if imp is None else wall["model=relu run (200 steps)"] - imp, 1.5)
+    add(
+        "model=relu run − import torch, lightning (s)",
+        None if imp is None else wall["model=relu run (200 steps)"] - imp,
+        1.5,
+    )
     add("joblib speed-up, 8 long jobs on 2 workers", sweep.get("joblib_speedup_long"), 1.6, higher_is_better=True)
     add("per-job overhead, basic launcher (s)", sweep.get("per_job_overhead_s"), 0.5)
 
@@ -381,14 +391,32 @@ def render(res: dict, table, console) -> None:
     """This module's tables: ``table(title, columns, rows)`` for each."""
     if "training" in res:
         us = {(r["model"], r["runner"]): r["us_per_step"] for r in res["training"]}
-        rows = [[model, *[us[(model, r)] for r in RUNNERS]] for model in dict.fromkeys(r["model"] for r in res["training"])]
+        rows = [
+            [model, *[us[(model, r)] for r in RUNNERS]] for model in dict.fromkeys(r["model"] for r in res["training"])
+        ]
         table("Training step, µs (CPU)", ["model", *RUNNERS], rows)
-        keys = ["package_vs_bare_lightning", "package_vs_plain_tensorboard", "bare_lightning_vs_plain", "monitoring_overhead", "picture_s"]
+        keys = [
+            "package_vs_bare_lightning",
+            "package_vs_plain_tensorboard",
+            "bare_lightning_vs_plain",
+            "monitoring_overhead",
+            "picture_s",
+        ]
         title = f"Training step ratios (median of per-round ratios, {res['training_ratios'][0]['rounds']} rounds; picture_s: one drawing at the end)"
         table(title, ["model", *keys], [[r["model"], *[r[k] for k in keys]] for r in res["training_ratios"]])
     if "startup" in res:
-        table("Start-up (whole process, s)", ["what", "command", "wall s", "exit"], [[r["name"], r["command"], r["wall_s"], r["rc"]] for r in res["startup"]])
+        table(
+            "Start-up (whole process, s)",
+            ["what", "command", "wall s", "exit"],
+            [[r["name"], r["command"], r["wall_s"], r["rc"]] for r in res["startup"]],
+        )
     if res.get("sweep"):
         s = res["sweep"]
-        table("Sweep: 8-job learning-rate multirun", ["run", "jobs", "steps/job", "wall s"], [[r["name"], r["jobs"], r["steps_per_job"], r["wall_s"]] for r in s["rows"]])
-        console.print(f"joblib speed-up: {s['joblib_speedup_long']:.2f}× on long jobs, {s['joblib_speedup_tiny']:.2f}× on tiny ones; per-job overhead {s['per_job_overhead_s']:.2f} s")
+        table(
+            "Sweep: 8-job learning-rate multirun",
+            ["run", "jobs", "steps/job", "wall s"],
+            [[r["name"], r["jobs"], r["steps_per_job"], r["wall_s"]] for r in s["rows"]],
+        )
+        console.print(
+            f"joblib speed-up: {s['joblib_speedup_long']:.2f}× on long jobs, {s['joblib_speedup_tiny']:.2f}× on tiny ones; per-job overhead {s['per_job_overhead_s']:.2f} s"
+        )

@@ -27,7 +27,9 @@ except ModuleNotFoundError as missing:  # the package itself is not installed
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="CI smoke run: fewer rounds, smaller cases, no sweep")
-    parser.add_argument("--json", default="bench-results.json", help="where to write the results (default: %(default)s)")
+    parser.add_argument(
+        "--json", default="bench-results.json", help="where to write the results (default: %(default)s)"
+    )
     parser.add_argument("--only", default=",".join(bench.SECTIONS), help="comma-separated sections (default: all)")
     args = parser.parse_args()
     sections = tuple(s.strip() for s in args.only.split(",") if s.strip())

@@ -11,6 +11,7 @@ import json
 import re
 
 import pytest
+
 from conftest import ROOT, run_cli
 
 BENCH = ROOT / "scripts" / "bench.py"

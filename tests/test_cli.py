@@ -15,6 +15,7 @@ import textwrap
 
 import pytest
 import torch
+
 from conftest import ROOT, event_accumulator, event_files, read_csv_metrics, read_scalars, run_cli
 
 QUIET = "trainer.enable_progress_bar=false"

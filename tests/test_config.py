@@ -5,11 +5,12 @@ from __future__ import annotations
 import re
 
 import pytest
-from conftest import CONFIGS, compose_config
 from hydra import compose, initialize_config_dir
 from hydra.core.hydra_config import HydraConfig
 
 from backprop_lab.config import ConfigError, check_devices, validate
+
+from conftest import CONFIGS, compose_config
 
 # --- the composed configs ----------------------------------------------------------------------------
 

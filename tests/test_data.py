@@ -7,7 +7,6 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-from conftest import built_run, compose_config
 from hydra.utils import instantiate
 from lightning.pytorch import Callback
 
@@ -19,6 +18,8 @@ from backprop_lab.data import (
     SineDataModule,
     TensorPairDataset,
 )
+
+from conftest import built_run, compose_config
 
 # --- generated data ------------------------------------------------------------------------------
 

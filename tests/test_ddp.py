@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 
 import pytest
+
 from conftest import read_scalars, run_cli, train_run
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import statistics
 
 import pytest
+
 from conftest import compose_config, read_scalars, run_cli, train_run
 
 NO_PICTURES = "monitor.pictures=[]"  # pictures are tested elsewhere; here they would cost seconds

@@ -13,11 +13,12 @@ import math
 import pytest
 import torch
 import torch.nn.functional as TF
-from conftest import built_run, train_run
 from torch.autograd import gradcheck
 
 from backprop_lab import functions as F
 from backprop_lab.module import LOSS_BY_TASK
+
+from conftest import built_run, train_run
 
 APPROX = dict(abs=5e-5)
 

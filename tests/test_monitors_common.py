@@ -8,11 +8,12 @@ from __future__ import annotations
 import re
 
 import torch
-from conftest import PlainData, PlainModule, event_accumulator, fit, read_scalars, train_run
 from torch import nn
 
 from backprop_lab.monitors import DeadReLUMonitor, GradientMonitor, custom_scalars_layout
 from backprop_lab.monitors.pictures import PictureMonitor
+
+from conftest import PlainData, PlainModule, event_accumulator, fit, read_scalars, train_run
 
 
 def test_monitors_on_a_stock_nn_sequential_log_the_same_tags(tmp_path):

@@ -10,13 +10,14 @@ from functools import partial
 
 import pytest
 import torch
-from conftest import PlainData, PlainModule, fit, read_scalars, train_run
 from torch import nn
 
 from backprop_lab import models
 from backprop_lab.module import BackpropModule
 from backprop_lab.monitors import DeadReLUMonitor
 from backprop_lab.monitors.dead_relu import statistics
+
+from conftest import PlainData, PlainModule, fit, read_scalars, train_run
 
 # Hand-built activations. Layer "0" is the identity (W = I, b = 0) and lr = 0, so the first ReLU ("1")
 # sees each batch as it is; layer "2" is −I, so the second ReLU ("3") sees −ReLU(x) ≤ 0: all dead.

@@ -14,13 +14,14 @@ from functools import partial
 
 import pytest
 import torch
-from conftest import PlainData, built_run, fit, read_scalars, train_run
 from torch import nn
 
 from backprop_lab import models
 from backprop_lab.module import BackpropModule
 from backprop_lab.monitors import GradientMonitor
 from backprop_lab.monitors.common import find_callback
+
+from conftest import PlainData, built_run, fit, read_scalars, train_run
 
 NO_PICTURES = "monitor.pictures=[]"
 X, Y, LR = 1.0, 0.5, 0.1  # the post's §4 example and learning rate

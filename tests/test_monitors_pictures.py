@@ -6,13 +6,14 @@ import io
 
 import pytest
 import torch
-from conftest import built_run, read_images, train_run
 from PIL import Image
 
 from backprop_lab import functions as F
 from backprop_lab.models import LinearNet, ReLUNet, SigmoidNet
 from backprop_lab.monitors.common import find_callback
 from backprop_lab.monitors.pictures import PictureMonitor, loss_on_grid
+
+from conftest import built_run, read_images, train_run
 
 
 def test_post_relu_run_draws_surface_activity_and_gradients_at_intervals_and_at_the_end(tmp_path):

@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import built_run, read_images
 
 from backprop_lab.train import train
+
+from conftest import built_run, read_images
 
 CPU_PRECISIONS = ["64-true", "32-true", "16-true", "bf16-true", "16-mixed", "bf16-mixed"]
 DTYPE = {"64-true": torch.float64, "32-true": torch.float32, "16-true": torch.float16, "bf16-true": torch.bfloat16}
@@ -21,7 +22,9 @@ DTYPE = {"64-true": torch.float64, "32-true": torch.float32, "16-true": torch.fl
 def test_every_precision_trains_with_monitors_and_pictures(tmp_path, precision, model):
     from conftest import compose_config
 
-    cfg = compose_config("trainer.accelerator=cpu", f"model={model}", f"trainer.precision={precision}", "trainer.max_steps=3")
+    cfg = compose_config(
+        "trainer.accelerator=cpu", f"model={model}", f"trainer.precision={precision}", "trainer.max_steps=3"
+    )
     result = train(cfg, run_dir=tmp_path)
     assert result.status in ("finished", "converged")
     assert result.final_loss == result.final_loss  # finite enough to compare: not NaN
@@ -53,5 +56,7 @@ def test_64_true_reproduces_the_posts_sigmoid_step_in_float64(tmp_path):
 def test_cuda_precisions(tmp_path, cuda, precision):
     from conftest import compose_config
 
-    cfg = compose_config("trainer.accelerator=gpu", "model=mlp", f"trainer.precision={precision}", "trainer.max_steps=3")
+    cfg = compose_config(
+        "trainer.accelerator=gpu", "model=mlp", f"trainer.precision={precision}", "trainer.max_steps=3"
+    )
     assert train(cfg, run_dir=tmp_path).status == "finished"

@@ -5,9 +5,10 @@ from __future__ import annotations
 import re
 
 import pytest
-from conftest import built_run
 
 from backprop_lab.progress import StepProgressBar
+
+from conftest import built_run
 
 BAR = ("trainer.enable_progress_bar=true", "monitor.pictures=[]")
 

@@ -9,10 +9,10 @@ import subprocess
 
 import numpy as np
 import pytest
-from conftest import compose_config, event_files, read_images, read_scalars, run_cli, train_run
 
 from backprop_lab.monitors import pictures
 
+from conftest import compose_config, event_files, read_images, read_scalars, run_cli, train_run
 
 # --- divergence at step 0 ---------------------------------------------------------------------------
 
@@ -44,7 +44,9 @@ def test_a_sweep_with_a_job_diverging_at_step_0_completes_with_its_table(tmp_pat
 def test_deep_networks_get_summarised_pictures(tmp_path):
     depth = 40  # past MAX_PANELS layers and MAX_LINES weights: one map each, not one panel or line each
     hidden = "[" + ",".join(["3"] * depth) + "]"
-    result, _ = train_run(tmp_path, "model=mlp", f"model.hidden={hidden}", "trainer.max_steps=2", "monitor.probe_every_n_steps=1")
+    result, _ = train_run(
+        tmp_path, "model=mlp", f"model.hidden={hidden}", "trainer.max_steps=2", "monitor.probe_every_n_steps=1"
+    )
     assert result.status == "finished"
     images = read_images(tmp_path)
     assert {"pictures/unit_activity", "pictures/grad_norm_by_layer"} <= set(images)
@@ -74,7 +76,9 @@ def test_a_full_disk_fails_the_run_with_a_message_and_keeps_what_was_written(tmp
     disk.mkdir()
     subprocess.run(["mount", "-t", "tmpfs", "-o", "size=400k", "tmpfs", str(disk)], check=True)
     try:
-        proc = run_cli("model=mlp", "trainer.max_steps=100000", f"hydra.run.dir={disk / 'run'}", cwd=tmp_path, timeout=300)
+        proc = run_cli(
+            "model=mlp", "trainer.max_steps=100000", f"hydra.run.dir={disk / 'run'}", cwd=tmp_path, timeout=300
+        )
         assert proc.returncode == 1
         assert "No space left on device" in proc.stderr and "Traceback" not in proc.stderr + proc.stdout
         assert "error: the run failed" in proc.stderr

@@ -10,11 +10,12 @@ from __future__ import annotations
 import json
 
 import pytest
-from conftest import ROOT, compose_config, event_accumulator, run_cli, train_run
 from omegaconf import OmegaConf
 
 from backprop_lab.config import ConfigError, validate
 from backprop_lab.replay import compare, log_replay, replay, to_json, to_markdown
+
+from conftest import ROOT, compose_config, event_accumulator, run_cli, train_run
 
 EXACT = dict(abs=1e-10)
 REPLAY_SCRIPT = ROOT / "scripts" / "replay.py"

@@ -10,11 +10,12 @@ import json
 
 import pytest
 import torch
-from conftest import compose_config, read_scalars, run_cli, train_run
 
 from backprop_lab.checks import CHECKPOINT
 from backprop_lab.config import ConfigError, validate
 from backprop_lab.resume import check_resumable, resume_command
+
+from conftest import compose_config, read_scalars, run_cli, train_run
 
 # A batched network whose data set is 8 batches an epoch: 28 steps stop in the middle of epoch 3.
 MLP = ("model=mlp", "optim.momentum=0.9", "monitor.pictures=[]", "monitor.backprop_view=false")
@@ -102,5 +103,5 @@ def test_resume_through_the_cli_continues_in_the_same_directory(tmp_path):
     assert (run / ".hydra" / "overrides.yaml").read_text().count("trainer.max_steps=5")  # the first run's record kept
     refused = run_cli("model=sigmoid", f"resume={run}", cwd=tmp_path)
     assert refused.returncode == 2 and "Traceback" not in refused.stderr
-    assert f"was written with model._target_='backprop_lab.models.ReLUNet'" in refused.stderr
+    assert "was written with model._target_='backprop_lab.models.ReLUNet'" in refused.stderr
     assert len(list((run / ".hydra").glob("resumed_*"))) == 1  # the refused one wrote nothing

@@ -16,9 +16,10 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import TRAIN_SCRIPT, event_accumulator, read_scalars, train_run
 
 from backprop_lab.checks import CHECKPOINT
+
+from conftest import TRAIN_SCRIPT, event_accumulator, read_scalars, train_run
 
 pytestmark = pytest.mark.slow
 
@@ -76,6 +77,7 @@ def test_a_signal_stops_the_run_after_a_step_and_it_resumes_exactly(tmp_path, si
 
     # Continued to steps + 10, it logs what one uninterrupted run of steps + 10 logs.
     from backprop_lab.train import train
+
     from conftest import compose_config
 
     overrides = ("model=relu", f"trainer.max_steps={steps + 10}")

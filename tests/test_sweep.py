@@ -18,12 +18,13 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import CONFIGS, TRAIN_SCRIPT, event_accumulator, read_scalars, run_cli
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
 from backprop_lab.summary import write_summary
 from backprop_lab.sweep import run_name, summarize
+
+from conftest import CONFIGS, TRAIN_SCRIPT, event_accumulator, read_scalars, run_cli
 
 QUIET = "trainer.enable_progress_bar=false"
 

@@ -5,13 +5,14 @@ from __future__ import annotations
 import logging
 
 import pytest
-from conftest import built_run, compose_config, train_run
 from hydra.utils import instantiate
 
 from backprop_lab import functions as F
 from backprop_lab.module import LOSS_BY_TASK
 from backprop_lab.monitors import DeadReLUMonitor, GradientMonitor, PictureMonitor
 from backprop_lab.train import flat_hparams, monitors, sizes_from_data
+
+from conftest import built_run, compose_config, train_run
 
 NO_PICTURES = "monitor.pictures=[]"  # the pictures are tested in test_monitors_pictures.py; here they cost seconds
 

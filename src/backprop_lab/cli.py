@@ -63,7 +63,10 @@ def run(cfg: DictConfig) -> float:
     except RunFailed as error:  # the machine failed the run (a full disk, say); summary.json says so if it could
         if os.environ.get("HYDRA_FULL_ERROR") == "1":
             raise
-        print(f"error: the run failed: {error}; what it logged before stays in {hydra_cfg.runtime.output_dir}", file=sys.stderr)
+        print(
+            f"error: the run failed: {error}; what it logged before stays in {hydra_cfg.runtime.output_dir}",
+            file=sys.stderr,
+        )
         sys.exit(1)
     return result.final_loss if math.isfinite(result.final_loss) else math.inf
 

@@ -121,6 +121,10 @@ class BackpropModule(L.LightningModule):
             return "interrupted"
         if self.tol > 0 and self.final_loss < self.tol:
             return "converged"
-        if self.trainer is not None and self.trainer.max_steps > 0 and self.trainer.global_step < self.trainer.max_steps:
+        if (
+            self.trainer is not None
+            and self.trainer.max_steps > 0
+            and self.trainer.global_step < self.trainer.max_steps
+        ):
             return "stopped"
         return "finished"

@@ -274,7 +274,9 @@ def _update_row(v: dict[str, float], w: str) -> Row:
 
 
 def _dl_dy_hat_row(v: dict[str, float]) -> Row:
-    return Row("dL_dy_hat", "backward", "∂L/∂ŷ", "−2 · (y − ŷ)", f"-2 · ({_s(v['y'])} - {_f(v['y_hat'])})", v["dL_dy_hat"])
+    return Row(
+        "dL_dy_hat", "backward", "∂L/∂ŷ", "−2 · (y − ŷ)", f"-2 · ({_s(v['y'])} - {_f(v['y_hat'])})", v["dL_dy_hat"]
+    )
 
 
 def _linear_rows(v: dict[str, float]) -> list[Row]:
@@ -348,7 +350,7 @@ def _relu_notes(v: dict[str, float], grad_at_zero: int) -> list[str]:
         notes.append(line)
     elif z1 == 0:
         line = (
-            f"z1 = w1 · x = 0 exactly, where ReLU′ is undefined (the post: \"set to 0 or 1\"); "
+            f'z1 = w1 · x = 0 exactly, where ReLU′ is undefined (the post: "set to 0 or 1"); '
             f"model.relu_grad_at_zero={grad_at_zero} sets ReLU′(0) = {grad_at_zero}"
         )
         if grad_at_zero == 0:
@@ -479,7 +481,9 @@ def _print_rich(r: Replay) -> None:
         last_phase = row.phase
         marked = row.post is not None and row.post.marked
         # Text, not markup: formulas hold brackets that rich would read as styles.
-        table.add_row(*(Text(c, style="bold red" if marked and j == len(cells) - 1 else "") for j, c in enumerate(cells)))
+        table.add_row(
+            *(Text(c, style="bold red" if marked and j == len(cells) - 1 else "") for j, c in enumerate(cells))
+        )
     console = Console()
     console.print(table)
     for note in r.notes:

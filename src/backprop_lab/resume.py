@@ -80,7 +80,9 @@ def check_resumable(cfg: DictConfig, run_dir: Path) -> int:
     except FileNotFoundError:
         raise ConfigError(f"resume={cfg.resume!r} is not accepted: {path} does not exist") from None
     except Exception as error:  # noqa: BLE001 — a damaged file fails in many ways, each with its own type
-        raise ConfigError(f"resume={cfg.resume!r} is not accepted: {path} is not a readable checkpoint ({error})") from None
+        raise ConfigError(
+            f"resume={cfg.resume!r} is not accepted: {path} is not a readable checkpoint ({error})"
+        ) from None
     ours, theirs = _flat(run_config(cfg)), _flat(saved)
     for key in sorted(ours.keys() | theirs.keys()):
         if key.startswith(MAY_CHANGE) or ours.get(key) == theirs.get(key):

@@ -189,7 +189,13 @@ def rank_runs(rows: list[dict]) -> list[dict]:
 
     def key(r: dict):
         converged = r.get("status") == "converged"
-        return (not converged, r.get("steps", 0) if converged else 0, _loss(r.get("final_loss")), _loss(r.get("best_loss")), r["run"])
+        return (
+            not converged,
+            r.get("steps", 0) if converged else 0,
+            _loss(r.get("final_loss")),
+            _loss(r.get("best_loss")),
+            r["run"],
+        )
 
     return sorted(rows, key=key)
 
@@ -241,7 +247,9 @@ def print_table(rows: list[dict], keys: list[str], sweep_dir: Path) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    table = Table(title=f"sweep {sweep_dir}: {len(rows)} runs, converged ones by steps to converge, the others by final loss")
+    table = Table(
+        title=f"sweep {sweep_dir}: {len(rows)} runs, converged ones by steps to converge, the others by final loss"
+    )
     for header in ["", *keys, *RESULT_KEYS]:
         table.add_column(header, overflow="fold")
     for cells in table_rows(rows, keys):

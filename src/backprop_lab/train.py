@@ -25,9 +25,9 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf
 
 from backprop_lab.checks import CHECKPOINT
+from backprop_lab.diagnoses import Diagnosis, diagnose
 from backprop_lab.interrupts import GracefulStop
 from backprop_lab.module import LOSS_BY_TASK, BackpropModule
-from backprop_lab.diagnoses import Diagnosis, diagnose
 from backprop_lab.monitors import (
     BackpropViewMonitor,
     DeadReLUMonitor,

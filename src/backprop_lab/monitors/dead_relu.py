@@ -137,7 +137,9 @@ class DeadReLUMonitor(Callback):
         self.dead_since = dict(state_dict["dead_since"])
         self.last_dead_fraction = dict(state_dict["last_dead_fraction"])
         self.activity_steps = list(state_dict["activity_steps"])
-        self.activity = {n: [np.asarray(a, dtype=np.float32) for a in column] for n, column in state_dict["activity"].items()}
+        self.activity = {
+            n: [np.asarray(a, dtype=np.float32) for a in column] for n, column in state_dict["activity"].items()
+        }
         self._finished = False  # the end of the resumed run writes dead_forever_fraction/* again, over the whole run
 
     # --- hooks on the watched layers ------------------------------------------------------------------
@@ -287,7 +289,9 @@ class DeadReLUMonitor(Callback):
         try:
             self._log_dead_forever(trainer)
         except Exception as error:  # noqa: BLE001 — a failing run's logger (a full disk) may fail again
-            rank_zero_warn(f"DeadReLUMonitor could not write relu/dead_forever_fraction/* while the run failed: {error}")
+            rank_zero_warn(
+                f"DeadReLUMonitor could not write relu/dead_forever_fraction/* while the run failed: {error}"
+            )
 
     def dead_forever_fractions(self) -> dict[str, np.ndarray]:
         """Per layer, at each logged step s: the fraction of units alive on no training batch from s on."""

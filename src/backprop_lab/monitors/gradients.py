@@ -42,7 +42,9 @@ class GradientMonitor(Callback):
     first layer to last, for :class:`~backprop_lab.monitors.PictureMonitor`.
     """
 
-    def __init__(self, root: str | None = None, log_every_n_steps: int | None = None, histogram_every_n_steps: int = 50):
+    def __init__(
+        self, root: str | None = None, log_every_n_steps: int | None = None, histogram_every_n_steps: int = 50
+    ):
         self.root = root
         self.log_every_n_steps = log_every_n_steps
         self.histogram_every_n_steps = histogram_every_n_steps

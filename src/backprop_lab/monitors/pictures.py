@@ -125,8 +125,17 @@ def draw_loss_surface(names: list[str], path: np.ndarray, surface, step: int):
         ax.plot(path[:, 0], path[:, 1], "o-", color="tab:red", ms=2.5, lw=1, label="gradient descent")
         ax.set_xlabel(names[0])
         ax.set_ylabel(names[1])
-    ax.plot(*(path[0] if path.shape[1] == 2 else (path[0, 0], path_loss[0])), "s", color="white", mec="k", label="start")
-    ax.plot(*(path[-1] if path.shape[1] == 2 else (path[-1, 0], path_loss[-1])), "*", color="gold", mec="k", ms=12, label=f"step {step}")
+    ax.plot(
+        *(path[0] if path.shape[1] == 2 else (path[0, 0], path_loss[0])), "s", color="white", mec="k", label="start"
+    )
+    ax.plot(
+        *(path[-1] if path.shape[1] == 2 else (path[-1, 0], path_loss[-1])),
+        "*",
+        color="gold",
+        mec="k",
+        ms=12,
+        label=f"step {step}",
+    )
     ax.legend(loc="best", fontsize=8)
     ax.set_title(f"loss surface and gradient-descent path, step {step}")
     return fig
@@ -135,7 +144,15 @@ def draw_loss_surface(names: list[str], path: np.ndarray, surface, step: int):
 # --- what the network computes, with the data -----------------------------------------------------------
 
 
-def draw_fit(x: np.ndarray, y: np.ndarray, probe_x: np.ndarray, probe_y: np.ndarray, grid: np.ndarray, y_hat: np.ndarray, step: int):
+def draw_fit(
+    x: np.ndarray,
+    y: np.ndarray,
+    probe_x: np.ndarray,
+    probe_y: np.ndarray,
+    grid: np.ndarray,
+    y_hat: np.ndarray,
+    step: int,
+):
     """1-D regression: training points, probe points and ŷ(x) over ``grid``."""
     fig = new_figure()
     ax = fig.add_subplot()
@@ -149,7 +166,9 @@ def draw_fit(x: np.ndarray, y: np.ndarray, probe_x: np.ndarray, probe_y: np.ndar
     return fig
 
 
-def draw_boundary(x: np.ndarray, labels: np.ndarray, g1: np.ndarray, g2: np.ndarray, out: np.ndarray, threshold: float, step: int):
+def draw_boundary(
+    x: np.ndarray, labels: np.ndarray, g1: np.ndarray, g2: np.ndarray, out: np.ndarray, threshold: float, step: int
+):
     """2-D classification: the network's output over the plane, its ``threshold`` contour, the data."""
     fig = new_figure()
     ax = fig.add_subplot()
@@ -183,7 +202,9 @@ def _column_edges(steps: list[int] | np.ndarray) -> np.ndarray:
     return np.array([*steps, steps[-1] + 1], dtype=float)
 
 
-def draw_unit_activity(steps: list[int], activity: dict[str, list[np.ndarray]], source: str, step: int, leaky: frozenset = frozenset()):
+def draw_unit_activity(
+    steps: list[int], activity: dict[str, list[np.ndarray]], source: str, step: int, leaky: frozenset = frozenset()
+):
     """Each unit's active fraction (h > 0) at every recorded step: one panel per layer, units (rows) ×
     steps (columns); past :data:`MAX_PANELS` layers, one panel of layers × steps with the fraction of
     each layer's units that are alive. Layers in ``leaky`` pass a·g where h ≤ 0: silent is not dead."""
@@ -202,7 +223,9 @@ def draw_unit_activity(steps: list[int], activity: dict[str, list[np.ndarray]], 
         silent = float(np.mean(grid[:, -1] == 0))
         ax.set_ylabel(f"{name}\nunit", fontsize=8)
         what = "silent, leaky (not dead)" if name in leaky else "dead"
-        ax.set_title(f"{name}: {silent:.0%} of {grid.shape[0]} units {what} at step {steps[-1]}", fontsize=8, loc="left")
+        ax.set_title(
+            f"{name}: {silent:.0%} of {grid.shape[0]} units {what} at step {steps[-1]}", fontsize=8, loc="left"
+        )
     axes[-1].set_xlabel("step")
     fig.colorbar(image, ax=list(axes), label="active fraction (0 = dead)")
     fig.suptitle(f"unit activity on the {source} (h > 0), step {step}", fontsize=10)
@@ -438,7 +461,6 @@ class PictureMonitor(Callback):
             return None
         steps, norms = monitor.grad_norm_history
         return draw_grad_norms(steps, norms, step)
-
 
 
 def _span_of(x: Tensor) -> tuple[list[float], list[float]]:
