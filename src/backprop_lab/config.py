@@ -219,6 +219,8 @@ LOGGERS = {
     "MLFlowLogger": ("mlflow", "mlflow"),
     "CometLogger": ("comet_ml", "comet-ml"),
 }
+# the package's own: Lightning's TensorBoardLogger writing a step's scalars as one event (backprop_lab.loggers)
+OWN_LOGGERS = ("backprop_lab.loggers.TensorBoardLogger",)
 # Lightning's callbacks that a config can build (lightning.pytorch.callbacks.<name>; not the base classes,
 # nor LambdaCallback, whose arguments are functions):
 CALLBACKS = (
@@ -460,15 +462,16 @@ def _check_targets(cfg: DictConfig) -> None:
         "use true (the optimizer is built later, with the model's parameters)",
     )
     for name, entry in cfg.logger.items():
-        _check_entry(f"logger.{name}", entry, "lightning.pytorch.loggers.", LOGGERS, "TensorBoardLogger")
+        _check_entry(f"logger.{name}", entry, "lightning.pytorch.loggers.", LOGGERS, "TensorBoardLogger", OWN_LOGGERS)
     for name, entry in cfg.callbacks.items():
         _check_entry(
             f"callbacks.{name}", entry, "lightning.pytorch.callbacks.", dict.fromkeys(CALLBACKS), "EarlyStopping"
         )
 
 
-def _check_entry(key: str, entry: Any, module: str, classes: dict, example: str) -> None:
-    """One logger or callback: a ``_target_`` of ``module`` from ``classes`` and its keyword arguments."""
+def _check_entry(key: str, entry: Any, module: str, classes: dict, example: str, own: tuple[str, ...] = ()) -> None:
+    """One logger or callback: a ``_target_`` of ``module`` from ``classes`` (or one of the package's ``own``)
+    and its keyword arguments."""
     _require(
         isinstance(entry, DictConfig) and "_target_" in entry,
         key,
@@ -478,12 +481,12 @@ def _check_entry(key: str, entry: Any, module: str, classes: dict, example: str)
     target = str(entry._target_)
     name = target[len(module) :] if target.startswith(module) else None
     _require(
-        name in classes,
+        name in classes or target in own,
         f"{key}._target_",
         target,
-        f"use {module}<name> with <name> one of {', '.join(classes)}",
+        f"use {' or '.join(own + (f'{module}<name>',))} with <name> one of {', '.join(classes)}",
     )
-    needs = classes[name]
+    needs = classes.get(name)
     if needs is not None and importlib.util.find_spec(needs[0]) is None:
         raise ConfigError(
             f"{key}._target_={target!r} is not accepted here: it needs {needs[0]} (pip install {needs[1]})"

@@ -93,9 +93,10 @@ class LinearFunction(torch.autograd.Function):
         if need_x:
             grad_x = (g @ w.to(g.dtype)).to(x_dtype)
         if need_w:
-            rows = math.prod(x.shape[:-1])  # every leading dim is batch
-            g2, x2 = g.reshape(rows, g.shape[-1]), x.reshape(rows, x.shape[-1])
-            grad_w = (g2.t() @ x2.to(g.dtype)).to(w_dtype)
+            if g.dim() != 2:  # every leading dim is batch; the post's 2-D case needs no reshape
+                rows = math.prod(x.shape[:-1])
+                g, x = g.reshape(rows, g.shape[-1]), x.reshape(rows, x.shape[-1])
+            grad_w = (g.t() @ x.to(g.dtype)).to(w_dtype)
             grad_w = grad_w[0] if ctx.w_is_vector else grad_w
         return grad_x, grad_w, grad_b
 

@@ -60,7 +60,9 @@ def run_name(override_dirname: str, num: int = 0) -> str:
 def run_label(model: str, experiment: str | None = None, overrides: str = "") -> str:
     """A single run's directory suffix: the experiment's name when one is chosen, else the model's, then
     the run's other overrides (``relu,optim.lr=0.5``), so that many runs side by side can be told apart."""
-    kept = [o for o in overrides.split(",") if o and not o.startswith(("model=", "experiment="))]
+    # not what the label already says, nor how the run is logged or watched: what it trains
+    skip = ("model=", "experiment=", "callbacks", "+callbacks", "logger", "+logger", "~")
+    kept = [o for o in overrides.split(",") if o and not o.startswith(skip)]
     return run_name(",".join([experiment or model, *kept]))
 
 

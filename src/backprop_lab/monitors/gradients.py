@@ -14,6 +14,36 @@ from backprop_lab.monitors.common import is_log_step, log_metrics, tensorboard_w
 HISTOGRAM_BINS = 64  # equal-width bins between the smallest and the largest value
 
 
+def histogram_stats(values: Tensor, bins: int = HISTOGRAM_BINS) -> dict | None:
+    """What ``SummaryWriter.add_histogram_raw`` takes, computed where ``values`` live: about 70 numbers
+    copied to the host, not the tensor (``add_histogram`` copies it and bins it with numpy). The same
+    equal-width bins as ``add_histogram(..., bins=64)``, with the empty bucket in front that marks the
+    left edge for TensorBoard. Non-finite values are left out; None where none is finite."""
+    v = values.detach().reshape(-1)
+    v = v if v.dtype == torch.float64 else v.float()
+    if v.numel() == 0:
+        return None
+    smallest, largest = (t.item() for t in torch.aminmax(v))
+    if not (math.isfinite(smallest) and math.isfinite(largest)):  # NaN or ±inf among the values
+        v = v[torch.isfinite(v)]
+        if v.numel() == 0:
+            return None
+        smallest, largest = (t.item() for t in torch.aminmax(v))
+    lo, hi = (smallest - 0.5, largest + 0.5) if smallest == largest else (smallest, largest)  # as np.histogram
+    counts = torch.histc(v, bins=bins, min=lo, max=hi)
+    sums = torch.stack([v.sum(dtype=torch.float64), torch.dot(v, v).to(torch.float64)])
+    summary = torch.cat([sums, counts.to(torch.float64)]).tolist()
+    return {
+        "min": smallest,
+        "max": largest,
+        "num": v.numel(),
+        "sum": summary[0],
+        "sum_squares": summary[1],
+        "bucket_limits": torch.linspace(lo, hi, bins + 1, dtype=torch.float64).tolist(),
+        "bucket_counts": [0.0, *summary[2:]],
+    }
+
+
 def _number(t: Tensor) -> Tensor:
     """A one-element tensor's value, or a larger tensor's L2 norm, as a 0-d float tensor (no sync)."""
     t = t.detach()
@@ -127,11 +157,11 @@ class GradientMonitor(Callback):
                 column.append(new.get(n, math.nan))
 
     def _histograms(self, trainer: Trainer, prefix: str, tensors: list[tuple[str, Tensor]], step: int) -> None:
-        for writer in tensorboard_writers(trainer):
-            for n, t in tensors:
-                values = t.detach().float().cpu()
-                if torch.isfinite(values).all():  # TensorBoard refuses a histogram of NaN or inf
-                    writer.add_histogram(f"{prefix}/{n}", values, step, bins=HISTOGRAM_BINS)
+        writers = tensorboard_writers(trainer)
+        for n, t in tensors if writers else ():
+            stats = histogram_stats(t)
+            for writer in writers if stats is not None else ():
+                writer.add_histogram_raw(f"{prefix}/{n}", global_step=step, **stats)
 
     def on_train_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         one = [(n, p) for n, p in watched_module(pl_module, self.root).named_parameters() if p.numel() == 1]
