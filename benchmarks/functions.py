@@ -37,9 +37,9 @@ def _post_nets() -> dict[str, tuple[nn.Module, nn.Module, Tensor, Tensor]]:
         return layer
 
     return {
-        "post sigmoid": (models.SigmoidNet(), native(lin(0.5), nn.Sigmoid(), lin(-1.0)), x, y),
-        "post relu": (models.ReLUNet(), native(lin(0.5), nn.ReLU(), lin(-1.0)), x, y),
-        "post linear": (models.LinearNet(), native(lin(3.0)), torch.tensor([[2.0]]), torch.tensor([[10.0]])),
+        "post sigmoid": (models.SigmoidNet(w1=0.5, w2=-1.0), native(lin(0.5), nn.Sigmoid(), lin(-1.0)), x, y),
+        "post relu": (models.ReLUNet(w1=0.5, w2=-1.0), native(lin(0.5), nn.ReLU(), lin(-1.0)), x, y),
+        "post linear": (models.LinearNet(w=3.0), native(lin(3.0)), torch.tensor([[2.0]]), torch.tensor([[10.0]])),
     }
 
 

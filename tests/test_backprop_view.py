@@ -171,7 +171,7 @@ def test_linear_step_of_section_3(tmp_path):
 
 
 def test_momentum_shows_the_update_the_optimizer_made(tmp_path):
-    fit_post(tmp_path, models.SigmoidNet(), 1.0, 0.5, steps=3, momentum=0.9)
+    fit_post(tmp_path, models.SigmoidNet(w1=0.5, w2=-1.0), 1.0, 0.5, steps=3, momentum=0.9)
     _, layout, steps = read(tmp_path)
     assert layout["momentum"] == 0.9
     s1 = steps[1]
@@ -212,6 +212,6 @@ def test_mlp_layers_first_to_last_against_hand_computed_values(tmp_path):
 
 
 def test_nothing_without_a_tensorboard_logger(tmp_path):
-    monitor = fit_post(tmp_path, models.SigmoidNet(), 1.0, 0.5, steps=2, logger=CSVLogger(str(tmp_path)))
+    monitor = fit_post(tmp_path, models.SigmoidNet(w1=0.5, w2=-1.0), 1.0, 0.5, steps=2, logger=CSVLogger(str(tmp_path)))
     assert monitor.history is None
     assert not list(tmp_path.rglob("events.out.tfevents.*"))

@@ -339,10 +339,10 @@ def test_forward_ad_matches_reverse_at_relu_kink():
 # --- torch.compile: every model of the package in one graph, equal to eager -------------------------
 
 MODELS = {
-    "LinearNet": (lambda: models.LinearNet(), 1, F.mse_loss),
-    "SigmoidNet": (lambda: models.SigmoidNet(), 1, F.mse_loss),
-    "ReLUNet": (lambda: models.ReLUNet(), 1, F.mse_loss),
-    "ReLUNet ReLU'(0)=1": (lambda: models.ReLUNet(relu_grad_at_zero=1), 1, F.mse_loss),
+    "LinearNet": (lambda: models.LinearNet(w=3.0), 1, F.mse_loss),
+    "SigmoidNet": (lambda: models.SigmoidNet(w1=0.5, w2=-1.0), 1, F.mse_loss),
+    "ReLUNet": (lambda: models.ReLUNet(w1=0.5, w2=-1.0), 1, F.mse_loss),
+    "ReLUNet ReLU'(0)=1": (lambda: models.ReLUNet(w1=0.5, w2=-1.0, relu_grad_at_zero=1), 1, F.mse_loss),
     "MLP relu": (lambda: models.MLP(2, 1, hidden=[8, 8]), 2, F.mse_loss),
     "MLP sigmoid, bce": (lambda: models.MLP(2, 1, hidden=[8], activation="sigmoid"), 2, F.bce_with_logits),
     "MLP leaky_relu": (
@@ -474,7 +474,7 @@ def test_leaky_relu_derivative_at_zero_is_the_slope_as_in_torch():
 
 def test_the_posts_linear_example():
     # Section 3: x = 2, w = 3, y = 10: ŷ = 6, L = 16, ∂L/∂ŷ = −2(y − ŷ) = −8, ∂L/∂w = −16.
-    net = models.LinearNet()
+    net = models.LinearNet(w=3.0)
     y_hat = net(torch.tensor([[2.0]]))
     y_hat.retain_grad()
     loss = F.mse_loss(y_hat, torch.tensor([[10.0]]))
@@ -485,7 +485,7 @@ def test_the_posts_linear_example():
 def test_the_posts_sigmoid_example():
     # Section 4: x = 1, w1 = 0.5, w2 = −1, y = 0.5: L ≈ 1.259, ∂L/∂w2 ≈ −1.394, ∂L/∂w1 ≈ 0.527 (the
     # post rounds h = σ(0.5) to 0.622 before multiplying: unrounded, ∂L/∂w2 = −1.3974).
-    net = models.SigmoidNet()
+    net = models.SigmoidNet(w1=0.5, w2=-1.0)
     loss = F.mse_loss(net(torch.tensor([[1.0]])), torch.tensor([[0.5]]))
     loss.backward()
     assert loss.item() == pytest.approx(1.259, abs=1e-3)

@@ -143,3 +143,26 @@ def test_he_init_has_the_variance_it_promises():
 def test_mlp_refuses_an_unknown_activation_or_init(changes, message):
     with pytest.raises(ValueError, match=message):
         mlp(**changes)
+
+
+def test_the_mlps_choices_and_python_defaults_are_the_configs():
+    # One list of choices (backprop_lab.config) that the network takes every one of; and the keyword
+    # defaults of the Python API are exactly configs/model/mlp.yaml's values.
+    import inspect
+
+    from conftest import compose_config
+
+    from backprop_lab import config
+
+    for activation in config.ACTIVATIONS:
+        assert models.MLP(1, 1, hidden=[2], activation=activation).act1 is not None
+    for init in config.INITS:
+        models.MLP(1, 1, hidden=[2], init=init)
+    with pytest.raises(ValueError, match="unknown activation 'tanh'"):
+        models.MLP(1, 1, hidden=[2], activation="tanh")
+    composed = compose_config("model=mlp").model
+    defaults = {
+        name: p.default for name, p in inspect.signature(models.MLP).parameters.items() if p.default is not p.empty
+    }
+    assert defaults == {name: composed[name] for name in defaults}
+    assert "hidden" not in defaults  # the widths are the config's alone

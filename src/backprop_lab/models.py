@@ -59,7 +59,7 @@ class LeakyReLU(nn.Module):
 class LinearNet(nn.Module):
     """Section 3 of the post: ŷ = w·x."""
 
-    def __init__(self, w: float = 3.0):
+    def __init__(self, w: float):
         super().__init__()
         self.w = _scalar_weight(w)
 
@@ -88,14 +88,14 @@ class HiddenUnitNet(nn.Module):
 class SigmoidNet(HiddenUnitNet):
     """Section 4: h = σ(w1·x), ŷ = w2·h."""
 
-    def __init__(self, w1: float = 0.5, w2: float = -1.0):
+    def __init__(self, w1: float, w2: float):
         super().__init__(w1, w2, Sigmoid())
 
 
 class ReLUNet(HiddenUnitNet):
     """Section 5: h = ReLU(w1·x), ŷ = w2·h, with ReLU′(0) = ``relu_grad_at_zero``."""
 
-    def __init__(self, w1: float = 0.5, w2: float = -1.0, relu_grad_at_zero: int = 0):
+    def __init__(self, w1: float, w2: float, relu_grad_at_zero: int = 0):
         super().__init__(w1, w2, ReLU(relu_grad_at_zero))
 
 
@@ -153,7 +153,7 @@ class MLP(nn.Sequential):
         self,
         in_features: int,
         out_features: int,
-        hidden: list[int] = (16, 16),
+        hidden: list[int],
         activation: str = "relu",
         negative_slope: float = 0.01,
         init: str = "default",
