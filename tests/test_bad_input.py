@@ -304,7 +304,7 @@ CASES = [
     ours("data._target_=os.system", "data._target_='os.system' is not accepted: use one of backprop_lab.data"),
     ours("data._target_=backprop_lab.data.SineDataModule", "data.x is not accepted"),
     ours("logger.tensorboard._target_=os.system", "logger.tensorboard._target_='os.system' is not accepted"),
-    ours("logger.tensorboard._target_=lightning.pytorch.loggers.Foo", "use lightning.pytorch.loggers.<name>"),
+    ours("logger.tensorboard._target_=lightning.pytorch.loggers.Foo", "or lightning.pytorch.loggers.<name> with"),
     ours(
         "+logger.w._target_=lightning.pytorch.loggers.WandbLogger",
         "is not accepted here: it needs wandb (pip install wandb)",
