@@ -150,9 +150,9 @@ def test_the_mlps_choices_and_python_defaults_are_the_configs():
     # defaults of the Python API are exactly configs/model/mlp.yaml's values.
     import inspect
 
-    from conftest import compose_config
-
     from backprop_lab import config
+
+    from conftest import compose_config
 
     for activation in config.ACTIVATIONS:
         assert models.MLP(1, 1, hidden=[2], activation=activation).act1 is not None
