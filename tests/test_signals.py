@@ -36,6 +36,9 @@ def _start(run_dir: Path, *overrides: str) -> subprocess.Popen:
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
+        # A shell's background job (CI may be one) ignores SIGINT, and a child inherits that: Python then
+        # installs no Ctrl-C handler. The user at a terminal has the default, so the test gives it that.
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
 
 
