@@ -13,7 +13,8 @@ import pytest
 from omegaconf import OmegaConf
 
 from backprop_lab.config import ConfigError, validate
-from backprop_lab.replay import compare, log_replay, replay, to_json, to_markdown
+from backprop_lab.post import compare, post_figures
+from backprop_lab.replay import log_replay, replay, to_json, to_markdown
 
 from conftest import ROOT, compose_config, event_accumulator, run_cli, train_run
 
@@ -157,11 +158,12 @@ def test_relu_dead_unit_passes_exactly_zero_and_says_why():
     md = to_markdown(r)
     assert "| ∂L/∂z1 | ∂L/∂h · ReLU′(z1) | 1 · 0 | 0 (exactly) |" in md
     assert "| ∂L/∂w1 | ∂L/∂ŷ · w2 · ReLU′(z1) · x | (-1) · (-1) · 0 · 1 | 0 (exactly) |" in md
-    assert r.notes == [
-        "the ReLU unit is dead: z1 = w1 · x = -0.5 < 0, so h = 0 and ReLU′(z1) = 0, and no gradient passes "
-        "the unit: ∂L/∂z1 = 0 (exactly) and ∂L/∂w1 = 0 (exactly), so w1 cannot change; with h = 0, "
-        "∂L/∂w2 = ∂L/∂ŷ · h = 0 as well: no weight moves, the loss stays at 0.25"
-    ]
+    # The dead unit in the diagnoses' words, the same sentence training and the Backprop tab print.
+    (note,) = r.notes
+    assert note.startswith(
+        "The ReLU unit h is dead since step 0: z1 = w1 · x = -0.5 ≤ 0 on every sample, so h = 0 and ReLU′(z1) = 0."
+    )
+    assert "∂L/∂w1 = 0, so w1 stays at -0.5" in note and "the loss stays at 0.25" in note
     # Not the post's inputs: no post column, and the closing line says why.
     assert not r.post_column and r.post_figures == 0 and "| post |" not in md
     assert (
@@ -187,10 +189,9 @@ def test_relu_at_exactly_zero_follows_relu_grad_at_zero(grad_at_zero):
         f"model.relu_grad_at_zero={grad_at_zero} sets ReLU′(0) = {grad_at_zero}"
     )
     if grad_at_zero == 0:
-        assert r.notes == [
-            head
-            + ", so no gradient passes the unit: ∂L/∂z1 = 0 (exactly) and ∂L/∂w1 = 0 (exactly), so w1 cannot change"
-        ]
+        assert r.notes[0] == head and len(r.notes) == 2
+        assert r.notes[1].startswith("The ReLU unit h is dead since step 0: z1 = w1 · x = 0 ≤ 0")
+        assert "w1 stays at 0" in r.notes[1]
     else:
         assert r.notes == [
             head + ", so the gradient passes as if the unit were active: ∂L/∂w1 = 1",
@@ -236,8 +237,6 @@ def test_one_unit_in_the_last_printed_digit(figure, exact_value, is_marked):
 
 
 def test_every_figure_in_the_data_file_lands_on_a_row():
-    from backprop_lab.replay import post_figures
-
     for model, entry in post_figures().items():
         r = replay(compose_config(f"model={model}"))
         assert r.post_column, model
@@ -315,7 +314,7 @@ def test_cli_table_for_a_dead_relu_and_a_refused_format(tmp_path):
     proc = run_cli("model=relu", "model.w1=-0.5", cwd=tmp_path, script=REPLAY_SCRIPT, env={"COLUMNS": "200"})
     assert proc.returncode == 0, proc.stderr
     assert "│ ∂L/∂w1 " in proc.stdout and "0 (exactly)" in proc.stdout
-    assert "the ReLU unit is dead: z1 = w1 · x = -0.5 < 0" in proc.stdout
+    assert "The ReLU unit h is dead since step 0: z1 = w1 · x = -0.5 ≤ 0" in proc.stdout
     assert "the post's column is left out" in proc.stdout
     bad = run_cli("model=relu", "replay.format=xml", cwd=tmp_path, script=REPLAY_SCRIPT)
     assert bad.returncode == 2 and "Traceback" not in bad.stderr

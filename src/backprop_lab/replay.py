@@ -12,9 +12,12 @@ ones the backward pass computed, not a second formula:
 - a local derivative (σ′(z1), ReLU′(z1), ∂ŷ/∂w) is its Function's own backward, run once more with
   an incoming gradient of 1.
 
-The post's printed figures live in ``post_figures.yaml``; with the post's inputs each row shows the
-post's figure and a mark where it is off by more than one unit in its last printed digit.
-:func:`to_markdown`, :func:`to_json` and :func:`print_replay` render a :class:`Replay`.
+What each row is called, its formula and how its numbers fill the formula in come from
+:mod:`backprop_lab.post`, as do the post's printed figures (``post_figures.yaml``) and the rule that
+marks one: with the post's inputs each row shows the post's figure and a mark where it is off by more
+than one unit in its last printed digit. A dead ReLU unit is said in the words of
+:mod:`backprop_lab.diagnoses`. :func:`to_markdown`, :func:`to_json` and :func:`print_replay` render a
+:class:`Replay`.
 """
 
 from __future__ import annotations
@@ -24,17 +27,18 @@ import json
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from decimal import Decimal
-from importlib import resources
 from itertools import groupby
 
 import torch
 from hydra.utils import get_class, instantiate
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 from torch import Tensor, nn
 
 from backprop_lab import functions as F
-from backprop_lab import models
+from backprop_lab import models, post
 from backprop_lab.config import ConfigError
+from backprop_lab.diagnoses import History, diagnose
+from backprop_lab.post import exact
 
 # Exact types: a subclass may compute something the rows below do not describe.
 POST_NETWORKS: dict[type[nn.Module], str] = {
@@ -132,17 +136,19 @@ def replay(cfg: DictConfig, net: nn.Module | None = None) -> Replay:
     name, net = _post_network(cfg, net)
     x, y = (torch.tensor([[float(cfg.data[k])]], dtype=torch.float64) for k in ("x", "y"))
     v = _one_step(net, x, y, instantiate(cfg.optim)(net.parameters()))
-    v.update(x=float(cfg.data.x), y=float(cfg.data.y), lr=float(cfg.optim.lr), wd=float(cfg.optim.weight_decay))
+    v.update(x=float(cfg.data.x), y=float(cfg.data.y), weight_decay=float(cfg.optim.weight_decay))
+    v.update({f"lr_{p}": float(cfg.optim.lr) for p, _ in net.named_parameters()})
 
     grad_at_zero = net.h.grad_at_zero if name == "relu" else None
-    rows = _linear_rows(v) if name == "linear" else _hidden_rows(v, grad_at_zero)
+    rows = _rows(name, v, grad_at_zero)
     notes = _relu_notes(v, grad_at_zero) if name == "relu" else []
-    post = post_figures()[name]
-    result = Replay(name, post["section"], _inputs(cfg), rows, notes, _not_post_inputs(cfg, post["inputs"]))
+    figures = post.post_figures()[name]
+    inputs = _inputs(cfg)
+    result = Replay(name, figures["section"], inputs, rows, notes, post.not_post_inputs(name, inputs))
     if result.post_column:
         for row in rows:
-            if row.key in post["figures"]:
-                row.post = _post_figure(post["figures"][row.key], row.value)
+            if row.key in figures["figures"]:
+                row.post = _post_figure(figures["figures"][row.key], row.value)
     return result
 
 
@@ -233,135 +239,37 @@ def _local_derivative(output: Tensor, input: Tensor) -> float:
 # --- the rows, in the post's order ----------------------------------------------------------------
 
 
-def _s(value: float) -> str:
-    """A value inside a formula: 6 significant digits."""
-    return "0" if value == 0 else f"{value:.6g}"
-
-
-def _f(value: float) -> str:
-    """A factor in a product: as :func:`_s`, a negative value in parentheses."""
-    s = _s(value)
-    return f"({s})" if s.startswith("-") else s
-
-
-def exact(value: float) -> str:
-    """The exact column: 10 decimals without trailing zeros; an exact zero says so."""
-    if value == 0:
-        return "0 (exactly)"
-    if abs(value) < 1e-6 or abs(value) >= 1e9:
-        return f"{value:.10e}"
-    return f"{value:.10f}".rstrip("0").rstrip(".")
-
-
-def _loss_rows(v: dict[str, float], new: str = "") -> list[Row]:
-    y, y_hat = v["y"], v[f"y_hat{new}"]
-    prime = "′" if new else ""
-    phase = "new forward" if new else "forward"
-    return [Row(f"loss{new}", phase, f"L{prime}", f"(y − ŷ{prime})²", f"({_s(y)} - {_f(y_hat)})²", v[f"loss{new}"])]
-
-
-def _update_row(v: dict[str, float], w: str) -> Row:
-    # torch.optim.SGD's first step: momentum's buffer starts as the gradient itself, so only
-    # weight decay (λ) changes the update from the post's w − η·∂L/∂w.
-    g = f"dL_d{w}"
-    if v["wd"]:
-        formula = f"{w} − η · (∂L/∂{w} + λ · {w})"
-        values = f"{_s(v[w])} - {_s(v['lr'])} · ({_f(v[g])} + {_s(v['wd'])} · {_f(v[w])})"
-    else:
-        formula = f"{w} − η · ∂L/∂{w}"
-        values = f"{_s(v[w])} - {_s(v['lr'])} · {_f(v[g])}"
-    return Row(f"{w}_new", "update", f"{w}′", formula, values, v[f"{w}_new"])
-
-
-def _dl_dy_hat_row(v: dict[str, float]) -> Row:
-    return Row(
-        "dL_dy_hat", "backward", "∂L/∂ŷ", "−2 · (y − ŷ)", f"-2 · ({_s(v['y'])} - {_f(v['y_hat'])})", v["dL_dy_hat"]
-    )
-
-
-def _linear_rows(v: dict[str, float]) -> list[Row]:
-    """§3: ŷ = w·x."""
-    return [
-        Row("y_hat", "forward", "ŷ", "w · x", f"{_f(v['w'])} · {_f(v['x'])}", v["y_hat"]),
-        *_loss_rows(v),
-        _dl_dy_hat_row(v),
-        Row("dy_hat_dw", "backward", "∂ŷ/∂w", "x", _s(v["x"]), v["dy_hat_dw"]),
-        Row("dL_dw", "backward", "∂L/∂w", "∂L/∂ŷ · ∂ŷ/∂w", f"{_f(v['dL_dy_hat'])} · {_f(v['dy_hat_dw'])}", v["dL_dw"]),
-        _update_row(v, "w"),
-        Row("y_hat_new", "new forward", "ŷ′", "w′ · x", f"{_f(v['w_new'])} · {_f(v['x'])}", v["y_hat_new"]),
-        *_loss_rows(v, "_new"),
-    ]
-
-
-def _hidden_rows(v: dict[str, float], grad_at_zero: int | None) -> list[Row]:
-    """§4 and §5: z1 = w1·x, h = σ(z1) or ReLU(z1), ŷ = w2·h; ``grad_at_zero`` None means σ."""
-    if grad_at_zero is None:
-        d_act, act = "σ′(z1)", "σ({})"
-        prime_formula, prime_values = "σ(z1) · (1 − σ(z1))", f"{_f(v['h'])} · (1 - {_f(v['h'])})"
-    else:
-        d_act, act = "ReLU′(z1)", "max(0, {})"
-        prime_formula, prime_values = _relu_prime(v["z1"], grad_at_zero)
-    return [
-        Row("z1", "forward", "z1", "w1 · x", f"{_f(v['w1'])} · {_f(v['x'])}", v["z1"]),
-        Row("h", "forward", "h", act.format("z1"), act.format(_s(v["z1"])), v["h"]),
-        Row("y_hat", "forward", "ŷ", "w2 · h", f"{_f(v['w2'])} · {_f(v['h'])}", v["y_hat"]),
-        *_loss_rows(v),
-        _dl_dy_hat_row(v),
-        Row("dL_dw2", "backward", "∂L/∂w2", "∂L/∂ŷ · h", f"{_f(v['dL_dy_hat'])} · {_f(v['h'])}", v["dL_dw2"]),
-        Row("dL_dh", "backward", "∂L/∂h", "∂L/∂ŷ · w2", f"{_f(v['dL_dy_hat'])} · {_f(v['w2'])}", v["dL_dh"]),
-        Row("dh_dz1", "backward", d_act, prime_formula, prime_values, v["dh_dz1"]),
-        Row("dL_dz1", "backward", "∂L/∂z1", f"∂L/∂h · {d_act}", f"{_f(v['dL_dh'])} · {_f(v['dh_dz1'])}", v["dL_dz1"]),
-        Row(
-            "dL_dw1",
-            "backward",
-            "∂L/∂w1",
-            f"∂L/∂ŷ · w2 · {d_act} · x",
-            " · ".join(_f(v[k]) for k in ("dL_dy_hat", "w2", "dh_dz1", "x")),
-            v["dL_dw1"],
-        ),
-        _update_row(v, "w2"),  # the post updates w2 first
-        _update_row(v, "w1"),
-        Row("z1_new", "new forward", "z1′", "w1′ · x", f"{_f(v['w1_new'])} · {_f(v['x'])}", v["z1_new"]),
-        Row("h_new", "new forward", "h′", act.format("z1′"), act.format(_s(v["z1_new"])), v["h_new"]),
-        Row("y_hat_new", "new forward", "ŷ′", "w2′ · h′", f"{_f(v['w2_new'])} · {_f(v['h_new'])}", v["y_hat_new"]),
-        *_loss_rows(v, "_new"),
-    ]
-
-
-def _relu_prime(z1: float, grad_at_zero: int) -> tuple[str, str]:
-    if z1 > 0:
-        return "1, as z1 > 0", f"z1 = {_s(z1)} > 0"
-    if z1 < 0:
-        return "0, as z1 < 0", f"z1 = {_s(z1)} < 0"
-    return "relu_grad_at_zero, as z1 = 0", f"model.relu_grad_at_zero = {grad_at_zero}"
+def _rows(name: str, v: dict[str, float], grad_at_zero: int | None) -> list[Row]:
+    """The post's quantities for network ``name`` (their notation, phase and formula: :mod:`backprop_lab.post`)
+    with this step's numbers."""
+    net = post.network(name, v["weight_decay"])
+    rows = []
+    for key in net.rows:
+        q = net.q(key)
+        text, filled = post.formula(net, key, v, grad_at_zero or 0)
+        rows.append(Row(key, q.phase, q.label, text, filled or "", v[key]))
+    return rows
 
 
 def _relu_notes(v: dict[str, float], grad_at_zero: int) -> list[str]:
-    """What the post says of ReLU, for this step: a dead unit, the undefined ReLU′(0), a unit dying."""
+    """What the post says of ReLU, for this step: the undefined ReLU′(0), a dead unit, a unit dying."""
     z1, notes = v["z1"], []
-    stopped = f"∂L/∂z1 = {exact(v['dL_dz1'])} and ∂L/∂w1 = {exact(v['dL_dw1'])}, so w1 cannot change"
-    if z1 < 0:
-        line = (
-            f"the ReLU unit is dead: z1 = w1 · x = {_s(z1)} < 0, so h = 0 and ReLU′(z1) = 0, "
-            f"and no gradient passes the unit: {stopped}"
-        )
-        if v["dL_dw2"] == 0 and v["dL_dw1"] == 0:
-            line += f"; with h = 0, ∂L/∂w2 = ∂L/∂ŷ · h = 0 as well: no weight moves, the loss stays at {_s(v['loss'])}"
-        notes.append(line)
-    elif z1 == 0:
+    if z1 == 0:
         line = (
             f'z1 = w1 · x = 0 exactly, where ReLU′ is undefined (the post: "set to 0 or 1"); '
             f"model.relu_grad_at_zero={grad_at_zero} sets ReLU′(0) = {grad_at_zero}"
         )
-        if grad_at_zero == 0:
-            line += f", so no gradient passes the unit: {stopped}"
-        else:
+        if grad_at_zero:
             line += f", so the gradient passes as if the unit were active: ∂L/∂w1 = {exact(v['dL_dw1'])}"
         notes.append(line)
+    # A dead unit is said once, by the diagnoses, whether training, the tab or the replay finds it.
+    step = History({"kind": "graph", "model": "relu", "activation": "relu", "fields": list(v)})
+    step.add(0, list(v.values()))
+    notes += [d.text for d in diagnose(step) if d.kind == "dead_unit"]
     z1_new = v["z1_new"]
     if v["dh_dz1"] != 0 and (z1_new < 0 or (z1_new == 0 and grad_at_zero == 0)):
         notes.append(
-            f"the update moved z1 to z1′ = w1′ · x = {_s(z1_new)}: from the next step on ReLU′ = 0, "
+            f"the update moved z1 to z1′ = w1′ · x = {post.short(z1_new)}: from the next step on ReLU′ = 0, "
             "the unit is dead and w1 stops moving"
         )
     return notes
@@ -370,37 +278,9 @@ def _relu_notes(v: dict[str, float], grad_at_zero: int) -> list[str]:
 # --- the post's column ------------------------------------------------------------------------------
 
 
-def post_figures() -> dict:
-    """``post_figures.yaml``: per network, its section, the post's inputs and the printed figures."""
-    text = resources.files("backprop_lab").joinpath("post_figures.yaml").read_text(encoding="utf-8")
-    return OmegaConf.to_container(OmegaConf.create(text))
-
-
-def compare(figure: str, exact_value: float) -> tuple[float, bool]:
-    """(post − exact, whether that is more than one unit in the figure's last printed digit).
-
-    "1.259" has its last digit in the thousandths, so it is marked only if |1.259 − exact| > 0.001.
-    Decimal arithmetic: the figure is read exactly, and the float's exact binary value is used.
-    """
-    printed = Decimal(figure)
-    unit = Decimal(1).scaleb(printed.as_tuple().exponent)
-    gap = printed - Decimal(exact_value)
-    return float(gap), abs(gap) > unit
-
-
 def _post_figure(entry: dict, value: float) -> PostFigure:
-    diff, marked = compare(entry["figure"], value)
+    diff, marked = post.compare(entry["figure"], value)
     return PostFigure(entry["figure"], entry["section"], diff, marked)
-
-
-def _not_post_inputs(cfg: DictConfig, inputs: dict) -> str | None:
-    """None if ``cfg`` has every one of the post's inputs, else the first key that differs."""
-    for group, values in inputs.items():
-        for key, wanted in values.items():
-            have = OmegaConf.select(cfg, f"{group}.{key}")
-            if have is None or float(have) != float(wanted):
-                return f"{group}.{key}={have}, where the post has {wanted}"
-    return None
 
 
 def _inputs(cfg: DictConfig) -> dict[str, float]:
@@ -423,13 +303,13 @@ def _header(r: Replay) -> list[str]:
 
 def _check(row: Row) -> str:
     """✓ within one unit of the post's last digit; else ✗ with the exact value and the difference."""
-    post = row.post
-    if post is None:
+    figure = row.post
+    if figure is None:
         return ""
-    if not post.marked:
+    if not figure.marked:
         return "✓"
-    decimals = max(0, -Decimal(post.figure).as_tuple().exponent) + 1  # one digit more than the post
-    return f"✗ exact {row.value:.{decimals}f}, post − exact = {post.diff:+.{decimals}f}"
+    decimals = max(0, -Decimal(figure.figure).as_tuple().exponent) + 1  # one digit more than the post
+    return f"✗ exact {row.value:.{decimals}f}, post − exact = {figure.diff:+.{decimals}f}"
 
 
 def _table_rows(r: Replay) -> list[list[str]]:
