@@ -118,6 +118,18 @@ def hydra_value(config: DictConfig, key: str) -> Any:
         raise ConfigError(f"{key} is not accepted: it does not resolve ({reason})") from error
 
 
+def resume_or_exit(config: DictConfig, run_dir: Path) -> None:
+    """Check the checkpoint a resumed run starts from; where the run has nothing left to train, say so and
+    exit 0 before anything is written (a no-op resume changes nothing)."""
+    from backprop_lab.resume import check_resumable, nothing_left  # imports torch: only to resume
+
+    check_resumable(config, run_dir)
+    why = nothing_left(config, run_dir)
+    if why is not None and (run_dir / SUMMARY_FILE).is_file():
+        print(f"nothing to resume in {run_dir}: {why}; its logs and summary are unchanged")
+        sys.exit(0)
+
+
 class ConfigChecks(Callback):
     """Validates a single run's config and directory before Hydra writes anything; and every job of a sweep."""
 
@@ -131,9 +143,7 @@ class ConfigChecks(Callback):
             if config.hydra.output_subdir is not None:  # scripts/replay.py writes nothing: no run directory
                 check_run_dir("hydra.run.dir", hydra_value(config, "hydra.run.dir"), config.get("resume"))
             if config.get("resume") is not None:
-                from backprop_lab.resume import check_resumable  # imports torch: only to resume
-
-                check_resumable(config, Path(str(config.hydra.run.dir)))
+                resume_or_exit(config, Path(str(config.hydra.run.dir)))
         except ConfigError as error:
             refuse_and_exit(error)
 

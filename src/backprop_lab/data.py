@@ -74,13 +74,15 @@ class ResumableLoader(DataLoader):
     interface for data loaders: the state is where training stands in the fixed order of
     :class:`EpochSampler` (its epoch, and the batches of it already trained on), read from the trainer."""
 
-    def __init__(self, *args, epoch_sampler: EpochSampler, global_batch: int, steps_done, **kwargs):
+    def __init__(self, *args, epoch_sampler: EpochSampler, global_batch: int, position, **kwargs):
         super().__init__(*args, **kwargs)
-        self.epoch_sampler, self.global_batch, self.steps_done = epoch_sampler, global_batch, steps_done
+        self.epoch_sampler, self.global_batch, self.position = epoch_sampler, global_batch, position
 
     def state_dict(self) -> dict[str, int]:
-        batches = self.steps_done()  # batches trained on so far, every epoch counted
-        return {"epoch": batches // len(self), "batches": batches % len(self)}
+        epoch, batches = self.position()  # the epoch, and its batches trained on so far
+        if batches >= len(self):  # saved at the epoch's last batch: the next run starts the next epoch
+            epoch, batches = epoch + 1, 0
+        return {"epoch": epoch, "batches": batches}
 
     def load_state_dict(self, state_dict: dict[str, int]) -> None:
         self.epoch_sampler.resume_at = (state_dict["epoch"], state_dict["batches"] * self.global_batch)
@@ -155,7 +157,7 @@ class TensorDataModule(L.LightningDataModule):
         self.setup()
         sampler = EpochSampler(len(self.train_set), self.seed, self.shuffle)
         world, rank = self._ranks()
-        resumable = {"epoch_sampler": sampler, "global_batch": self.batch_size, "steps_done": self._batches_done}
+        resumable = {"epoch_sampler": sampler, "global_batch": self.batch_size, "position": self._position}
         if world == 1 or self.replicate_across_ranks:
             return ResumableLoader(
                 self.train_set, batch_size=self.batch_size, sampler=sampler, collate_fn=_keep_batch, **resumable
@@ -171,10 +173,14 @@ class TensorDataModule(L.LightningDataModule):
         trainer = getattr(self, "trainer", None)
         return (trainer.world_size, trainer.global_rank) if trainer is not None else (1, 0)
 
-    def _batches_done(self) -> int:
-        """Training batches consumed so far: one per micro-batch of every update taken."""
+    def _position(self) -> tuple[int, int]:
+        """Where training stands: the epoch, and the batches of it trained on (every micro-batch counted,
+        also the last, partial update of an epoch under ``accumulate_grad_batches``). Read from the fit
+        loop's batch progress, which counts the batch in progress from the end of its training step on."""
         trainer = getattr(self, "trainer", None)
-        return trainer.global_step * trainer.accumulate_grad_batches if trainer is not None else 0
+        if trainer is None:
+            return 0, 0
+        return trainer.current_epoch, trainer.fit_loop.epoch_loop.batch_progress.current.processed
 
 
 class ExampleDataModule(TensorDataModule):

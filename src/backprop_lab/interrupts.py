@@ -5,7 +5,7 @@ deadlocks when the ranks are in another collective at that moment (Lightning iss
 training :class:`GracefulStop` handles both signals itself instead: the handler only notes the signal;
 at the end of every step the ranks agree (one all-reduce) whether any of them got one, and all stop after
 that same step, through ``trainer.should_stop``. Lightning then ends the fit as usual: the callbacks'
-``on_train_end`` run, the checkpoint is saved, the loggers are flushed and closed. The handlers that were
+``on_train_end`` run, the loggers are flushed and closed. The handlers that were
 there before come back at teardown.
 """
 
@@ -16,23 +16,23 @@ import signal
 import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
 
-from backprop_lab.checks import CHECKPOINT
-
 SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 
 class GracefulStop(Callback):
-    """Stops training at the end of the step in which SIGINT or SIGTERM arrives, on every rank at once.
+    """Stops training at the end of the update in which SIGINT or SIGTERM arrives, on every rank at once.
 
     :attr:`signum` is the signal that stopped the run (None while none has); the LightningModule's
-    ``interrupted_by`` attribute is set to it, so the run's status reads ``interrupted``. Where
-    ``run_dir`` is given, the run's checkpoint (``<run_dir>/checkpoints/last.ckpt``) is saved at the stop.
+    ``interrupted_by`` attribute is set to it, so the run's status reads ``interrupted``. Under
+    ``accumulate_grad_batches`` the stop waits for the micro-batch that completes the update: the
+    gradients of a half-accumulated update are in no checkpoint, so a run stops between updates only.
+    The run's checkpoint is saved at that batch (:class:`backprop_lab.resume.RunCheckpoint`).
     """
 
-    def __init__(self, run_dir=None):
-        self.run_dir = run_dir
+    def __init__(self):
         self.signum: int | None = None
         self._previous: dict[int, object] = {}
+        self._step_before = 0
 
     def _note(self, signum: int, frame) -> None:
         self.signum = self.signum or signum
@@ -41,7 +41,12 @@ class GracefulStop(Callback):
         for signum in SIGNALS:
             self._previous[signum] = signal.signal(signum, self._note)
 
+    def on_train_batch_start(self, trainer: Trainer, *args) -> None:
+        self._step_before = trainer.global_step
+
     def on_train_batch_end(self, trainer: Trainer, pl_module: LightningModule, *args) -> None:
+        if trainer.global_step == self._step_before:
+            return  # a micro-batch of an update not yet taken: no rank stops here
         signum = self.signum or 0
         if trainer.world_size > 1:  # any rank's signal stops every rank, after this same step
             flag = torch.tensor(float(signum), device=pl_module.device)
@@ -50,10 +55,6 @@ class GracefulStop(Callback):
             self.signum = signum
             pl_module.interrupted_by = signum
             trainer.should_stop = True
-
-    def on_train_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        if self.signum and self.run_dir is not None:
-            trainer.save_checkpoint(self.run_dir / CHECKPOINT)  # every rank calls it; rank 0 writes
 
     def teardown(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
         for signum, handler in self._previous.items():

@@ -58,12 +58,17 @@ class BackpropModule(L.LightningModule):
         return self.net(x)
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
-        checkpoint["backprop_lab"] = {"best_loss": self.best_loss, "final_loss": self.final_loss}
+        checkpoint["backprop_lab"] = {
+            "best_loss": self.best_loss,
+            "final_loss": self.final_loss,
+            "diverged_at": self.diverged_at,
+        }
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         state = checkpoint.get("backprop_lab", {})
         self.best_loss = state.get("best_loss", self.best_loss)
         self.final_loss = state.get("final_loss", self.final_loss)
+        self.diverged_at = state.get("diverged_at", self.diverged_at)
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
         return self.optimizer_factory(self.net.parameters())

@@ -37,6 +37,15 @@ def write_summary(run_dir: Path, summary: dict[str, Any]) -> Path:
     return path
 
 
+def read_summary(run_dir: Path) -> dict[str, Any] | None:
+    """``run_dir/summary.json`` as written (non-finite numbers as floats again); None where there is none."""
+    path = Path(run_dir) / SUMMARY_FILE
+    if not path.is_file():
+        return None
+    numbers = ("final_loss", "best_loss")
+    return {k: float(v) if k in numbers else v for k, v in json.loads(path.read_text()).items()}
+
+
 def read_summaries(sweep_dir: Path) -> list[dict[str, Any]]:
     """Every job's summary.json under ``sweep_dir``, with ``run`` (its directory, relative) added."""
     rows = []

@@ -14,7 +14,7 @@ import os
 import time
 import warnings
 from collections.abc import Iterator, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 import lightning as L
@@ -27,6 +27,7 @@ from omegaconf import DictConfig, OmegaConf
 from backprop_lab.checks import CHECKPOINT
 from backprop_lab.diagnoses import Diagnosis, diagnose
 from backprop_lab.interrupts import GracefulStop
+from backprop_lab.loggers import CSVLogger
 from backprop_lab.module import LOSS_BY_TASK, BackpropModule
 from backprop_lab.monitors import (
     BackpropViewMonitor,
@@ -38,8 +39,8 @@ from backprop_lab.monitors import (
 from backprop_lab.monitors.common import find_callback, tensorboard_writers
 from backprop_lab.progress import StepProgressBar
 from backprop_lab.replay import log_replay
-from backprop_lab.resume import check_resumable, checkpoint_callback, resume_command, run_config
-from backprop_lab.summary import write_summary
+from backprop_lab.resume import check_resumable, checkpoint_callback, nothing_left, resume_command, run_config
+from backprop_lab.summary import read_summary, write_summary
 
 log = logging.getLogger("backprop_lab")
 
@@ -80,19 +81,25 @@ class TrainResult:
         return asdict(self)
 
 
-def train(cfg: DictConfig, run_dir: str | Path, overrides: Sequence[str] = ()) -> TrainResult:
+def train(
+    cfg: DictConfig, run_dir: str | Path, overrides: Sequence[str] = (), callbacks: Sequence[Callback] = ()
+) -> TrainResult:
     """Train ``cfg.model`` on ``cfg.data`` with ``cfg.optim`` for ``cfg.trainer.max_steps`` updates.
 
     Logs go to ``run_dir`` (the loggers of ``cfg.logger``; with TensorBoard also the resolved config
     and the replay as text, and the hparams) and ``summary.json`` with ``overrides``, the command-line
-    overrides that made ``cfg``. The config is expected to be validated already
+    overrides that made ``cfg``. ``callbacks``: Lightning callbacks of the caller's own, added to the run's
+    (what ``+callbacks.<name>`` does from the command line). The config is expected to be validated already
     (:func:`backprop_lab.config.validate`). A run stopped by SIGTERM or Ctrl-C writes its summary
     (status ``interrupted``) and raises SystemExit.
     """
     run_dir = Path(run_dir)
     started = time.perf_counter()
     resume_step = check_resumable(cfg, run_dir) if cfg.resume is not None else None
-    module, data, trainer = build_run(cfg, run_dir, resume_step)
+    before = read_summary(run_dir) if resume_step is not None and nothing_left(cfg, run_dir) else None
+    if before is not None:  # a no-op resume changes nothing: not a log, not the summary
+        return TrainResult(**{k: v for k, v in before.items() if k in {f.name for f in fields(TrainResult)}})
+    module, data, trainer = build_run(cfg, run_dir, resume_step, callbacks)
     ckpt_path = run_dir / CHECKPOINT if resume_step is not None else None
     try:
         with expected_warnings():
@@ -130,7 +137,7 @@ def train(cfg: DictConfig, run_dir: str | Path, overrides: Sequence[str] = ()) -
 
 
 def build_run(
-    cfg: DictConfig, run_dir: Path, resume_step: int | None = None
+    cfg: DictConfig, run_dir: Path, resume_step: int | None = None, callbacks: Sequence[Callback] = ()
 ) -> tuple[BackpropModule, L.LightningDataModule, L.Trainer]:
     """The run :func:`train` fits, built but not started: ``(module, datamodule, trainer)``.
 
@@ -146,8 +153,8 @@ def build_run(
         net, optimizer=instantiate(cfg.optim), loss_fn=LOSS_BY_TASK[data.task], tol=cfg.tol, config=run_config(cfg)
     )
 
-    callbacks = [*monitors(cfg.monitor), *extra_callbacks(cfg.callbacks)]
-    callbacks.append(GracefulStop(run_dir if cfg.trainer.enable_checkpointing else None))
+    callbacks = [*monitors(cfg.monitor), *extra_callbacks(cfg.callbacks), *callbacks]
+    callbacks.append(GracefulStop())
     if cfg.trainer.enable_progress_bar:
         callbacks.append(StepProgressBar(refresh_rate=cfg.progress_every_n_steps))
     if cfg.trainer.enable_checkpointing:
@@ -178,9 +185,25 @@ def sizes_from_data(model_cfg: DictConfig, data: L.LightningDataModule) -> dict[
 def make_logger(logger_cfg: DictConfig, run_dir: Path, resume_step: int | None) -> Logger:
     """The Lightning logger of ``logger.<name>``, writing into the run directory."""
     extra = {}
-    if resume_step is not None and issubclass(get_class(logger_cfg._target_), TensorBoardLogger):
-        extra["purge_step"] = resume_step  # passed on to TensorBoard's SummaryWriter
+    target = get_class(logger_cfg._target_)
+    if resume_step is not None and issubclass(target, (TensorBoardLogger, CSVLogger)):
+        # what the run logged from that step on before it stopped is dropped; what came before is kept
+        extra["purge_step"] = resume_step
+    if resume_step is not None and issubclass(target, TensorBoardLogger):
+        after_last_event_file(run_dir)
     return instantiate(logger_cfg, save_dir=str(run_dir), **extra)
+
+
+def after_last_event_file(run_dir: Path) -> None:
+    """Wait, where needed, until the second after the run's newest event file was made.
+
+    TensorBoard reads a run's event files in the order of their names, which begin with the second the
+    file was made, then the host, the process and a counter that is not zero-padded: a run resumed in the
+    same process within the same second (the Python API) would otherwise be read before its first part
+    (counter 10 before 9), and the purge of the steps it logs again would not apply."""
+    stamps = [int(p.name.split(".")[3]) for p in run_dir.rglob("events.out.tfevents.*") if p.name.count(".") >= 4]
+    if stamps and (wait := max(stamps) + 1 - time.time()) > 0:
+        time.sleep(wait)
 
 
 def monitors(monitor: DictConfig) -> list[Callback]:
