@@ -3,7 +3,8 @@
 Opens TensorBoard at #backprop, switches into the plugin's iframe, picks the post's ReLU run from the
 list, moves the step slider to step 4 with the keyboard and reads the dead edge and the values from the
 page; checks the post's figures and their marks at step 0 of the sigmoid run, the phase switch, the
-run filter and a deep link (#backprop&run=…&step=…).
+run filter and a deep link (#backprop&run=…&step=…); "—" and never nan at the final forward pass; the
+sweep's runs in η's numeric order; the address written back and opened again; the loss and weight chart.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from pathlib import Path
 
 import pytest
 from test_backprop_view import approx
-from test_tensorboard_plugin import SWEEP, tensorboard_server, train_runs
+from test_tensorboard_plugin import RUNS, SWEEP, SWEEP_BY_LR, tensorboard_server, train_runs
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 CHROMEDRIVER = shutil.which("chromedriver") or "/usr/bin/chromedriver"
@@ -86,7 +87,7 @@ def test_relu_run_dead_edge_at_step_4(server, browser):
     from selenium.webdriver.common.keys import Keys
 
     wait = open_tab(browser, server + "/#backprop")
-    assert "5 of 5 runs" in browser.find_element(By.ID, "run-count").text
+    assert f"{len(RUNS)} of {len(RUNS)} runs" in browser.find_element(By.ID, "run-count").text
     browser.find_element(By.CSS_SELECTOR, 'button[data-run="post_relu"]').click()
     wait.until(lambda d: attr(d, "#step-slider", "max") == "200")
     assert attr(browser, '[data-edge="act"]', "data-dead") == "false"  # step 0: the unit is alive
@@ -142,12 +143,13 @@ def test_the_filter_box_and_a_deep_link_into_a_sweep(server, browser):
     diverged = browser.find_element(By.CSS_SELECTOR, '#diagnoses li[data-kind="divergence"]')
     assert diverged.get_attribute("data-step") == "128"
     browser.find_element(By.ID, "run-filter").send_keys("lr=0.")
-    wait.until(lambda d: len(d.find_elements(By.CSS_SELECTOR, "button[data-run]")) == 2)
-    assert {b.get_attribute("data-run") for b in browser.find_elements(By.CSS_SELECTOR, "button[data-run]")} == {
+    wait.until(lambda d: len(d.find_elements(By.CSS_SELECTOR, "button[data-run]")) == 3)
+    assert [b.get_attribute("data-run") for b in browser.find_elements(By.CSS_SELECTOR, "button[data-run]")] == [
+        f"{SWEEP}/model=linear,optim.lr=0.03",
         f"{SWEEP}/model=linear,optim.lr=0.1",
         f"{SWEEP}/model=linear,optim.lr=0.3",
-    }
-    assert "2 of 5 runs" in browser.find_element(By.ID, "run-count").text
+    ]
+    assert f"3 of {len(RUNS)} runs" in browser.find_element(By.ID, "run-count").text
     # a new deep link in the same page moves the tab along
     browser.execute_script("window.parent.location.hash = '#backprop&run=post_relu&step=150'")
     wait.until(lambda d: attr(d, "#step-label", "data-step") == "150")
@@ -168,3 +170,90 @@ def test_the_mlp_boxes_and_gradient_bars(server, browser):
     assert all(n > 0 for n in norms)
     # taller bars for larger norms: a log scale keeps the order
     assert sorted(range(4), key=lambda i: norms[i]) == sorted(range(4), key=lambda i: heights[i])
+
+
+def test_the_final_pass_shows_a_dash_and_never_nan(server, browser):
+    from selenium.webdriver.common.by import By
+
+    wait = open_tab(browser, server + "/#backprop&run=post_sigmoid&step=1")
+    wait.until(lambda d: attr(d, "#step-label", "data-step") == "1")
+    view = browser.find_element(By.ID, "view")
+    assert "nan" not in view.text.lower()
+    assert "no backward at the final pass" in browser.find_element(By.ID, "step-label").text
+    assert attr(browser, "[data-note]", "data-note") == "no backward at the final pass"
+    # the forward values are there (L after the post's one update); gradients and updates are "—"
+    assert float(attr(browser, '[data-node="L"]', "data-value")) == approx(1.0501050768)
+    w1 = browser.find_element(By.CSS_SELECTOR, '[data-param="w1"]')
+    assert (w1.get_attribute("data-grad"), w1.get_attribute("data-new")) == ("", "")
+    assert "∂L/∂w1 = —" in w1.text and "no update: no backward at the final pass" in w1.text
+    assert attr(browser, '[data-edge="act"]', "data-local") == ""
+    chain = browser.find_element(By.CSS_SELECTOR, '[data-chain="dL_dw1"]').text
+    assert chain == "the chain rule: ∂L/∂w1 = ∂L/∂ŷ · w2 · σ′(z1) · x = — (no backward at the final pass)"
+    # the MLP's last step: ‖∂L/∂W‖ is "—"
+    open_tab(browser, server + "/#backprop&run=mlp&step=20")
+    fc1 = browser.find_element(By.CSS_SELECTOR, 'g.layer[data-layer="fc1"]')
+    assert fc1.get_attribute("data-grad-norm") == "" and float(fc1.get_attribute("data-weight-norm")) > 0
+    assert "—" in fc1.text and "nan" not in fc1.text.lower()
+    assert "nan" not in browser.find_element(By.ID, "view").text.lower()
+
+
+def test_the_sweep_is_listed_in_numeric_order(server, browser):
+    from selenium.webdriver.common.by import By
+
+    open_tab(browser, server + "/#backprop")
+    group = browser.find_element(By.CSS_SELECTOR, f'details[data-group="{SWEEP}"]')
+    listed = [b.get_attribute("data-run") for b in group.find_elements(By.CSS_SELECTOR, "button[data-run]")]
+    assert listed == SWEEP_BY_LR  # 0.03, 0.1, 0.3, 3, 10, not 0.03, 0.1, 0.3, 10, 3
+
+
+def test_the_address_follows_the_run_step_and_phase_and_opens_it_again(server, browser):
+    from urllib.parse import unquote
+
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
+
+    wait = open_tab(browser, server + "/#backprop")
+    run = f"{SWEEP}/model=linear,optim.lr=0.1"
+    browser.find_element(By.CSS_SELECTOR, f'button[data-run="{run}"]').click()
+    wait.until(lambda d: attr(d, "#step-slider", "max") == "30")
+    slider = browser.find_element(By.ID, "step-slider")
+    slider.click()
+    slider.send_keys(Keys.HOME, *[Keys.ARROW_RIGHT] * 7)
+    wait.until(lambda d: attr(d, "#step-label", "data-step") == "7")
+    browser.find_element(By.CSS_SELECTOR, 'input[name="phase"][value="update"]').click()
+    w = float(attr(browser, '[data-param="w"]', "data-value"))
+    browser.switch_to.default_content()
+    url = browser.current_url
+    hash_ = unquote(url.split("#", 1)[1])
+    assert hash_.split("&")[0] == "backprop"
+    assert f"p.backprop.run={run}" in hash_ and "p.backprop.step=7" in hash_ and "p.backprop.phase=update" in hash_
+    # the same address in a fresh page opens the same run, step and phase
+    wait = open_tab(browser, url)
+    wait.until(lambda d: attr(d, "#step-label", "data-step") == "7")
+    assert browser.find_element(By.ID, "run-title").text == run
+    assert attr(browser, "#view svg", "class") == "phase-update"
+    assert float(attr(browser, '[data-param="w"]', "data-value")) == w
+    # ŷ = w·x with x = 2, y = 10, η = 0.1: w − 5 shrinks by (1 − 2ηx²) = 0.2 each step, w = 5 − 2·0.2^7
+    assert w == approx(5 - 2 * 0.2**7)
+
+
+def test_the_chart_draws_the_loss_and_weights_with_the_step_marked(server, browser):
+    from selenium.webdriver.common.by import By
+
+    wait = open_tab(browser, server + "/#backprop&run=post_relu&step=4")
+    wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, '#chart [data-series="w1"] line.current'))
+    panels = browser.find_elements(By.CSS_SELECTOR, "#chart g[data-series]")
+    assert [p.get_attribute("data-series") for p in panels] == ["loss", "w1", "w2"]
+    assert all(p.get_attribute("data-points") == "201" for p in panels)
+    for panel in panels:
+        (line,) = panel.find_elements(By.CSS_SELECTOR, "polyline")
+        assert len(line.get_attribute("points").split()) == 201
+        assert panel.find_element(By.CSS_SELECTOR, "line.current").get_attribute("data-step") == "4"
+    dots = {p.get_attribute("data-series"): p.find_element(By.CSS_SELECTOR, "circle.current-dot") for p in panels}
+    # step 4 of the post's ReLU net: the unit has just died, L = (0.5 − 0)² = 0.25, w1 = −0.0381204359
+    assert float(dots["loss"].get_attribute("data-value")) == approx(0.25)
+    assert float(dots["w1"].get_attribute("data-value")) == approx(-0.0381204359)
+    # the marker moves with the slider
+    browser.find_element(By.ID, "play").click()
+    wait.until(lambda d: int(attr(d, '#chart [data-series="loss"] line.current', "data-step")) > 4)
+    browser.find_element(By.ID, "play").click()

@@ -1,8 +1,8 @@
 """The Backprop tab's backend in a real TensorBoard server on a loopback port, queried over HTTP.
 
 The runs are trained here with the Python API into a temporary logdir: the post's sigmoid step (pinned
-at steps 0 and 1), the post's ReLU net dying at step 4, a small MLP, and a sweep of two linear runs
-(one diverging) named by their overrides as Hydra names sweep jobs.
+at steps 0 and 1), the post's ReLU net dying at step 4, a small MLP, and a sweep of linear runs (lr 0.03
+to 10, one diverging) named by their overrides as Hydra names sweep jobs.
 """
 
 from __future__ import annotations
@@ -31,7 +31,12 @@ RUNS = {  # run (path under the logdir) -> its last step
     "mlp": 20,
     f"{SWEEP}/model=linear,optim.lr=0.1": 30,
     f"{SWEEP}/model=linear,optim.lr=0.3": 128,  # η > 1/x² = 0.25: the loss is inf at step 128
+    # as strings these sort 0.03, 0.1, 0.3, 10, 3: the run list orders them by value
+    f"{SWEEP}/model=linear,optim.lr=10": 2,
+    f"{SWEEP}/model=linear,optim.lr=3": 2,
+    f"{SWEEP}/model=linear,optim.lr=0.03": 2,
 }
+SWEEP_BY_LR = [f"{SWEEP}/model=linear,optim.lr={lr}" for lr in ("0.03", "0.1", "0.3", "3", "10")]
 
 
 def train_runs(logdir: Path) -> None:
@@ -44,6 +49,8 @@ def train_runs(logdir: Path) -> None:
     fit(logdir / "mlp", net, [(x, torch.sin(x))], steps=20, every=1)
     fit_post(logdir / SWEEP / "model=linear,optim.lr=0.1", models.LinearNet(w=3.0), 2.0, 10.0, steps=30, lr=0.1)
     fit_post(logdir / SWEEP / "model=linear,optim.lr=0.3", models.LinearNet(w=3.0), 2.0, 10.0, steps=200, lr=0.3)
+    for lr in (10, 3, 0.03):
+        fit_post(logdir / SWEEP / f"model=linear,optim.lr={lr}", models.LinearNet(w=3.0), 2.0, 10.0, steps=2, lr=lr)
 
 
 def free_port() -> int:
@@ -137,7 +144,8 @@ def test_runs_grouped_by_sweep_and_named_by_their_overrides(server):
     assert by_run["post_relu"]["model"] == "relu" and by_run["post_relu"]["group"] == ""
     assert (by_run["mlp"]["kind"], by_run["mlp"]["description"]) == ("layers", "mlp 1→16→16→16→1, sigmoid")
     groups = {g["group"]: g["runs"] for g in answer["groups"]}
-    assert groups[SWEEP] == [f"{SWEEP}/model=linear,optim.lr=0.1", f"{SWEEP}/model=linear,optim.lr=0.3"]
+    assert groups[SWEEP] == SWEEP_BY_LR  # by η's value, not as text
+    assert [r["run"] for r in answer["runs"]] == ["mlp", "post_relu", "post_sigmoid", *SWEEP_BY_LR]
 
 
 @pytest.mark.slow
@@ -174,8 +182,62 @@ def test_sigmoid_graph_at_steps_0_and_1_with_the_posts_figures(server):
     g1 = graph(server, "post_sigmoid", 1)
     assert (g1["step"], g1["index"], g1["backward"]) == (1, 1, False)
     assert g1["values"]["loss"]["value"] == approx(1.0501050768)
-    assert g1["values"]["dL_dw1"]["value"] == "nan" and g1["values"]["dL_dw1"]["text"] == "nan"
     assert g1["post"]["shown"] is False  # the post prints step 0 only
+
+
+@pytest.mark.slow
+def test_the_final_pass_has_no_gradient_and_says_so_never_nan(server):
+    g = graph(server, "post_sigmoid", 1)  # after the one update: a forward pass, no backward
+    assert g["note"] == "no backward at the final pass"
+    assert g["values"]["loss"]["value"] == approx(1.0501050768) and g["values"]["w1"]["value"] == approx(0.4472435781)
+    for key in ("dL_dy_hat", "dL_dh", "dL_dz1", "dL_dw1", "dL_dw2", "dh_dz1", "lr_w1", "lr_w2", "dL_dL"):
+        assert (g["values"][key]["value"], g["values"][key]["text"]) == (None, "—"), key
+        assert g["values"][key]["why"] == "no backward at the final pass"
+    params = {p["name"]: p for p in g["params"]}
+    assert params["w1"]["new"]["value"] is None and params["w1"]["with_values"] is None
+    assert [(c["key"], c["value"], c["with_values"]) for c in g["chain"]] == [
+        ("dL_dw1", None, None),
+        ("dL_dw2", None, None),
+    ]
+    assert "nan" not in json.dumps(g)
+    # the MLP's last step: weight norms, and "—" for what needs a backward pass
+    mlp = graph(server, "mlp", 20)
+    assert mlp["note"] == "no backward at the final pass" and mlp["gradient_ratio"] is None
+    for layer in (entry for entry in mlp["layers"] if entry["type"] == "linear"):
+        assert layer["weight_norm"] > 0 and (layer["grad_norm"], layer["update_ratio"], layer["lr"]) == (
+            None,
+            None,
+            None,
+        )
+    assert "nan" not in json.dumps(mlp)
+    # a step with a backward pass has its numbers, and its chain rule written out with them
+    g0 = graph(server, "post_sigmoid", 0)
+    assert g0["note"] is None
+    chain = {c["key"]: c for c in g0["chain"]}
+    assert chain["dL_dw1"]["formula"] == "∂L/∂ŷ · w2 · σ′(z1) · x"
+    assert chain["dL_dw1"]["with_values"] == "(-2.24492) · (-1) · 0.235004 · 1"
+    assert {p["name"]: p for p in g0["params"]}["w1"]["with_values"] == "0.5 - 0.1 · 0.527564"
+
+
+@pytest.mark.slow
+def test_series_of_the_loss_and_the_posts_weights(server):
+    s = get(server + "/data/plugin/backprop/series?run=post_relu")
+    assert s["steps"] == list(range(201)) and [one["key"] for one in s["series"]] == ["loss", "w1", "w2"]
+    loss, w1, w2 = (one["values"] for one in s["series"])
+    # §5: L = (0.5 − (−1)·0.5)² = 1 at step 0; the unit dies at step 4 with w1 = −0.0381204359, L = 0.25 for good
+    assert (loss[0], w1[0], w2[0]) == (approx(1.0), 0.5, -1.0)
+    assert w1[4] == approx(-0.0381204359) and w1[200] == approx(-0.0381204359) and loss[200] == approx(0.25)
+    assert [one["key"] for one in get(server + "/data/plugin/backprop/series?run=mlp")["series"]] == ["loss"]
+    diverged = get(server + f"/data/plugin/backprop/series?run={SWEEP}/model=linear,optim.lr=0.3")
+    assert diverged["series"][0]["values"][128] is None and diverged["series"][0]["values"][0] == 16.0
+    code, body = get_error(server + "/data/plugin/backprop/series?run=nope")
+    assert code == 400 and body["param"] == "run"
+
+
+def test_the_plugin_imports_no_torch():
+    # TensorBoard imports the plugin in its server; torch there would make the first request wait seconds.
+    code = "import sys, backprop_lab.tensorboard_plugin.plugin; sys.exit('torch' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", code]).returncode == 0
 
 
 @pytest.mark.slow

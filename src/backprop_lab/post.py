@@ -167,7 +167,7 @@ class Network:
 def network(model: str, weight_decay: float = 0.0) -> Network:
     """The post's network ``model`` ("linear", or a hidden unit's activation: "sigmoid", "relu", …).
 
-    ``weight_decay``: the optimizer's λ, which changes the update's formula. KeyError for another model.
+    ``weight_decay``: the optimizer's λ, which changes the update's formula.
     """
     update = _decayed_update if weight_decay else _update
     inputs = [Quantity("x", "input", "x"), Quantity("y", "input", "y")]
@@ -205,7 +205,8 @@ def network(model: str, weight_decay: float = 0.0) -> Network:
             params=("w",),
             chain=("dL_dw",),
         )
-    act = ACTIVATIONS[model]
+    # An activation the post does not draw (a module the monitor names by its class) reads generically.
+    act = ACTIVATIONS.get(model) or Activation(model, f"{model}({{}})", f"{model}′(z1)")
     d_act = f"{act.symbol}′(z1)"
     qs = [
         *inputs,

@@ -3,12 +3,16 @@
 Routes (under ``/data/plugin/backprop``), all read through TensorBoard's data provider, from the
 summaries that :class:`~backprop_lab.monitors.backprop_view.BackpropViewMonitor` writes:
 
-- ``GET /runs``: the runs with backprop data, grouped by sweep (the run path's parent directory);
+- ``GET /runs``: the runs with backprop data, grouped by sweep (the run path's parent directory), and
+  within a sweep ordered by the overrides that differ, numbers by value (lr 0.01, 0.03, 0.1 … 10);
 - ``GET /graph?run=<run>&step=<k>``: everything the tab draws at step k, with the run's diagnoses;
+- ``GET /series?run=<run>``: the loss and the post's weights over the logged steps, for the chart;
 - ``GET /index.js``, ``GET /style.css``: the frontend (an ES module rendered in TensorBoard's iframe).
 
 A bad query parameter answers HTTP 400 with ``{"error": ..., "param": ...}``. docs/backprop_view.md
-describes the JSON.
+describes the JSON. The names, formulas and figures of the post's networks come from
+:mod:`backprop_lab.post`; the numbers are the recorded ones. Nothing here imports torch: TensorBoard
+answers the first request without loading it.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ from tensorboard.data import provider
 from tensorboard.plugins import base_plugin
 from werkzeug import wrappers
 
+from backprop_lab import post
 from backprop_lab.diagnoses import History, dead_flags, diagnose, gradient_ratios, streak_start
 
 PLUGIN_NAME = "backprop"
@@ -33,6 +38,7 @@ TAGS = ("backprop/graph", "backprop/layers")
 DEFAULT_SAMPLES = 100_000
 STATIC = Path(__file__).resolve().parent / "static"
 CACHE_RUNS = 64  # decoded runs kept between requests (a slider asks for many steps of one run)
+SERIES_POINTS = 2000  # points of the loss and weight chart: more than its width in pixels
 
 
 class BackpropLoader(base_plugin.TBLoader):
@@ -63,6 +69,7 @@ class BackpropPlugin(base_plugin.TBPlugin):
             "/style.css": self._serve_static("style.css", "text/css"),
             "/runs": self._serve_runs,
             "/graph": self._serve_graph,
+            "/series": self._serve_series,
         }
 
     def is_active(self) -> bool:
@@ -96,6 +103,16 @@ class BackpropPlugin(base_plugin.TBPlugin):
             return http_util.Respond(request, {"error": str(bad), "param": bad.param}, "application/json", code=400)
         return http_util.Respond(request, _json(body), "application/json")
 
+    @wrappers.Request.application
+    def _serve_series(self, request):
+        ctx = plugin_util.context(request.environ)
+        experiment = plugin_util.experiment_id(request.environ)
+        try:
+            body = self.series_impl(ctx, experiment, request.args.get("run"))
+        except BadParam as bad:
+            return http_util.Respond(request, {"error": str(bad), "param": bad.param}, "application/json", code=400)
+        return http_util.Respond(request, body, "application/json")
+
     # --- the data ------------------------------------------------------------------------------------
 
     def _series(self, ctx, experiment, runs=None) -> dict[str, tuple[str, object]]:
@@ -114,26 +131,31 @@ class BackpropPlugin(base_plugin.TBPlugin):
         return out
 
     def runs_impl(self, ctx, experiment) -> dict:
-        runs, groups = [], OrderedDict()
-        for run, (tag, series) in sorted(self._series(ctx, experiment).items()):
+        found = {}
+        for run, (tag, series) in self._series(ctx, experiment).items():
             layout = _layout(series)
             if layout is None:
                 continue
             group, _, name = run.rpartition("/")
-            runs.append(
-                {
-                    "run": run,
-                    "group": group,
-                    "name": name,
-                    "tag": tag,
-                    "kind": layout["kind"],
-                    "model": layout.get("model", ""),
-                    "description": layout.get("description", layout.get("model", "")),
-                    "last_step": series.max_step,
-                }
-            )
-            groups.setdefault(group, []).append(run)
-        return {"runs": runs, "groups": [{"group": g, "runs": r} for g, r in groups.items()]}
+            found[run] = {
+                "run": run,
+                "group": group,
+                "name": name,
+                "tag": tag,
+                "kind": layout["kind"],
+                "model": layout.get("model", ""),
+                "description": layout.get("description", layout.get("model", "")),
+                "last_step": series.max_step,
+            }
+        groups = OrderedDict()
+        for run in sorted(found):
+            groups.setdefault(found[run]["group"], []).append(found[run]["name"])
+        runs, listing = [], []
+        for group, names in groups.items():  # groups by path; within one, by the overrides that differ
+            ordered = [f"{group}/{n}" if group else n for n in sort_runs(names)]
+            runs += [found[r] for r in ordered]
+            listing.append({"group": group, "runs": ordered})
+        return {"runs": runs, "groups": listing}
 
     def history(self, ctx, experiment, run: str) -> tuple[History, list] | None:
         """The run's decoded history and its diagnoses (cached until the run has new data)."""
@@ -166,13 +188,35 @@ class BackpropPlugin(base_plugin.TBPlugin):
             self._cache.popitem(last=False)
         return result
 
-    def graph_impl(self, ctx, experiment, run: str | None, step: str | None) -> dict:
+    def _found(self, ctx, experiment, run: str | None) -> tuple[History, list]:
         if not run:
             raise BadParam("run", "missing query parameter run: the run's name, as /runs lists it")
         found = self.history(ctx, experiment, run)
         if found is None or len(found[0]) == 0:
             raise BadParam("run", f"run {run!r} has no backprop data (GET /runs lists the runs that have)")
-        history, diagnoses = found
+        return found
+
+    def series_impl(self, ctx, experiment, run: str | None) -> dict:
+        """The loss and each of the post's weights at every logged step (at most SERIES_POINTS of them)."""
+        history, _ = self._found(ctx, experiment, run)
+        n = len(history)
+        picked = (
+            range(n)
+            if n <= SERIES_POINTS
+            else sorted({round(j * (n - 1) / (SERIES_POINTS - 1)) for j in range(SERIES_POINTS)})
+        )
+        keys = ["loss"] + [k for k in ("w", "w1", "w2") if history.kind == "graph" and history.has(k)]
+        labels = {"loss": "L"}
+        series = []
+        for key in keys:
+            column = history.column(key)
+            # JSON has no NaN: a value that is not finite (a diverged loss) is null, and the chart leaves a gap
+            values = [column[j] if math.isfinite(column[j]) else None for j in picked]
+            series.append({"key": key, "label": labels.get(key, key), "values": values})
+        return {"run": run, "kind": history.kind, "steps": [history.steps[j] for j in picked], "series": series}
+
+    def graph_impl(self, ctx, experiment, run: str | None, step: str | None) -> dict:
+        history, diagnoses = self._found(ctx, experiment, run)
         steps = list(history.steps)
         if step is None or step == "":
             i = 0
@@ -216,11 +260,6 @@ def _layout(series) -> dict | None:
     return layout if isinstance(layout, dict) and "fields" in layout and "kind" in layout else None
 
 
-def _same(got: float, wanted: float) -> bool:
-    """Equal as the run stores them: a float32 run writes η = 0.1 as 0.100000001."""
-    return math.isfinite(got) and abs(got - float(wanted)) <= 1e-6 * max(1.0, abs(float(wanted)))
-
-
 def _json(value):
     """Non-finite floats as strings ("inf", "nan"): JSON has no such numbers."""
     if isinstance(value, float):
@@ -232,197 +271,129 @@ def _json(value):
     return value
 
 
-def _text(value: float | None) -> str:
-    if value is None:
-        return "—"
-    if not math.isfinite(value):
-        return str(value)
-    if value == 0:
-        return "0"
-    return f"{value:.6g}"
-
-
 # --- the post's networks ------------------------------------------------------------------------------
 
-POST_MODELS = ("linear", "sigmoid", "relu")  # the networks post_figures.yaml has figures for
-ACT_NAME = {"sigmoid": "σ", "relu": "ReLU", "leaky_relu": "LeakyReLU", "tanh": "tanh"}
-ACT_PRIME = {
-    "sigmoid": "σ(z1) · (1 − σ(z1))",
-    "relu": "1 if z1 > 0, 0 if z1 < 0",
-    "leaky_relu": "1 if z1 > 0, a otherwise",
-    "tanh": "1 − tanh²(z1)",
-}
+
+def _network(h: History) -> post.Network:
+    """The post's network the run recorded: its quantities, graph and formulas (backprop_lab.post)."""
+    model = "linear" if h.model == "linear" else h.layout.get("activation") or h.model
+    return post.network(model, h.layout.get("weight_decay", 0.0) or 0.0)
+
+
+def _no_backward_why(h: History, i: int) -> str:
+    if i == len(h) - 1 and math.isfinite(h.row(i).get("loss", math.nan)):
+        return post.NO_BACKWARD
+    return "no backward at this step (its loss is not finite)"
 
 
 def graph_view(h: History, i: int) -> dict:
-    """The post's network at the i-th logged step: values by key, nodes, edges, parameters, post figures."""
-    row = h.row(i)
-    nxt = h.row(i + 1) if i + 1 < len(h) and h.steps[i + 1] == h.steps[i] + 1 else None
-    hidden = "z1" in row
-    act = h.layout.get("activation", "")
-    a = ACT_NAME.get(act, act)
-    labels = {
-        "x": "x",
-        "y": "y",
-        "y_hat": "ŷ",
-        "loss": "L",
-        "dL_dy_hat": "∂L/∂ŷ",
-        "loss_new": "L′",
-        "y_hat_new": "ŷ′",
-    }
-    if hidden:
-        labels.update(
-            z1="z1",
-            h="h",
-            w1="w1",
-            w2="w2",
-            dL_dh="∂L/∂h",
-            dh_dz1=f"{a}′(z1)",
-            dL_dz1="∂L/∂z1",
-            dL_dw1="∂L/∂w1",
-            dL_dw2="∂L/∂w2",
-            w1_new="w1′",
-            w2_new="w2′",
-            lr_w1="η",
-            lr_w2="η",
-            z1_new="z1′",
-            h_new="h′",
-        )
-    else:
-        labels.update(w="w", dL_dw="∂L/∂w", dy_hat_dw="∂ŷ/∂w", w_new="w′", lr_w="η")
-    numbers = dict(row)
-    if not hidden:
-        numbers["dy_hat_dw"] = row["x"]  # ŷ = w·x: the local derivative is x
-    if nxt is not None:  # the new forward pass: the next step's forward values
-        numbers.update(loss_new=nxt["loss"], y_hat_new=nxt["y_hat"])
-        if hidden:
-            numbers.update(z1_new=nxt["z1"], h_new=nxt["h"])
-    values = {
-        k: {"key": k, "label": labels.get(k, k), "value": numbers[k], "text": _text(numbers[k])}
-        for k in labels
-        if k in numbers
-    }
+    """The post's network at the i-th logged step: values by key, nodes, edges, parameters, post figures.
 
-    post = _post_column(h, i, row, values)
+    Every number is the recorded one (the real backward pass); a quantity a step has not (a gradient or
+    an update at the final forward pass) is ``None`` with its ``why``, drawn "—".
+    """
+    net = _network(h)
+    row = h.row(i)
+    backward = bool(row.get("backward", 0))
+    why = None if backward else _no_backward_why(h, i)
+    nxt = h.row(i + 1) if i + 1 < len(h) and h.steps[i + 1] == h.steps[i] + 1 else None
+    numbers = dict(row, dL_dL=1.0, weight_decay=h.layout.get("weight_decay", 0.0) or 0.0)
+    if not net.hidden:
+        numbers["dy_hat_dw"] = row["x"]  # ŷ = w·x: the local derivative ∂ŷ/∂w is the recorded x
+    if nxt is not None:  # the new forward pass: the next step's forward values
+        numbers.update({f"{k}_new": nxt[k] for k in ("loss", "y_hat", "z1", "h") if k in nxt})
+    quantities = {**net.quantities, "dL_dL": post.DL_DL}
+    if why is not None:  # nothing of a backward pass or an update exists at this step: no number, not NaN
+        for key, value in list(numbers.items()):
+            phase = quantities[key].phase if key in quantities else "input"
+            if phase in ("backward", "update") or (isinstance(value, float) and math.isnan(value)):
+                numbers[key] = None
+    at_zero = int(h.layout.get("relu_grad_at_zero", 0))
+    known = {k: v for k, v in numbers.items() if v is not None}
+    values = {}
+    for key, q in quantities.items():
+        if key not in numbers:
+            continue
+        value = numbers[key]
+        entry = {"key": key, "label": q.label, "value": value, "text": post.short(value)}
+        if value is None:
+            entry["why"] = why
+        if q.formula:
+            entry["formula"], entry["with_values"] = post.formula(net, key, known, at_zero)
+        values[key] = entry
+
+    post_column = _post_column(h, i, row, values)
     dead, since = False, None
-    if hidden and act == "relu":
+    if net.activation == "relu":
         flags = dead_flags(h)
         dead = flags[i]
         since = streak_start(flags, h.steps, i)
 
-    def q(key: str) -> dict | None:
-        return values.get(key)
-
-    if hidden:
-        nodes = [
-            {"id": "x", "label": "x", "value": q("x")},
-            {"id": "w1", "label": "w1", "param": True, "value": q("w1"), "grad": q("dL_dw1")},
-            {"id": "z1", "label": "z1 = w1·x", "value": q("z1"), "grad": q("dL_dz1")},
-            {"id": "h", "label": f"h = {a}(z1)", "value": q("h"), "grad": q("dL_dh")},
-            {"id": "w2", "label": "w2", "param": True, "value": q("w2"), "grad": q("dL_dw2")},
-            {"id": "y_hat", "label": "ŷ = w2·h", "value": q("y_hat"), "grad": q("dL_dy_hat")},
-            {"id": "L", "label": "L = (y − ŷ)²", "value": q("loss"), "grad": _one()},
-            {"id": "y", "label": "y", "value": q("y")},
-        ]
-        edges = [
-            _edge("loss", "L", "y_hat", "∂L/∂ŷ = −2·(y − ŷ)", q("dL_dy_hat"), _one(), q("dL_dy_hat")),
-            _edge("out_w", "y_hat", "w2", "∂ŷ/∂w2 = h", q("h"), q("dL_dy_hat"), q("dL_dw2")),
-            _edge("out_h", "y_hat", "h", "∂ŷ/∂h = w2", q("w2"), q("dL_dy_hat"), q("dL_dh")),
-            _edge(
-                "act", "h", "z1", f"∂h/∂z1 = {a}′(z1) = {ACT_PRIME.get(act, '')}", q("dh_dz1"), q("dL_dh"), q("dL_dz1")
-            ),
-            _edge("in_w", "z1", "w1", "∂z1/∂w1 = x", q("x"), q("dL_dz1"), q("dL_dw1")),
-        ]
-        edges[3].update(dead=dead, dead_since=since)
-        params = [_param("w2", q), _param("w1", q)]  # the post updates w2 first
-        chain = {
-            "dL_dw1": "∂L/∂ŷ · w2 · " + f"{a}′(z1) · x",
-            "dL_dw2": "∂L/∂ŷ · h",
+    nodes = [
+        {
+            "id": n.id,
+            "label": n.label,
+            "value": values.get(n.value),
+            "grad": values.get(n.grad) if n.grad else None,
+            **({"param": True, "feeds": list(n.feeds)} if n.feeds else {}),
         }
-    else:
-        nodes = [
-            {"id": "x", "label": "x", "value": q("x")},
-            {"id": "w", "label": "w", "param": True, "value": q("w"), "grad": q("dL_dw")},
-            {"id": "y_hat", "label": "ŷ = w·x", "value": q("y_hat"), "grad": q("dL_dy_hat")},
-            {"id": "L", "label": "L = (y − ŷ)²", "value": q("loss"), "grad": _one()},
-            {"id": "y", "label": "y", "value": q("y")},
-        ]
-        edges = [
-            _edge("loss", "L", "y_hat", "∂L/∂ŷ = −2·(y − ŷ)", q("dL_dy_hat"), _one(), q("dL_dy_hat")),
-            _edge("in_w", "y_hat", "w", "∂ŷ/∂w = x", q("dy_hat_dw"), q("dL_dy_hat"), q("dL_dw")),
-        ]
-        params = [_param("w", q)]
-        chain = {"dL_dw": "∂L/∂ŷ · ∂ŷ/∂w"}
+        for n in net.nodes
+    ]
+    edges = [
+        {
+            "id": e.id,
+            "from": e.frm,
+            "to": e.to,
+            "local_label": e.local_label,
+            "local": values.get(e.local),
+            "grad_from": values.get(e.grad_from),
+            "grad": values.get(e.grad),
+            **({"dead": dead, "dead_since": since} if e.id == "act" else {}),
+        }
+        for e in net.backward
+    ]
+    params = [
+        {
+            "name": name,
+            "value": values.get(name),
+            "grad": values.get(f"dL_d{name}"),
+            "lr": values.get(f"lr_{name}"),
+            "new": values.get(f"{name}_new"),
+            "formula": net.q(f"{name}_new").formula,
+            "with_values": (values.get(f"{name}_new") or {}).get("with_values"),
+            "feeds": list(next(n.feeds for n in net.nodes if n.id == name)),
+        }
+        for name in net.params
+    ]
     return {
-        "activation": act or None,
+        "activation": net.activation,
         "batch": int(row.get("batch", 1)),
+        "note": why,
         "values": values,
         "nodes": nodes,
+        "forward": [{"from": a, "to": b, "op": op} for a, b, op in net.forward],
         "edges": edges,
         "params": params,
-        "chain": chain,
-        "post": post,
-        "dead": {"h": {"dead": dead, "since": since}} if hidden and act == "relu" else {},
-    }
-
-
-def _one() -> dict:
-    return {"key": "dL_dL", "label": "∂L/∂L", "value": 1.0, "text": "1"}
-
-
-def _edge(id_: str, frm: str, to: str, local_label: str, local: dict | None, grad_from: dict | None, grad: dict | None):
-    """A backward edge from node ``frm`` to ``to``: ∂L/∂(to) = ∂L/∂(frm) · local."""
-    return {
-        "id": id_,
-        "from": frm,
-        "to": to,
-        "local_label": local_label,
-        "local": local,
-        "grad_from": grad_from,
-        "grad": grad,
-    }
-
-
-def _param(name: str, q) -> dict:
-    return {
-        "name": name,
-        "value": q(name),
-        "grad": q(f"dL_d{name}"),
-        "lr": q(f"lr_{name}"),
-        "new": q(f"{name}_new"),
-        "formula": f"{name} − η · ∂L/∂{name}",
+        "chain": [values[k] for k in net.chain if k in values],
+        "post": post_column,
+        "dead": {"h": {"dead": dead, "since": since}} if net.activation == "relu" else {},
     }
 
 
 def _post_column(h: History, i: int, row: dict, values: dict) -> dict:
     """The post's printed figures beside the values: at step 0 of a run with the post's inputs only."""
-    if h.model not in POST_MODELS:
-        return {"shown": False, "why": f"model {h.model!r} is not one of the post's networks"}
-    # Here, not at the top: the replay imports torch, and TensorBoard loads every plugin when it starts.
-    from backprop_lab.replay import compare, post_figures
-
-    table = post_figures().get(h.model)
+    table = post.post_figures().get(h.model)
     if table is None:
         return {"shown": False, "why": f"model {h.model!r} is not one of the post's networks"}
     if h.steps[i] != 0:
         return {"shown": False, "why": "the post's figures are those of step 0", "section": table["section"]}
-    have = {
-        "model": {k: row.get(k) for k in ("w", "w1", "w2")},
-        "data": {"x": row.get("x"), "y": row.get("y")},
-        "optim": {
-            "lr": row.get("lr_w1", row.get("lr_w")),
-            **{k: h.layout.get(k) for k in ("momentum", "weight_decay")},
-        },
-    }
-    for group, wanted in table["inputs"].items():
-        for key, value in wanted.items():
-            got = have.get(group, {}).get(key)
-            if got is None or not _same(got, value):
-                return {
-                    "shown": False,
-                    "why": f"not the post's inputs: {group}.{key}={got}, where the post has {value}",
-                    "section": table["section"],
-                }
+    have = {f"model.{k}": row.get(k) for k in ("w", "w1", "w2")}
+    have.update({"data.x": row.get("x"), "data.y": row.get("y"), "optim.lr": row.get("lr_w1", row.get("lr_w"))})
+    have.update({f"optim.{k}": h.layout.get(k) for k in ("momentum", "weight_decay")})
+    # a float32 run stores η = 0.1 as 0.100000001: equal to the post's inputs to float32's precision
+    differs = post.not_post_inputs(h.model, have, rel=1e-6)
+    if differs is not None:
+        return {"shown": False, "why": f"not the post's inputs: {differs}", "section": table["section"]}
     if row.get("batch", 1) != 1:
         return {"shown": False, "why": "not the post's inputs: a batch of several samples", "section": table["section"]}
     marks, count = 0, 0
@@ -430,7 +401,7 @@ def _post_column(h: History, i: int, row: dict, values: dict) -> dict:
         target = values.get(key)
         if target is None or target["value"] is None or not math.isfinite(target["value"]):
             continue
-        diff, marked = compare(entry["figure"], target["value"])
+        diff, marked = post.compare(entry["figure"], target["value"])
         target["post"] = {"figure": entry["figure"], "section": entry["section"], "diff": diff, "marked": marked}
         count += 1
         marks += marked
@@ -441,8 +412,9 @@ def _post_column(h: History, i: int, row: dict, values: dict) -> dict:
 
 
 def layers_view(h: History, i: int) -> dict:
-    """One box per layer, first to last, at the i-th logged step."""
+    """One box per layer, first to last, at the i-th logged step (gradients ``None`` where there was no backward)."""
     row = h.row(i)
+    backward = bool(row.get("backward", 0))
     layers = []
     for layer in h.layout.get("layers", []):
         name = layer["name"]
@@ -450,7 +422,8 @@ def layers_view(h: History, i: int) -> dict:
         if layer["type"] == "linear":
             entry["shape"] = layer.get("shape")
             for k in ("weight_norm", "grad_norm", "lr", "update_ratio"):
-                entry[k] = row.get(f"{name}/{k}")
+                value = row.get(f"{name}/{k}")
+                entry[k] = value if backward or k == "weight_norm" else None
         else:
             entry["units"] = layer.get("units")
             entry["dead_fraction"] = row.get(f"{name}/dead_fraction")
@@ -459,7 +432,57 @@ def layers_view(h: History, i: int) -> dict:
     return {
         "description": h.layout.get("description", h.model),
         "batch": int(row.get("batch", 1)),
+        "note": None if backward else _no_backward_why(h, i),
         "loss": row.get("loss"),
         "layers": layers,
-        "gradient_ratio": None if math.isnan(ratio) else ratio,
+        "gradient_ratio": None if math.isnan(ratio) or not backward else ratio,
     }
+
+
+# --- the run list's order ------------------------------------------------------------------------------
+
+
+def overrides(name: str) -> list[tuple[str | None, str]]:
+    """A run name's parts as (key, value): ``model=linear,optim.lr=0.1`` → [("model", "linear"),
+    ("optim.lr", "0.1")]; a part without ``=`` (a label such as ``relu``) has key None. Commas inside
+    brackets belong to a value (``model.hidden=[8,8]``)."""
+    parts, depth, start = [], 0, 0
+    for j, c in enumerate(name):
+        depth += c in "[(" or -(c in "])")
+        if c == "," and depth == 0:
+            parts.append(name[start:j])
+            start = j + 1
+    parts.append(name[start:])
+    out = []
+    for part in parts:
+        key, eq, value = part.partition("=")
+        out.append((key, value) if eq else (None, part))
+    return out
+
+
+def _number_or_text(value: str) -> tuple:
+    """Numbers before words, numbers by value (0.01 < 0.03 < 0.1 < 1 < 3 < 10), words by text."""
+    try:
+        number = float(value)
+    except ValueError:
+        return (1, 0.0, value)
+    return (0, number, "") if math.isfinite(number) else (0, math.inf, value)
+
+
+def sort_runs(names: list[str]) -> list[str]:
+    """``names`` (the runs of one group) ordered by the overrides that differ between them, each as a
+    number where it is one, in the order the keys first appear; then by name."""
+    parsed = {n: overrides(n) for n in names}
+    keys: list[str] = []
+    for items in parsed.values():
+        for key, _ in items:
+            if key is not None and key not in keys:
+                keys.append(key)
+    by_key = {n: dict(items) for n, items in parsed.items()}
+    differ = [k for k in keys if len({by_key[n].get(k) for n in names}) > 1]
+
+    def order(name: str) -> tuple:
+        have = by_key[name]
+        return tuple((0, *_number_or_text(have[k])) if k in have else (1,) for k in differ) + (name,)
+
+    return sorted(names, key=order)

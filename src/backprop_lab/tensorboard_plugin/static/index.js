@@ -2,15 +2,21 @@
 //
 // One ES module, no build step, nothing fetched from outside: TensorBoard renders it in an iframe
 // (data/plugin_entry.html?name=backprop, base href plugin/backprop/) and calls render(). Data comes from
-// ./runs and ./graph?run=&step= (docs/backprop_view.md). Plain DOM and SVG.
+// ./runs, ./graph?run=&step= and ./series?run= (docs/backprop_view.md). Plain DOM and SVG. What the
+// post's networks are (labels, formulas, which edge carries which local derivative) comes in the JSON,
+// from backprop_lab.post; this module only lays it out.
 //
-// The state can be given in the address: #backprop&run=<run or its last part>&step=<k>&phase=<forward|
-// backward|update|all>, read from the TensorBoard page's hash (or this frame's own query string).
+// The address follows what is shown: #backprop&p.backprop.run=<run>&p.backprop.step=<k>&p.backprop.phase=
+// <all|forward|backward|update> in the TensorBoard page's hash, the key prefix TensorBoard gives a plugin's
+// URL data (p.<plugin>.). The frame is TensorBoard's own page (same origin), so it reads
+// window.parent.location.hash and writes it with window.parent.history.replaceState, which neither reloads
+// TensorBoard nor adds a history entry per step. Short keys (run=, step=, phase=) are read as well.
 //
 // Stable hooks for tests: [data-run] buttons, #run-filter, #step-slider, #step-label[data-step],
 // #play, input[name=phase], [data-node=<id>] / [data-edge=<id>] / [data-param=<name>] groups carrying
 // data-value, data-grad, data-local, data-dead, data-dead-since; [data-post-for=<key>][data-marked];
-// [data-layer=<name>]; #diagnoses li[data-kind].
+// [data-layer=<name>]; #diagnoses li[data-kind]; #chart [data-series=<key>] with data-points, and
+// #chart line.current[data-step].
 
 const SVG_NS = 'http://www.w3.org/2000/svg';
 const PHASES = ['all', 'forward', 'backward', 'update'];
@@ -23,6 +29,7 @@ const state = {
   index: 0,
   phase: 'all',
   graph: null,
+  series: null, // /series answer for the selected run: the chart's data
   cache: new Map(), // step -> /graph answer, for the selected run
   request: 0, // the latest request's number: older answers are dropped
   timer: null,
@@ -69,13 +76,16 @@ async function followAddress() {
 
 // --- the address ------------------------------------------------------------------------------
 
+const KEYS = ['run', 'step', 'phase'];
+const PREFIX = 'p.backprop.'; // TensorBoard's prefix for a plugin's data in the address
+
 function addressParams() {
   const out = {};
   const read = (text) => {
     for (const part of text.replace(/^[#?]/, '').split('&')) {
       const i = part.indexOf('='); // a run's name holds '=' of its own: model=relu,optim.lr=0.1
-      const k = part.slice(0, i);
-      if (i > 0 && ['run', 'step', 'phase'].includes(k)) out[k] = decodeURIComponent(part.slice(i + 1));
+      const k = part.slice(0, i).replace(PREFIX, '');
+      if (i > 0 && KEYS.includes(k)) out[k] = decodeURIComponent(part.slice(i + 1));
     }
   };
   read(window.location.search);
@@ -85,6 +95,26 @@ function addressParams() {
     // another origin around us: the frame's own query only
   }
   return out;
+}
+
+// The address of what is shown, written into TensorBoard's hash (its other entries kept), so that a
+// copied link opens this run, step and phase.
+function writeAddress() {
+  if (!state.run || !state.steps.length) return;
+  try {
+    const loc = window.parent.location;
+    const parts = loc.hash.replace(/^#/, '').split('&').filter((part) => {
+      const k = part.split('=')[0].replace(PREFIX, '');
+      return part && !KEYS.includes(k);
+    });
+    if (!parts.length || parts[0].includes('=')) parts.unshift('backprop');
+    const ours = {run: state.run, step: state.steps[state.index], phase: state.phase};
+    for (const k of KEYS) parts.push(`${PREFIX}${k}=${encodeURIComponent(ours[k])}`);
+    const hash = '#' + parts.join('&');
+    if (hash !== loc.hash) window.parent.history.replaceState(window.parent.history.state, '', hash);
+  } catch (err) {
+    // another origin around us: the address cannot follow
+  }
 }
 
 function findRun(wanted) {
@@ -122,7 +152,7 @@ function layout() {
       el('div', {id: 'controls'}, [
         play, slider, el('span', {id: 'step-label', 'data-step': ''}, ''), phases]),
       el('div', {id: 'bp-error', role: 'alert'}),
-      el('div', {id: 'view'}),
+      el('div', {id: 'view-row'}, [el('div', {id: 'view'}), el('aside', {id: 'chart'})]),
       el('section', {id: 'post-note'}),
       el('section', {id: 'diagnoses'}),
     ]),
@@ -161,6 +191,7 @@ function setPhase(phase) {
   for (const input of document.querySelectorAll('input[name=phase]')) input.checked = input.value === phase;
   const svg = document.querySelector('#view svg');
   if (svg) svg.setAttribute('class', `phase-${phase}`);
+  writeAddress();
 }
 
 function togglePlay() {
@@ -191,8 +222,24 @@ async function selectRun(run, step) {
   const info = state.runs.find((r) => r.run === run);
   byId('run-title').textContent = run;
   byId('run-model').textContent = info ? info.description || info.model : '';
+  state.series = null;
+  byId('chart').replaceChildren();
+  const series = loadSeries(run);
   const first = await load(step === undefined ? null : step);
   if (!first && step !== undefined) await load(null); // a step that is not logged: the first one
+  await series;
+}
+
+async function loadSeries(run) {
+  let answer;
+  try {
+    answer = await getJSON('./series?' + new URLSearchParams({run}));
+  } catch (err) {
+    return; // the graph still draws; the chart stays empty
+  }
+  if (run !== state.run) return;
+  state.series = answer;
+  drawChart();
 }
 
 async function showIndex(i) {
@@ -228,8 +275,10 @@ async function load(step) {
   const label = byId('step-label');
   label.dataset.step = String(graph.step);
   label.textContent = `step ${graph.step} (${graph.index + 1} of ${graph.steps.length} logged)` +
-    (graph.backward ? '' : ' · forward pass only');
+    (graph.note ? ` · ${graph.note}` : '');
   draw(graph);
+  drawChart();
+  writeAddress();
   return graph;
 }
 
@@ -269,12 +318,8 @@ function drawGraph(g) {
   const mid = top + 44;
   const nodes = new Map(g.nodes.map((n) => [n.id, n]));
   // forward edges with their operation
-  const ops = hidden ?
-    [['x', 'z1', '· w1'], ['z1', 'h', g.activation === 'sigmoid' ? 'σ' : g.activation === 'relu' ? 'ReLU' : g.activation],
-      ['h', 'y_hat', '· w2'], ['y_hat', 'L', '(y − ŷ)²'], ['y', 'L', '']] :
-    [['x', 'y_hat', '· w'], ['y_hat', 'L', '(y − ŷ)²'], ['y', 'L', '']];
   const fwd = svgEl('g', {class: 'forward'});
-  for (const [a, b, op] of ops) {
+  for (const {from: a, to: b, op} of g.forward) {
     const left = X[a] < X[b];
     const x1 = X[a] + (left ? width / 2 : -width / 2);
     const x2 = X[b] + (left ? -width / 2 : width / 2);
@@ -283,8 +328,7 @@ function drawGraph(g) {
   }
   // parameters feed their multiplication
   for (const p of g.params) {
-    const into = hidden ? (p.name === 'w1' ? ['x', 'z1'] : ['h', 'y_hat']) : ['x', 'y_hat'];
-    const ex = (X[into[0]] + X[into[1]]) / 2;
+    const ex = (X[p.feeds[0]] + X[p.feeds[1]]) / 2;
     fwd.appendChild(svgEl('line', {x1: X[p.name] - 60, y1: 430, x2: ex, y2: mid + 4, class: 'edge param-in',
       'marker-end': 'url(#arrow-f)'}));
   }
@@ -301,7 +345,8 @@ function drawGraph(g) {
   // parameters: value, gradient, update
   for (const p of g.params) svg.appendChild(paramBox(p, X[p.name] - 150, 430, 300, 150));
   // the chain rule as a product, and the new forward pass
-  svg.appendChild(chainLine(g, hidden));
+  svg.appendChild(chainLine(g));
+  if (g.note) svg.appendChild(noteLine(g.note, 1180, 22));
   return svg;
 }
 
@@ -309,12 +354,12 @@ function nodeBox(n, x, y, w, h) {
   const value = n.value || {};
   const grad = n.grad || {};
   const group = svgEl('g', {class: 'node', 'data-node': n.id, 'data-value': num(value.value),
-    'data-grad': n.id === 'x' || n.id === 'y' ? '' : num(grad.value)});
+    'data-grad': num(grad.value)});
   group.appendChild(svgEl('rect', {x, y, width: w, height: h, rx: 8, class: 'box'}));
   group.appendChild(text(x + w / 2, y + 20, n.label, 'label'));
   group.appendChild(text(x + w / 2, y + 44, value.text ?? '—', 'value fwd-text'));
   if (value.post) group.appendChild(postMark(value, x + w / 2, y + 62));
-  if (n.id !== 'x' && n.id !== 'y' && n.grad) {
+  if (n.grad) {
     group.appendChild(text(x + w / 2, y + 86, `${grad.label} = ${grad.text}`, 'grad bw-text'));
     if (grad.post) group.appendChild(postMark(grad, x + w / 2, y + 101, 'bw-text'));
   }
@@ -362,28 +407,27 @@ function paramBox(p, x, y, w, h) {
   group.appendChild(text(x + w / 2, y + 20, `${p.name} = ${v.text ?? '—'}`, 'label fwd-text'));
   group.appendChild(text(x + w / 2, y + 44, `${g.label || '∂L/∂' + p.name} = ${g.text ?? '—'}`, 'grad bw-text'));
   if (g.post) group.appendChild(postMark(g, x + w / 2, y + 58, 'bw-text'));
-  const update = nw.value === null || nw.value === undefined || nw.text === 'nan' ?
-    'no update at this step' :
-    `${p.formula} = ${v.text} − ${lr.text} · ${paren(g.text)}`;
+  const update = nw.value === null || nw.value === undefined ?
+    `no update: ${nw.why || 'none at this step'}` :
+    `${p.formula} = ${p.with_values ?? '—'}`;
   group.appendChild(text(x + w / 2, y + 86, update, 'update up-text'));
   group.appendChild(text(x + w / 2, y + 108, `${p.name}′ = ${nw.text ?? '—'}`, 'value up-text'));
   if (nw.post) group.appendChild(postMark(nw, x + w / 2, y + 126, 'up-text'));
   return group;
 }
 
-function chainLine(g, hidden) {
+// Each gradient of a parameter as the post writes it: the product of the local derivatives along its path,
+// the same with this step's numbers, and the result; "—" at a step without a backward pass.
+function chainLine(g) {
   const v = g.values;
-  const t = (k) => (v[k] ? paren(v[k].text) : '—');
   const group = svgEl('g', {class: 'chain'});
-  if (hidden) {
-    const act = v.dh_dz1 ? v.dh_dz1.label : "act′(z1)";
-    group.appendChild(text(20, 620, `the chain rule: ∂L/∂w1 = ∂L/∂ŷ · w2 · ${act} · x = ` +
-      `${t('dL_dy_hat')} · ${t('w2')} · ${t('dh_dz1')} · ${t('x')} = ${t('dL_dw1')}`, 'chain bw-text', 'start'));
-    group.appendChild(text(20, 642, `∂L/∂w2 = ∂L/∂ŷ · h = ${t('dL_dy_hat')} · ${t('h')} = ${t('dL_dw2')}`, 'chain bw-text', 'start'));
-  } else {
-    group.appendChild(text(20, 620, `the chain rule: ∂L/∂w = ∂L/∂ŷ · ∂ŷ/∂w = ${t('dL_dy_hat')} · ${t('x')} = ${t('dL_dw')}`,
-      'chain bw-text', 'start'));
-  }
+  g.chain.forEach((c, j) => {
+    const head = j === 0 ? 'the chain rule: ' : '';
+    const numbers = c.value === null ? `— (${c.why})` : `${c.with_values ?? '—'} = ${c.text}`;
+    const line = text(20, 620 + 22 * j, `${head}${c.label} = ${c.formula} = ${numbers}`, 'chain bw-text', 'start');
+    line.setAttribute('data-chain', c.key);
+    group.appendChild(line);
+  });
   if (v.loss_new) {
     const line = svgEl('g', {'data-node': 'L_new', 'data-value': num(v.loss_new.value)});
     line.appendChild(text(1010, 470, `new forward pass (step ${g.step + 1})`, 'up-text'));
@@ -396,6 +440,12 @@ function chainLine(g, hidden) {
       'note', 'start'));
   }
   return group;
+}
+
+function noteLine(note, x, y) {
+  const t = text(x, y, `— : ${note}`, 'note final-note', 'end');
+  t.setAttribute('data-note', note);
+  return t;
 }
 
 function postMark(q, x, y, extra = '', anchor = 'middle') {
@@ -458,6 +508,7 @@ function drawLayers(g) {
   row.appendChild(loss);
   svg.appendChild(row);
   svg.appendChild(legend(20, 236));
+  if (g.note) svg.appendChild(noteLine(g.note, W - 20, 22));
   svg.appendChild(gradientBars(g, 20, 290, W - 40, 260));
   return svg;
 }
@@ -470,7 +521,7 @@ function gradientBars(g, x0, y0, w, h) {
   group.appendChild(text(x0, y0 - 8, '‖∂L/∂W‖ per layer, first to last (log scale)' +
     (g.gradient_ratio ? ` · last / first = ${fmt(g.gradient_ratio)}` : ''), 'label', 'start'));
   if (known.length === 0) {
-    group.appendChild(text(x0 + w / 2, y0 + h / 2, 'no gradients at this step', 'note'));
+    group.appendChild(text(x0 + w / 2, y0 + h / 2, g.note ? `— : ${g.note}` : 'no gradients at this step', 'note'));
     return group;
   }
   const lo = Math.floor(Math.min(...known)) - 1;
@@ -546,6 +597,74 @@ function drawDiagnoses(g) {
     el('strong', {}, `${d.kind.replace(/_/g, ' ')} (from step ${d.step}${d.where ? ', ' + d.where : ''}): `), d.text]))));
 }
 
+// --- the chart: the loss and each of the post's weights over the steps, the current step marked -------
+
+const CHART_W = 300;
+const CHART_H = 120;
+
+function drawChart() {
+  const s = state.series;
+  if (!s || s.run !== state.run) return;
+  const step = state.steps[state.index];
+  const svg = svgEl('svg', {id: 'chart-svg', viewBox: `0 0 ${CHART_W} ${CHART_H * s.series.length}`,
+    'data-run': s.run, role: 'img', 'aria-label': `loss and weights of ${s.run} over the steps`});
+  s.series.forEach((one, k) => svg.appendChild(chartPanel(one, s.steps, step, k * CHART_H)));
+  byId('chart').replaceChildren(el('h3', {}, 'over the steps'), svg);
+}
+
+function chartPanel(one, steps, step, y0) {
+  const left = 58; // room for a tick such as -0.03812
+  const right = CHART_W - 8;
+  const top = y0 + 24;
+  const bottom = y0 + CHART_H - 22;
+  const known = one.values.filter((v) => v !== null);
+  // a loss that falls by orders of magnitude reads on a log scale; weights, and a flat loss, on a linear one
+  const log = one.key === 'loss' && known.length > 0 && Math.min(...known) > 0 &&
+    Math.max(...known) / Math.min(...known) > 100;
+  const f = (v) => (log ? Math.log10(v) : v);
+  let lo = known.length ? Math.min(...known.map(f)) : 0;
+  let hi = known.length ? Math.max(...known.map(f)) : 1;
+  if (hi === lo) {
+    lo -= 1;
+    hi += 1;
+  }
+  const first = steps[0];
+  const last = steps[steps.length - 1];
+  const sx = (k) => left + (last === first ? 0 : ((k - first) / (last - first)) * (right - left));
+  const sy = (v) => bottom - ((f(v) - lo) / (hi - lo)) * (bottom - top);
+  const group = svgEl('g', {class: 'chart-panel', 'data-series': one.key, 'data-points': String(known.length),
+    'data-log': String(log)});
+  group.appendChild(svgEl('rect', {x: left, y: top, width: right - left, height: bottom - top, class: 'chart-frame'}));
+  // one polyline per stretch of finite values: a diverged loss leaves a gap, not a line to zero
+  let run = [];
+  const flush = () => {
+    if (run.length) group.appendChild(svgEl('polyline', {points: run.join(' '), class: 'chart-line'}));
+    run = [];
+  };
+  one.values.forEach((v, j) => {
+    if (v === null) return flush();
+    run.push(`${sx(steps[j]).toFixed(1)},${sy(v).toFixed(1)}`);
+  });
+  flush();
+  const tick = (v) => (log ? `1e${v.toFixed(0)}` : fmt(v));
+  group.appendChild(text(left - 4, top + 9, tick(hi), 'small', 'end'));
+  group.appendChild(text(left - 4, bottom, tick(lo), 'small', 'end'));
+  group.appendChild(text(left, bottom + 14, String(first), 'small', 'start'));
+  group.appendChild(text(right, bottom + 14, String(last), 'small', 'end'));
+  // the current step: the last charted step at or before it (the chart may hold a sample of the steps)
+  let j = steps.length - 1;
+  while (j > 0 && steps[j] > step) j--;
+  const here = one.values[j];
+  const x = sx(step);
+  group.appendChild(svgEl('line', {x1: x, x2: x, y1: top, y2: bottom, class: 'current', 'data-step': String(step)}));
+  if (here !== null && here !== undefined) {
+    group.appendChild(svgEl('circle', {cx: x, cy: sy(here), r: 3.5, class: 'current-dot', 'data-value': String(here)}));
+  }
+  group.appendChild(text(left, y0 + 14, `${one.label} at step ${steps[j]}: ${fmt(here)}${log ? ' (log scale)' : ''}`,
+    'label', 'start'));
+  return group;
+}
+
 // --- helpers --------------------------------------------------------------------------------
 
 function defs() {
@@ -593,8 +712,4 @@ function fmt(v) {
   if (v === 0) return '0';
   const a = Math.abs(v);
   return a >= 1e4 || a < 1e-3 ? v.toExponential(2) : String(Number(v.toPrecision(4)));
-}
-
-function paren(s) {
-  return s && s.startsWith('-') ? `(${s})` : s;
 }
