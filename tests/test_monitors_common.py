@@ -58,8 +58,9 @@ def test_the_monitors_log_at_the_steps_lightning_logs_the_loss(tmp_path):
     for tag in ["relu/dead_fraction/h", "relu/zero_fraction/h", "relu/dead_forever_fraction/h"]:
         assert set(s[tag]) == {2, 5}, tag
     assert set(s["params/w1"]) == {2, 5, 7}  # the parameters also where training ended
-    # probe_every_n_steps=25: step 0, the end, and step 5, where the batch statistics first see it dead
-    assert set(s["relu/probe_dead_fraction/h"]) == {0, 5, 7}
+    # probe_every_n_steps=25: step 0, the end, and step 6, right after the update of step 5, where the
+    # batch statistics first see it dead
+    assert set(s["relu/probe_dead_fraction/h"]) == {0, 6, 7}
     # The unit dies at step 4 (test_train.py): alive at step 2, dead at 5, the loss then (0.5 − 0)².
     assert s["relu/dead_fraction/h"] == {2: 0.0, 5: 1.0}
     assert s["train/loss"][5] == 0.25 and s["train/loss"][7] == 0.25

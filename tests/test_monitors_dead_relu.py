@@ -60,8 +60,8 @@ def test_dead_and_zero_fractions_are_exact_on_constructed_batches(tmp_path):
     assert s["relu/dead_forever_fraction/3"] == {0: 1.0, 1: 1.0, 2: 1.0}
     assert monitor.dead_since == {"1": None, "3": 0}
     # Probe activity per unit: active on 1/2, 2/2, 0/2, 1/2 of the probe samples.
-    assert monitor.activity_steps == [0, 1, 2, 3]
-    assert monitor.activity["1"][0].tolist() == [0.5, 1.0, 0.0, 0.5]
+    assert monitor.recorder.activity_steps == [0, 1, 2, 3]
+    assert monitor.recorder.activity["1"][0].tolist() == [0.5, 1.0, 0.0, 0.5]
 
 
 def test_dead_forever_counts_every_training_step_not_only_logged_ones(tmp_path):
@@ -72,13 +72,14 @@ def test_dead_forever_counts_every_training_step_not_only_logged_ones(tmp_path):
     assert s["relu/dead_forever_fraction/1"] == {1: 0.25}
 
 
-def test_without_root_the_probe_goes_through_the_one_network_child_of_a_module_without_forward(tmp_path):
-    # PlainModule defines no forward; its network is the child `seq`, which the probe set is passed through.
+def test_without_root_the_monitor_watches_the_one_network_child_of_a_module(tmp_path):
+    # PlainModule defines no forward; its one child `seq` holds every parameter: the default root, so
+    # names and numbers are those of root="seq", and the probe set goes through `seq`.
     s, monitor = _constructed(tmp_path, log_every=1, root=None)
-    assert s["relu/probe_dead_fraction/seq.1"] == {0: 0.25, 1: 0.25, 2: 0.25, 3: 0.25}
-    assert s["relu/probe_dead_fraction/seq.3"] == {0: 1.0, 1: 1.0, 2: 1.0, 3: 1.0}
-    assert s["relu/dead_fraction/seq.1"] == {0: 0.5, 1: 0.5, 2: 0.75}  # the batches, as with root="seq"
-    assert monitor.activity["seq.1"][0].tolist() == [0.5, 1.0, 0.0, 0.5]
+    assert s["relu/probe_dead_fraction/1"] == {0: 0.25, 1: 0.25, 2: 0.25, 3: 0.25}
+    assert s["relu/probe_dead_fraction/3"] == {0: 1.0, 1: 1.0, 2: 1.0, 3: 1.0}
+    assert s["relu/dead_fraction/1"] == {0: 0.5, 1: 0.5, 2: 0.75}
+    assert monitor.recorder.activity["1"][0].tolist() == [0.5, 1.0, 0.0, 0.5]
 
 
 def test_leaky_relu_units_are_never_dead(tmp_path):
@@ -147,18 +148,18 @@ class FunctionalReLUNet(nn.Module):
         return self.fc2(torch.relu(self.fc1(x)))
 
 
-@pytest.mark.parametrize("root, named", [("seq", "'seq'"), (None, "PlainModule")])
-def test_a_relu_called_as_a_function_is_reported_once_naming_the_module(tmp_path, root, named):
+@pytest.mark.parametrize("root", ["seq", None])
+def test_a_relu_called_as_a_function_is_reported_once_naming_the_module(tmp_path, root):
     torch.manual_seed(0)
     data = PlainData(torch.randn(8, 2), torch.randn(8, 1), probe_x=torch.randn(3, 2))
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")  # every warning recorded, not once per location
         fit(tmp_path, PlainModule(FunctionalReLUNet(), lr=0.1), data, [DeadReLUMonitor(root=root, probe_every_n_steps=1)],
             steps=4)  # fmt: skip
-    mine = [str(w.message) for w in caught if "DeadReLUMonitor found no ReLU layer" in str(w.message)]
-    assert len(mine) == 1
-    assert mine[0].startswith(f"DeadReLUMonitor found no ReLU layer in {named} ")
-    assert "a ReLU called as a function (torch.relu, F.relu) cannot be seen" in mine[0]
+    mine = [str(w.message) for w in caught if "activations called as functions" in str(w.message)]
+    assert len(mine) == 1  # one warning, naming the function and the module that calls it
+    assert mine[0].startswith("StepRecorder: activations called as functions in PlainModule have no module to hook")
+    assert "torch.relu in FunctionalReLUNet.forward, 1 call a pass" in mine[0]
     assert not any(tag.startswith("relu/") for tag in read_scalars(tmp_path))  # nothing to count, no crash
 
 
@@ -169,5 +170,6 @@ def test_post_relu_run_dead_forever_from_the_step_it_died(tmp_path):
     # The unit dies at step 4 (test_train.py) and never comes back.
     _, s = train_run(tmp_path, "model=relu", "trainer.max_steps=8", "monitor.pictures=[]")
     assert [s["relu/dead_forever_fraction/h"][k] for k in range(8)] == [0, 0, 0, 0, 1, 1, 1, 1]
-    # step 0, the step the unit died (an event: the probe runs then too) and the end
-    assert s["relu/probe_dead_fraction/h"] == {0: 0.0, 4: 1.0, 8: 1.0}
+    # step 0, right after the update of the step the unit died at (an event: the probe then sees the
+    # parameters before step 5) and the end
+    assert s["relu/probe_dead_fraction/h"] == {0: 0.0, 5: 1.0, 8: 1.0}

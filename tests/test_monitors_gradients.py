@@ -144,10 +144,13 @@ DEEP_ORDER = [f"fc{i}.{kind}" for i in range(1, 7) for kind in ("weight", "bias"
 def test_the_gradient_norm_history_lists_the_layers_first_to_last(tmp_path):
     module, data, trainer = built_run(tmp_path, *DEEP_MLP)
     trainer.fit(module, datamodule=data)
-    steps, norms = find_callback(trainer, GradientMonitor).grad_norm_history
-    assert steps.tolist() == [0, 1]
-    assert list(norms) == DEEP_ORDER
-    assert all(len(v) == 2 and (v > 0).all() for v in norms.values())
+    history = find_callback(trainer, GradientMonitor).recorder.history
+    assert [r.step for r in history] == [0, 1, 2]  # the two updates, then the final forward pass
+    assert list(history[0].params) == DEEP_ORDER
+    # out.bias has one element: its gradient is the signed number, the others are norms
+    assert all(
+        r.params[n].grad != 0 and r.params[n].grad == r.params[n].grad_backprop for r in history[:2] for n in DEEP_ORDER
+    )
 
 
 @pytest.mark.slow
@@ -161,7 +164,7 @@ def test_the_layer_order_is_the_same_under_any_string_hash_seed(tmp_path):
         "from backprop_lab.monitors.common import find_callback\n"
         f"module, data, trainer = built_run(Path(sys.argv[2]), *{DEEP_MLP!r})\n"
         "trainer.fit(module, datamodule=data)\n"
-        "print(','.join(find_callback(trainer, GradientMonitor).grad_norm_history[1]))\n"
+        "print(','.join(find_callback(trainer, GradientMonitor).recorder.history[0].params))\n"
     )
     tests_dir = os.path.dirname(__file__)
     for seed in ("1",):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import math
 
 import pytest
 import torch
@@ -84,21 +85,25 @@ def test_loss_surface_falls_back_to_one_call_per_point_for_a_loss_vmap_cannot_ba
 
 
 def _loss_surface_path(tmp_path, *overrides):
+    """The path the picture draws: the record's w1, w2 before every update (read through the public record)."""
     module, data, trainer = built_run(tmp_path, *overrides)
     trainer.fit(module, datamodule=data)
-    return find_callback(trainer, PictureMonitor)._path_array()
+    history = find_callback(trainer, PictureMonitor).recorder.history
+    return [[r.params["w1"].value, r.params["w2"].value] for r in history if r.backward]
 
 
-def test_loss_surface_path_is_the_same_read_from_the_gradient_monitor_or_recorded(tmp_path):
-    # With the gradient monitor on, the path of w1, w2 comes from its logged values; without it, the
-    # picture records the path itself. The post's §4 run: w1 0.5 → 0.4472 after one step, w2 −1 → −0.8603.
-    args = ("model=sigmoid", "trainer.max_steps=4", "monitor.pictures=[loss_surface]")
+def test_loss_surface_path_is_recorded_before_every_update_whatever_the_log_cadence(tmp_path):
+    # The loss surface asks the record for every step, also when scalars are logged every 3 steps and
+    # without the gradient monitor. The post's §4 run: w1 0.5 → 0.4472 after one step, w2 −1 → −0.8603.
+    args = ("model=sigmoid", "trainer.max_steps=4", "monitor.pictures=[loss_surface]", "trainer.log_every_n_steps=3")
     shared = _loss_surface_path(tmp_path / "a", *args)
-    own = _loss_surface_path(tmp_path / "b", *args, "monitor.gradients=false")
-    assert shared.shape == own.shape == (5, 2)  # steps 0–3 before each update, and where training ended
-    assert (shared == own).all()
-    assert shared[0].tolist() == [0.5, -1.0]
-    assert shared[1] == pytest.approx([0.4472, -0.8603], abs=1e-4)
+    alone = _loss_surface_path(tmp_path / "b", *args, "monitor.gradients=false", "monitor.dead_relu=false")
+    assert len(shared) == len(alone) == 4 and shared == alone  # steps 0–3, before each update
+    assert shared[0] == [0.5, -1.0]
+    w1, w2 = 0.5, -1.0
+    h = 1 / (1 + math.exp(-w1))
+    g = -2 * (0.5 - w2 * h)
+    assert shared[1] == pytest.approx([w1 - 0.1 * g * w2 * h * (1 - h), w2 - 0.1 * g * h], abs=1e-6)
 
 
 def test_picture_monitor_refuses_an_unknown_picture():

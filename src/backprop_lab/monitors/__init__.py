@@ -1,12 +1,15 @@
-"""Monitors: independent Lightning callbacks that log what backpropagation does in any LightningModule.
+"""Monitors: Lightning callbacks that log what backpropagation does in any LightningModule.
 
+- :class:`StepRecorder`: the one record of each training step, which every monitor below reads (the
+  only component that hooks the network; see :mod:`backprop_lab.monitors.record`);
 - :class:`GradientMonitor`: parameters, gradients, gradient norms and update ratios;
 - :class:`DeadReLUMonitor`: dead and zero fractions of every ReLU layer, on the batch and a probe set;
-- :class:`PictureMonitor`: pictures in TensorBoard's Images tab, drawn from the two above;
+- :class:`PictureMonitor`: pictures in TensorBoard's Images tab, drawn from the record;
 - :class:`BackpropViewMonitor`: the data of the Backprop tab (``backprop_lab.tensorboard_plugin``).
 
 Scalars go to every logger of the trainer (``logger.log_metrics``), as Lightning's own monitors do;
-histograms, images and text go to the TensorBoard logger's writer where there is one. On your own model::
+histograms, images and text go to the TensorBoard logger's writer where there is one. This package imports
+torch, Lightning and TensorBoard only (no Hydra, no OmegaConf). On your own model::
 
     trainer = L.Trainer(callbacks=[GradientMonitor(), DeadReLUMonitor()], logger=TensorBoardLogger("logs"))
 """
@@ -16,5 +19,14 @@ from backprop_lab.monitors.dead_relu import DeadReLUMonitor
 from backprop_lab.monitors.gradients import GradientMonitor
 from backprop_lab.monitors.layout import custom_scalars_layout
 from backprop_lab.monitors.pictures import PictureMonitor
+from backprop_lab.monitors.record import StepRecord, StepRecorder
 
-__all__ = ["BackpropViewMonitor", "DeadReLUMonitor", "GradientMonitor", "PictureMonitor", "custom_scalars_layout"]
+__all__ = [
+    "BackpropViewMonitor",
+    "DeadReLUMonitor",
+    "GradientMonitor",
+    "PictureMonitor",
+    "StepRecord",
+    "StepRecorder",
+    "custom_scalars_layout",
+]

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import math
 
-import numpy as np
 import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
-from torch import Tensor, nn
+from torch import Tensor
 
-from backprop_lab.monitors.common import is_log_step, log_metrics, tensorboard_writers, watched_module
+from backprop_lab.monitors.common import log_metrics, tensorboard_writers
+from backprop_lab.monitors.record import StepRecorder
 
 HISTOGRAM_BINS = 64  # equal-width bins between the smallest and the largest value
 
@@ -44,15 +44,9 @@ def histogram_stats(values: Tensor, bins: int = HISTOGRAM_BINS) -> dict | None:
     }
 
 
-def _number(t: Tensor) -> Tensor:
-    """A one-element tensor's value, or a larger tensor's L2 norm, as a 0-d float tensor (no sync)."""
-    t = t.detach()
-    t = t if t.dtype == torch.float64 else t.float()  # norms of bf16/fp16 values in float32
-    return t.reshape(()) if t.numel() == 1 else torch.linalg.vector_norm(t)
-
-
 class GradientMonitor(Callback):
-    """Logs, for every trainable parameter ``<name>`` (named relative to the submodule ``root``):
+    """Logs, for every trainable parameter ``<name>`` (named relative to the watched network ``root``;
+    ``None``: the LightningModule's single network child, else the module itself):
 
     - ``params/<name>`` and ``grads/<name>``: scalars for one-element parameters, histograms (every
       ``histogram_every_n_steps``) for larger ones;
@@ -61,100 +55,71 @@ class GradientMonitor(Callback):
       of the optimizer's param group that holds the parameter (not logged while ‖w‖ = 0). For plain
       SGD (no momentum, no weight decay) this is exactly ‖Δw‖/‖w‖.
 
-    The gradient is the one the update applies: read after the optimizer step, so after Lightning's
-    ``gradient_clip_val`` and after every micro-batch of ``accumulate_grad_batches``; the parameter
-    values are read before the update. Both are logged at the step k of that update (step k shows the
-    parameters before the k-th update and the gradient it applies), every ``log_every_n_steps``
-    (default: the trainer's; histograms every ``histogram_every_n_steps``, whichever steps are logged).
-    After training, ``params/*`` once more at the final step.
-
-    :attr:`grad_norm_history` and :attr:`value_history` keep the logged norms and one-element values,
-    first layer to last, for :class:`~backprop_lab.monitors.PictureMonitor`.
+    The gradient is the one the update applies (the record's ``grad``, see
+    :mod:`backprop_lab.monitors.record`): after Lightning's ``gradient_clip_val`` and after every
+    micro-batch of ``accumulate_grad_batches``; the parameter values are read before the update. Both are
+    logged at the step k of that update (step k shows the parameters before the k-th update and the
+    gradient it applies), every ``log_every_n_steps`` (default: the trainer's; histograms every
+    ``histogram_every_n_steps``, whichever steps are logged). After training, ``params/*`` once more at
+    the final step. The numbers come from the :class:`~backprop_lab.monitors.record.StepRecorder`
+    (``recorder``, or the one shared by the trainer's monitors).
     """
 
     def __init__(
-        self, root: str | None = None, log_every_n_steps: int | None = None, histogram_every_n_steps: int = 50
+        self,
+        root: str | None = None,
+        log_every_n_steps: int | None = None,
+        histogram_every_n_steps: int = 50,
+        recorder: StepRecorder | None = None,
     ):
         self.root = root
         self.log_every_n_steps = log_every_n_steps
         self.histogram_every_n_steps = histogram_every_n_steps
-        self.history_steps: list[int] = []
-        self.history: dict[str, list[float]] = {}  # grad_norm/<name> at history_steps (NaN: no gradient)
-        self.values: dict[str, list[float]] = {}  # params/<name> of one-element parameters at history_steps
-        # what on_before_optimizer_step read for the step being taken: (step, named, values, learning rates)
-        self._before: tuple[int, list[tuple[str, nn.Parameter]], Tensor, list[float]] | None = None
-        self._log_now = self._histogram_now = False
+        self.recorder = recorder
+        self._given = recorder
+        self._histogram_step: int | None = None
 
-    @property
-    def grad_norm_history(self) -> tuple[np.ndarray, dict[str, np.ndarray]]:
-        """``(steps, {name: ‖g‖ at those steps})``, parameters in the order the network declares them."""
-        return np.asarray(self.history_steps), {n: np.asarray(v) for n, v in self.history.items()}
+    def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        self.recorder = StepRecorder.attach(trainer, pl_module, self.root, self._given)
+        if self.log_every_n_steps:
+            self.recorder.record_every(self.log_every_n_steps)
 
-    @property
-    def value_history(self) -> tuple[np.ndarray, dict[str, np.ndarray]]:
-        """``(steps, {name: value})`` of the one-element parameters at the logged steps."""
-        return np.asarray(self.history_steps), {n: np.asarray(v) for n, v in self.values.items()}
-
-    def state_dict(self) -> dict:
-        """The logged history, so a resumed run's pictures show the whole run."""
-        return {"history_steps": list(self.history_steps), "history": dict(self.history), "values": dict(self.values)}
-
-    def load_state_dict(self, state_dict: dict) -> None:
-        self.history_steps = list(state_dict["history_steps"])
-        self.history = {n: list(v) for n, v in state_dict["history"].items()}
-        self.values = {n: list(v) for n, v in state_dict["values"].items()}
+    def on_train_batch_start(self, trainer: Trainer, pl_module: LightningModule, batch, batch_idx: int) -> None:
+        self.recorder.batch_start(trainer, pl_module, batch, batch_idx)
 
     def on_before_optimizer_step(self, trainer: Trainer, pl_module: LightningModule, optimizer) -> None:
-        self._before = None
-        self._log_now = is_log_step(trainer, self.log_every_n_steps)
-        self._histogram_now = trainer.global_step % self.histogram_every_n_steps == 0
-        if not (self._log_now or self._histogram_now):
-            return
-        params = watched_module(pl_module, self.root).named_parameters()
-        named = [(n, p) for n, p in params if p.requires_grad and p.grad is not None]
-        if not named:
-            return
-        lr_of = {id(p): group["lr"] for group in optimizer.param_groups for p in group["params"]}
-        with torch.no_grad():
-            values = torch.stack([_number(p) for _, p in named])  # stays on the device until the step ends
-        self._before = (trainer.global_step, named, values, [float(lr_of.get(id(p), math.nan)) for _, p in named])
-        if self._histogram_now:
-            self._histograms(trainer, "params", [(n, p) for n, p in named if p.numel() > 1], trainer.global_step)
+        self.recorder.before_optimizer_step(trainer, pl_module, optimizer)
+        # Histograms of whole tensors at their own cadence: the parameters before the update, read (not hooked).
+        self._histogram_step = None
+        if trainer.global_step % self.histogram_every_n_steps == 0:
+            self._histogram_step = trainer.global_step
+            self._histograms(trainer, "params", self._larger(lambda p: p), trainer.global_step)
 
-    def on_train_batch_end(self, trainer: Trainer, pl_module: LightningModule, *args) -> None:
-        if self._before is None or trainer.global_step == self._before[0]:
-            return  # no update was taken yet (a micro-batch of an accumulated step)
-        step, named, values, lrs = self._before
-        self._before = None
-        if any(p.grad is None for _, p in named):
+    def on_train_batch_end(self, trainer: Trainer, pl_module: LightningModule, outputs, batch, batch_idx: int) -> None:
+        record = self.recorder.batch_end(trainer, pl_module, outputs, batch, batch_idx)
+        if self._histogram_step is not None and trainer.global_step != self._histogram_step:  # the update is taken
+            self._histograms(trainer, "grads", self._larger(lambda p: p.grad), self._histogram_step)
+            self._histogram_step = None
+        if record is None or not record.backward:
             return
-        if self._histogram_now:
-            self._histograms(trainer, "grads", [(n, p.grad) for n, p in named if p.numel() > 1], step)
-        if not self._log_now:
+        every = self.log_every_n_steps or trainer.log_every_n_steps
+        if (record.step + 1) % every != 0 and not trainer.should_stop:
             return
-        with torch.no_grad():
-            host = torch.cat([values, torch.stack([_number(p.grad) for _, p in named])]).tolist()  # one sync
-        k = len(named)
         metrics: dict[str, float] = {}
-        norms: dict[str, float] = {}
-        for (n, p), w, g, lr in zip(named, host[:k], host[k:], lrs):
-            if p.numel() == 1:
-                metrics[f"params/{n}"], metrics[f"grads/{n}"] = w, g
-            norms[n] = abs(g)
-            metrics[f"grad_norm/{n}"] = abs(g)
-            if w != 0 and math.isfinite(lr * g / w):
-                metrics[f"update_ratio/{n}"] = abs(lr * g / w)
-        log_metrics(trainer, metrics, step)
-        self._remember(step, norms, {n: w for (n, p), w in zip(named, host[:k]) if p.numel() == 1})
+        for n, s in record.params.items():
+            if not math.isfinite(s.grad):
+                continue
+            if s.numel == 1:
+                metrics[f"params/{n}"], metrics[f"grads/{n}"] = s.value, s.grad
+            metrics[f"grad_norm/{n}"] = abs(s.grad)
+            if math.isfinite(s.update_ratio):
+                metrics[f"update_ratio/{n}"] = s.update_ratio
+        log_metrics(trainer, metrics, record.step)
 
-    def _remember(self, step: int, norms: dict[str, float], values: dict[str, float]) -> None:
-        before = len(self.history_steps)
-        self.history_steps.append(step)
-        for table, new in ((self.history, norms), (self.values, values)):
-            for n in new:  # in the network's order: a parameter seen for the first time joins at the end
-                table.setdefault(n, [math.nan] * before)
-            for n, column in table.items():
-                column.append(new.get(n, math.nan))
+    def _larger(self, what) -> list[tuple[str, Tensor]]:
+        """``what(p)`` of every trainable parameter of more than one element (None left out)."""
+        named = [(n, what(p)) for n, p in self.recorder.net.named_parameters() if p.requires_grad and p.numel() > 1]
+        return [(n, t) for n, t in named if t is not None]
 
     def _histograms(self, trainer: Trainer, prefix: str, tensors: list[tuple[str, Tensor]], step: int) -> None:
         writers = tensorboard_writers(trainer)
@@ -164,10 +129,11 @@ class GradientMonitor(Callback):
                 writer.add_histogram_raw(f"{prefix}/{n}", global_step=step, **stats)
 
     def on_train_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        one = [(n, p) for n, p in watched_module(pl_module, self.root).named_parameters() if p.numel() == 1]
+        self.recorder.train_end(trainer, pl_module)
+        one = [(n, p) for n, p in self.recorder.net.named_parameters() if p.numel() == 1]
         if not one:
             return
         with torch.no_grad():
-            values = torch.stack([_number(p) for _, p in one]).tolist()
+            values = [float(p.detach().reshape(()).item()) for _, p in one]
         if all(math.isfinite(v) for v in values):
             log_metrics(trainer, {f"params/{n}": v for (n, _), v in zip(one, values)}, trainer.global_step)

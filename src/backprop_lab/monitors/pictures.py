@@ -8,11 +8,11 @@ that applies to the run (one that does not apply is skipped without a word):
   path the run took drawn on it;
 - ``pictures/fit``: the function the network computes, with the data: ŷ(x) over the training and
   probe points (1-D regression), or the decision boundary over the plane (2-D classification);
-- ``pictures/unit_activity``: layer × unit × step, each unit's active fraction (h > 0) on the probe
-  set, black where the unit is dead (needs a :class:`~backprop_lab.monitors.DeadReLUMonitor`);
-- ``pictures/grad_norm_by_layer``: every layer's gradient norm over the steps on a log scale, first
-  layer to last, so a vanishing gradient shows as a gap (needs a
-  :class:`~backprop_lab.monitors.GradientMonitor`).
+- ``pictures/unit_activity``: layer × unit × step, each unit's active fraction (ReLU′ ≠ 0) on the
+  probe set, black where the unit is dead (the probe passes a
+  :class:`~backprop_lab.monitors.DeadReLUMonitor` makes);
+- ``pictures/grad_norm_by_layer``: every layer's gradient norm (as applied) over the recorded steps on
+  a log scale, first layer to last, so a vanishing gradient shows as a gap.
 
 Figures are built on :class:`matplotlib.figure.Figure` and rendered by the Agg canvas directly, so
 no pyplot backend is chosen and nothing opens a window.
@@ -25,11 +25,11 @@ import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
 from torch import Tensor, nn
 
-from backprop_lab.config import PICTURES
-from backprop_lab.monitors.common import find_callback, probe_set, tensorboard_writers, watched_module
-from backprop_lab.monitors.dead_relu import DeadReLUMonitor
-from backprop_lab.monitors.gradients import GradientMonitor
+from backprop_lab.monitors.common import probe_set, tensorboard_writers
+from backprop_lab.monitors.record import StepRecorder
 
+# Every picture, in the order drawn (backprop-lab's ``monitor.pictures`` takes these names).
+PICTURES = ("loss_surface", "fit", "unit_activity", "grad_norm_by_layer")
 SIZE = (6.4, 4.4)  # inches at 100 dpi: 640×440 pixels, a few tens of KB as PNG
 
 
@@ -305,14 +305,18 @@ def _draw_grad_norm_map(steps: np.ndarray, norms: dict[str, np.ndarray], step: i
 
 
 class PictureMonitor(Callback):
-    """Draws ``pictures`` (a subset of :data:`backprop_lab.config.PICTURES`) into the Images tab.
+    """Draws ``pictures`` (a subset of :data:`PICTURES`) into the Images tab.
 
     Every ``every_n_steps`` (from step ``every_n_steps`` on, before that step's update) and once at
     the end of training. ``root`` names the network inside the LightningModule (it is called as
-    ``root(x)``); ``loss_fn(y_hat, y)`` is the loss for the surface (default: the module's
-    ``loss_fn`` attribute). Data comes from ``trainer.datamodule``: ``probe_x``, ``probe_y``,
-    ``task`` (``regression`` or ``classification``) and ``train_set.x``/``.y`` where present.
-    ``threshold`` is the output value on the decision boundary (0 for logits or ±1 targets).
+    ``root(x)``; ``None``: its single network child, else the module itself); ``loss_fn(y_hat, y)`` is
+    the loss for the surface (default: the module's ``loss_fn`` attribute). Data comes from
+    ``trainer.datamodule``: ``probe_x``, ``probe_y``, ``task`` (``regression`` or ``classification``)
+    and ``train_set.x``/``.y`` where present. ``threshold`` is the output value on the decision boundary
+    (0 for logits or ±1 targets). The path on the loss surface, the gradient norms and the unit activity
+    are the :class:`~backprop_lab.monitors.record.StepRecorder`'s (``recorder``, or the one shared by
+    the trainer's monitors); unit activity needs probe passes, which a
+    :class:`~backprop_lab.monitors.DeadReLUMonitor` makes.
     """
 
     def __init__(
@@ -322,6 +326,7 @@ class PictureMonitor(Callback):
         root: str | None = None,
         loss_fn=None,
         threshold: float = 0.0,
+        recorder: StepRecorder | None = None,
     ):
         unknown = set(pictures) - set(PICTURES)
         if unknown:
@@ -331,56 +336,43 @@ class PictureMonitor(Callback):
         self.root = root
         self.loss_fn = loss_fn
         self.threshold = threshold
-        # the trainable numbers before each update: lists of floats on the CPU, tensors on a device
-        self._path: list[Tensor] = []
-        self._path_params: list[nn.Parameter] = []  # whose numbers the path records; empty: none
-        # Where a GradientMonitor on the same root already records those numbers (one-element
-        # parameters, at its log steps), the path is read from it instead of recorded again.
-        self._path_from: GradientMonitor | None = None
-        self._path_names: list[str] = []
+        self.recorder = recorder
+        self._given = recorder
+        self._surface = False  # a network of one or two trainable numbers: the loss surface applies
 
-    def state_dict(self) -> dict:
-        return {"path": [t.tolist() for t in self._path]}
+    def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        self.recorder = StepRecorder.attach(trainer, pl_module, self.root, self._given)
+        numbers = sum(p.numel() for _, p in trainable(self.recorder.net))
+        self._surface = "loss_surface" in self.pictures and 1 <= numbers <= 2
+        if self._surface:
+            self.recorder.record_every(1)  # the path: the parameters before every update
 
-    def load_state_dict(self, state_dict: dict) -> None:
-        self._path = [torch.tensor(p, dtype=torch.float64) for p in state_dict["path"]]
-
-    def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        named = trainable(watched_module(pl_module, self.root))
-        numbers = sum(p.numel() for _, p in named)
-        self._path_params = [p for _, p in named] if "loss_surface" in self.pictures and 1 <= numbers <= 2 else []
-        monitor = find_callback(trainer, GradientMonitor)
-        if self._path_params and monitor is not None and monitor.root == self.root and numbers == len(named):
-            self._path_from, self._path_names = monitor, [n for n, _ in named]
+    def on_train_batch_start(self, trainer: Trainer, pl_module: LightningModule, batch, batch_idx: int) -> None:
+        self.recorder.batch_start(trainer, pl_module, batch, batch_idx)
 
     def on_before_optimizer_step(self, trainer: Trainer, pl_module: LightningModule, optimizer) -> None:
-        if self._path_params and self._path_from is None:
-            self._path.append(self._numbers())  # no sync: a device's numbers stay there until drawn
+        self.recorder.before_optimizer_step(trainer, pl_module, optimizer)
         step = trainer.global_step
         if step > 0 and step % self.every_n_steps == 0:
             self.draw(trainer, pl_module, step)
 
+    def on_train_batch_end(self, trainer: Trainer, pl_module: LightningModule, outputs, batch, batch_idx: int) -> None:
+        self.recorder.batch_end(trainer, pl_module, outputs, batch, batch_idx)
+
     def on_train_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        if self._path_params:
-            self._path.append(self._numbers())  # where training ended (a non-finite point is dropped when drawn)
+        self.recorder.train_end(trainer, pl_module)
         self.draw(trainer, pl_module, trainer.global_step)
 
-    def _numbers(self) -> Tensor:
-        """The trainable numbers now, as one flat tensor left where they live (no sync)."""
+    def _path_array(self, net: nn.Module) -> np.ndarray:
+        """The (steps, numbers) float64 path: the recorded values before each update, then where training
+        ended (the trainable numbers now)."""
+        names = [n for n, _ in trainable(net)]
+        rows = [
+            [r.params[n].value for n in names] for r in self.recorder.history if r.backward and names[0] in r.params
+        ]
         with torch.no_grad():
-            return torch.cat([p.detach().reshape(-1) for p in self._path_params])
-
-    def _path_array(self) -> np.ndarray:
-        """The path so far as a (steps, numbers) float64 array: the GradientMonitor's logged values (if
-        it is the source), then what this callback recorded itself."""
-        parts = []
-        if self._path_from is not None and len(self._path_from.history_steps):
-            steps, values = self._path_from.value_history
-            nan = np.full(len(steps), np.nan)
-            parts.append(np.stack([values.get(n, nan) for n in self._path_names], axis=1).reshape(len(steps), -1))
-        if self._path:
-            parts.append(torch.stack(self._path).to(torch.float64).cpu().numpy())
-        return np.concatenate(parts) if parts else np.empty((0, 0))
+            rows.append(torch.cat([p.detach().reshape(-1) for _, p in trainable(net)]).to(torch.float64).tolist())
+        return np.asarray(rows, dtype=np.float64)
 
     def draw(self, trainer: Trainer, pl_module: LightningModule, step: int) -> None:
         """Every picture that applies, at ``step``."""
@@ -400,12 +392,12 @@ class PictureMonitor(Callback):
     def _loss_surface(self, trainer: Trainer, pl_module: LightningModule, step: int):
         loss_fn = self.loss_fn or getattr(pl_module, "loss_fn", None)
         probe = probe_set(trainer)
-        if not self._path_params or loss_fn is None or probe is None:
+        if not self._surface or loss_fn is None or probe is None:
             return None
-        net = watched_module(pl_module, self.root)
-        dtype = self._path_params[0].dtype  # the run's precision (64-true, bf16-true, …)
+        net = self.recorder.net
+        dtype = trainable(net)[0][1].dtype  # the run's precision (64-true, bf16-true, …)
         x, y = (t.to(device=pl_module.device, dtype=dtype) for t in probe)
-        path = self._path_array()
+        path = self._path_array(net)
         path = path[np.isfinite(path).all(axis=1)] if path.size else path
 
         def surface(thetas: np.ndarray) -> np.ndarray:
@@ -437,7 +429,7 @@ class PictureMonitor(Callback):
         return None
 
     def _predict(self, pl_module: LightningModule, x: Tensor) -> np.ndarray:
-        net = watched_module(pl_module, self.root)
+        net = self.recorder.net
         was_training = net.training
         try:
             net.eval()
@@ -448,18 +440,21 @@ class PictureMonitor(Callback):
         return y_hat.reshape(len(x), -1).to(torch.float64).cpu().numpy()
 
     def _unit_activity(self, trainer: Trainer, pl_module: LightningModule, step: int):
-        monitor = find_callback(trainer, DeadReLUMonitor)
-        if monitor is None or not monitor.activity_steps:
+        recorder = self.recorder
+        layers = recorder.entries(kinds=("relu", "leaky_relu"))
+        activity = {n: recorder.activity[n] for n in layers if recorder.activity.get(n)}
+        if not activity:
             return None
-        source = "probe set" if probe_set(trainer) is not None else "training batch"
-        leaky = frozenset(n for n, a in monitor.negative_slopes.items() if a > 0)
-        return draw_unit_activity(monitor.activity_steps, monitor.activity, source, step, leaky)
+        leaky = frozenset(n for n in layers if n in recorder.entries(kinds=("leaky_relu",)))
+        return draw_unit_activity(recorder.activity_steps, activity, "probe set", step, leaky)
 
     def _grad_norms(self, trainer: Trainer, pl_module: LightningModule, step: int):
-        monitor = find_callback(trainer, GradientMonitor)
-        if monitor is None or not len(monitor.history_steps):
+        records = [r for r in self.recorder.history if r.backward]
+        if not records:
             return None
-        steps, norms = monitor.grad_norm_history
+        names = list(records[0].params)
+        steps = np.asarray([r.step for r in records])
+        norms = {n: np.asarray([abs(r.params[n].grad) if n in r.params else np.nan for r in records]) for n in names}
         return draw_grad_norms(steps, norms, step)
 
 

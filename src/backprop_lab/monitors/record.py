@@ -1,0 +1,862 @@
+"""StepRecorder: the one record of a training step that every monitor, the Backprop tab and the diagnoses read.
+
+It is the only component that hooks the watched network. Once per training step it keeps, in the order
+the forward pass calls them:
+
+- per parameter ``<name>``: its value before the update (the number itself for a one-element parameter,
+  else its L2 norm), the gradient **as backprop computed it** (``grad_backprop``: read in
+  ``on_before_optimizer_step``, summed over every micro-batch of ``accumulate_grad_batches``, before
+  Lightning's ``gradient_clip_val``) and **as the optimizer applied it** (``grad``: read after the
+  update, so after clipping), the value after the update, the learning rate η of its param group and
+  the update ratio ‖η·g‖/‖w‖ (g the applied gradient);
+- per *call* of a module (a module called twice per forward pass gives two entries, ``act#0`` and
+  ``act#1``; a module called once keeps its plain name): for activation modules the dead fraction,
+  the zero fraction and (sigmoid, tanh) the saturation, over every micro-batch of the step.
+
+**Units.** A unit is an index along ``unit_dim`` of the activation; every other dim is a sample. By
+default ``unit_dim`` is the feature axis: dim 1 for a feature map (a tensor of 3 or more dims whose last
+layer with parameters before it is a convolution or a normalisation over channels), else the last dim
+(a ``Linear``-style activation on (batch, …, features), e.g. (batch, tokens, features)). Pass an int for
+every activation, or a dict ``{entry or module name: dim}``.
+
+**Dead, saturated.** A unit is *dead* on a step when the activation's local derivative is 0 on every
+sample of the step, so no gradient passes it back: for ReLU, z < 0, or z ≤ 0 where ReLU′(0) = 0 (the
+module's ``grad_at_zero``, backprop-lab's ``model.relu_grad_at_zero``; ``torch.nn.ReLU`` has
+ReLU′(0) = 0); a leaky unit (slope a > 0) is never dead; σ and tanh only where σ′ rounds to 0. A
+sigmoid/tanh unit is *saturated* when its derivative is below ``saturation_threshold`` on every sample.
+:func:`local_derivative` is that definition, the only one: every reader counts with it.
+
+**When.** Activation counts are taken at every training step (device reductions, no sync), so
+"dead from step s on" holds across every step. Everything else is read, and copied to the host in one
+``tolist`` per step, at the recorded steps: step 0, the steps ``(k + 1) % n == 0`` for the trainer's
+``log_every_n_steps`` (Lightning's cadence) and for any interval a reader asks for
+(:meth:`StepRecorder.record_every`), and a step that stops the run. :attr:`StepRecorder.history`
+holds the records.
+
+**Functional activations.** An activation called as a function in a ``forward`` (``F.relu``,
+``torch.sigmoid``, ``x.tanh()``) has no module to hook. The first training forward pass runs under a
+``torch.overrides.TorchFunctionMode`` that notices such calls, and the recorder names them in one
+warning.
+
+The monitors find a shared recorder with :meth:`StepRecorder.attach` (one per trainer and watched
+module) or take the one you pass them; each drives it from its own hooks, and every step is taken once
+whichever callback comes first.
+"""
+
+from __future__ import annotations
+
+import math
+import weakref
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+import torch
+from lightning.pytorch import Callback, LightningModule, Trainer
+from lightning.pytorch.utilities import rank_zero_warn
+from torch import Tensor, nn
+from torch.overrides import TorchFunctionMode
+
+from backprop_lab import models
+
+SATURATION_THRESHOLD = 1e-3  # σ′ < 1e-3 where |z| > 6.9; tanh′ < 1e-3 where |z| > 3.8
+
+# The activation modules the recorder knows, by kind. Kinds with a local derivative computed from the
+# forward values get dead/saturation counts; the others (gelu, silu, elu, softplus) the zero fraction only.
+ACTIVATION_KINDS: dict[type[nn.Module], str] = {
+    models.ReLU: "relu",
+    nn.ReLU: "relu",
+    models.LeakyReLU: "leaky_relu",
+    nn.LeakyReLU: "leaky_relu",
+    models.Sigmoid: "sigmoid",
+    nn.Sigmoid: "sigmoid",
+    nn.Tanh: "tanh",
+    nn.GELU: "gelu",
+    nn.SiLU: "silu",
+    nn.ELU: "elu",
+    nn.Softplus: "softplus",
+}
+SATURATING = ("sigmoid", "tanh")
+RELU_KINDS = ("relu", "leaky_relu")
+# Layers whose output's dim 1 is the channel axis: the units of a feature map that follows them.
+CHANNEL_LAYERS = (
+    nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d,
+    nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.InstanceNorm1d, nn.InstanceNorm2d, nn.InstanceNorm3d,
+    nn.GroupNorm,
+)  # fmt: skip
+# What a call of a torch function named so is: an activation (for the one warning about functional ones).
+FUNCTIONAL_ACTIVATIONS = {
+    *("relu", "relu_", "leaky_relu", "leaky_relu_", "sigmoid", "sigmoid_", "tanh", "tanh_", "gelu", "silu"),
+    *("elu", "selu", "celu", "softplus", "relu6", "hardtanh", "mish", "hardswish", "hardsigmoid"),
+}
+
+
+def activation_kind(module: nn.Module) -> str | None:
+    return ACTIVATION_KINDS.get(type(module))
+
+
+def local_derivative(
+    kind: str, z: Tensor | None, h: Tensor, grad_at_zero: int = 0, slope: float = 0.0
+) -> Tensor | None:
+    """dh/dz of the activation, elementwise, from the values of the forward pass: the one definition of
+    "dead" (0 on every sample) and "saturated" (below a threshold on every sample). None where the kind
+    has no closed form here (gelu, silu, …)."""
+    if kind == "relu":
+        if grad_at_zero and z is not None:
+            return (z >= 0).to(h.dtype)  # ReLU′(0) = 1
+        return (h > 0).to(h.dtype)  # ReLU′(0) = 0, as torch's: h > 0 ⇔ z > 0 (and right after an in-place ReLU)
+    if kind == "leaky_relu":
+        if slope == 0:
+            return (h > 0).to(h.dtype)
+        return torch.where(h > 0, 1.0, slope).to(h.dtype)
+    if kind == "sigmoid":
+        return h * (1 - h)  # σ′(z) = σ(z)·(1 − σ(z))
+    if kind == "tanh":
+        return 1 - h * h  # tanh′(z) = 1 − tanh²(z)
+    return None
+
+
+def default_root(pl_module: nn.Module) -> nn.Module:
+    """The network a monitor watches by default: the LightningModule's single child with parameters
+    (``self.net``, ``self.seq``) when all its parameters are there, else the LightningModule itself."""
+    children = [c for c in pl_module.children() if any(True for _ in c.parameters())]
+    if len(children) == 1:
+        own = sum(p.numel() for p in pl_module.parameters())
+        if own == sum(p.numel() for p in children[0].parameters()):
+            return children[0]
+    return pl_module
+
+
+def resolve_root(pl_module: nn.Module, root: str | None) -> nn.Module:
+    """The submodule named ``root``, or for ``None`` the :func:`default_root`."""
+    return pl_module.get_submodule(root) if root else default_root(pl_module)
+
+
+def is_callable(net: nn.Module) -> bool:
+    """Whether ``net(x)`` runs a forward pass (a LightningModule without ``forward`` does not)."""
+    return not (isinstance(net, LightningModule) and type(net).forward is LightningModule.forward)
+
+
+# --- the record --------------------------------------------------------------------------------------
+
+
+@dataclass
+class ParamStats:
+    """One parameter at one step: numbers for a one-element parameter, L2 norms for a larger one."""
+
+    value: float  # before the update
+    grad_backprop: float  # ∂L/∂w as backprop computed it (every micro-batch, before clipping); NaN: none
+    grad: float  # ∂L/∂w as the optimizer applied it (after clipping); NaN: no update
+    value_new: float  # after the update
+    lr: float  # η of the param group holding it; NaN: in none
+    numel: int
+    module: str  # the name of the module that owns it
+
+    @property
+    def update_ratio(self) -> float:
+        """‖η·g‖/‖w‖ with g the applied gradient (NaN while ‖w‖ = 0 or without a gradient)."""
+        ratio = abs(self.lr * self.grad / self.value) if self.value != 0 else math.nan
+        return ratio if math.isfinite(ratio) else math.nan
+
+
+@dataclass
+class LayerStats:
+    """One call of a module at one step, in call order."""
+
+    module: str  # the module's name (the entry's name without ``#k``)
+    type: str  # an activation kind, "linear" (a 2-D weight), or the module's class name
+    shape: list[int] | None = None  # the weight's shape, for layers with a weight
+    kind: str | None = None  # the activation kind; None for other layers
+    unit_dim: int | None = None
+    units: int | None = None
+    dead_fraction: float = math.nan  # units whose derivative is 0 on every sample (kinds with a derivative)
+    zero_fraction: float = math.nan  # activations exactly 0
+    saturation: float = math.nan  # sigmoid/tanh: units whose derivative is below the threshold on every sample
+    # the batch means of z, h and dh/dz, and the batch sums of ∂L/∂h and ∂L/∂z (with detail, else NaN)
+    z: float = math.nan
+    h: float = math.nan
+    prime: float = math.nan
+    dL_dh: float = math.nan
+    dL_dz: float = math.nan
+
+
+@dataclass
+class StepRecord:
+    """Everything recorded at one step: the parameters before the ``step``-th update, the gradient it applies."""
+
+    step: int
+    backward: bool  # a backward pass and an update belong to this record (False: the final forward pass)
+    batch: int  # samples in the step's batch (every micro-batch)
+    loss: float
+    params: dict[str, ParamStats] = field(default_factory=dict)  # in the network's order
+    layers: dict[str, LayerStats] = field(default_factory=dict)  # in call order
+    # with detail: the batch means of x, y and the network's output ŷ, and the sum of ∂L/∂ŷ
+    x: float = math.nan
+    y: float = math.nan
+    y_hat: float = math.nan
+    dL_dy_hat: float = math.nan
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> StepRecord:
+        d = dict(d)
+        d["params"] = {n: ParamStats(**p) for n, p in d["params"].items()}
+        d["layers"] = {n: LayerStats(**v) for n, v in d["layers"].items()}
+        return cls(**d)
+
+
+class _Counts:
+    """One entry's device-side counts over the forward passes of one step (every micro-batch)."""
+
+    __slots__ = ("numel", "nonzero", "active", "samples", "max_prime", "sums", "grads")
+
+    def __init__(self):
+        self.numel = 0
+        self.nonzero: Tensor | None = None
+        self.active: Tensor | None = None  # per unit: samples where the derivative is not 0
+        self.samples = 0
+        self.max_prime: Tensor | None = None  # per unit: the largest derivative (saturation)
+        self.sums: dict[str, Tensor] = {}  # detail: sums of z, h, dh/dz
+        self.grads: dict[str, Tensor] = {}  # detail: sums of ∂L/∂h, ∂L/∂z
+
+    def add(self, key: str, value: Tensor, table: dict) -> None:
+        table[key] = table[key] + value if key in table else value
+
+
+def _acc(old: Tensor | None, new: Tensor, how) -> Tensor:
+    return new if old is None else how(old, new)
+
+
+# --- the recorder --------------------------------------------------------------------------------------
+
+_SHARED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # trainer -> {id(net): recorder}
+
+
+class StepRecorder(Callback):
+    """The one record of each training step (see the module's docstring). ``root``: the network to watch
+    (a submodule name; ``None``: :func:`default_root`). ``every_n_steps``: the recorded steps (default:
+    the trainer's ``log_every_n_steps``). A callback itself, so its history is checkpointed when it is in
+    the trainer's callbacks; the monitors drive it from their hooks too, in whatever order they run.
+    """
+
+    def __init__(
+        self,
+        root: str | None = None,
+        unit_dim: int | dict[str, int] | None = None,
+        saturation_threshold: float = SATURATION_THRESHOLD,
+        every_n_steps: int | None = None,
+    ):
+        self.root = root
+        self.unit_dim = unit_dim
+        self.saturation_threshold = saturation_threshold
+        self.every_n_steps = every_n_steps
+        self.history: list[StepRecord] = []
+        self.activity_steps: list[int] = []  # steps of :meth:`probe` results kept for pictures
+        self.activity: dict[str, list[np.ndarray]] = {}  # per entry: each unit's active fraction at those steps
+        self.functional: list[str] = []  # "torch.relu in 'block'": activations called as functions
+        self.net: nn.Module | None = None
+        self._pl_module: LightningModule | None = None
+        self._intervals: set[int] = set()
+        self._detail = False
+        self._final = False
+        self._handles: list = []
+        self._kinds: dict[str, str] = {}  # module name -> activation kind
+        self._modules: dict[str, nn.Module] = {}
+        self._named_params: list[tuple[str, nn.Parameter]] = []
+        self._param_module: dict[str, str] = {}
+        self._unit_dims: dict[str, int] = {}  # entry -> the dim it was resolved to
+        self._order: dict[tuple[str, int], None] = {}  # entries (module, call) in call order
+        self._calls_per_pass: dict[str, int] = {}  # module -> the most calls seen in one forward pass
+        self._last_active: dict[tuple[str, int], Tensor] = {}  # per unit: last step it passed a gradient (−1: never)
+        self._reset_step(None)
+        self._batch_key = None
+        self._finished_step: int | None = None
+        self._before_step: int | None = None
+        self._discovery: _FunctionalActivations | None = None
+        self._discovered = False
+        self._last_batch = None
+
+    # --- the shared recorder --------------------------------------------------------------------------
+
+    @classmethod
+    def attach(cls, trainer: Trainer, pl_module: LightningModule, root: str | None, given: StepRecorder | None = None):
+        """The recorder a monitor reads: ``given``, else a ``StepRecorder`` among the trainer's callbacks
+        watching the same network, else one shared by every monitor of this trainer on that network."""
+        net = resolve_root(pl_module, root)
+        if given is None:
+            given = next(
+                (cb for cb in trainer.callbacks if isinstance(cb, StepRecorder) and cb._watches(pl_module, net)), None
+            )
+        if given is None:
+            shared = _SHARED.setdefault(trainer, {})
+            given = shared.get(id(net))
+            if given is None:
+                given = shared[id(net)] = cls(root=root)
+        given._bind(pl_module)
+        return given
+
+    def _watches(self, pl_module: LightningModule, net: nn.Module) -> bool:
+        return resolve_root(pl_module, self.root) is net
+
+    def record_every(self, n: int) -> None:
+        """Also record every ``n`` steps (a reader's own cadence; 1: every step)."""
+        self._intervals.add(int(n))
+
+    def want_detail(self) -> None:
+        """Also keep the batch means of x, y, z, h, ŷ and the sums of ∂L/∂h, ∂L/∂z, ∂L/∂ŷ (tensor hooks on
+        the recorded steps): what the Backprop tab draws for the post's networks."""
+        self._detail = True
+
+    def want_final_pass(self) -> None:
+        """After training, record one forward pass under the trained parameters (``backward`` False)."""
+        self._final = True
+
+    # --- set-up and tear-down -------------------------------------------------------------------------
+
+    def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        self._bind(pl_module)
+
+    def _bind(self, pl_module: LightningModule) -> None:
+        if self._handles:
+            return
+        self._pl_module = pl_module
+        self.net = net = resolve_root(pl_module, self.root)
+        self._named_params = [(n, p) for n, p in net.named_parameters() if p.requires_grad]
+        owner = {id(p): name for name, m in net.named_modules() for p in m.parameters(recurse=False)}
+        self._param_module = {n: owner.get(id(p), "") for n, p in self._named_params}
+        for name, module in net.named_modules():
+            kind = activation_kind(module)
+            if kind is None and (module is net or any(True for _ in module.children())):
+                continue  # containers: their calls are their children's
+            self._modules[name] = module
+            if kind is not None:
+                self._kinds[name] = kind
+            self._handles.append(module.register_forward_hook(self._hook(name)))
+        if is_callable(net):
+            self._handles.append(net.register_forward_hook(self._on_output))
+
+    def teardown(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        self._stop_discovery()
+        for handle in self._handles:
+            handle.remove()
+        self._handles.clear()
+        self._modules.clear()
+        self._kinds.clear()
+        self._mode = None
+
+    def state_dict(self) -> dict:
+        return {
+            "history": [r.to_dict() for r in self.history],
+            "activity_steps": list(self.activity_steps),
+            "activity": {n: [a.tolist() for a in col] for n, col in self.activity.items()},
+            "last_active": {f"{m}\x00{k}": t.cpu() for (m, k), t in self._last_active.items()},
+        }
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        self.history = [StepRecord.from_dict(r) for r in state_dict.get("history", [])]
+        self.activity_steps = list(state_dict.get("activity_steps", []))
+        self.activity = {n: [np.asarray(a) for a in col] for n, col in state_dict.get("activity", {}).items()}
+        self._last_active = {
+            (key.split("\x00")[0], int(key.split("\x00")[1])): t for key, t in state_dict.get("last_active", {}).items()
+        }
+
+    # --- which steps ------------------------------------------------------------------------------------
+
+    def wants(self, trainer: Trainer, step: int) -> bool:
+        """Whether ``step`` is recorded: step 0, Lightning's log cadence and the readers' intervals."""
+        every = {self.every_n_steps or trainer.log_every_n_steps, *self._intervals}
+        return step == 0 or any((step + 1) % n == 0 for n in every) or trainer.should_stop
+
+    # --- the training step, driven by each reader's hooks (each part runs once per step) ------------------
+
+    def _reset_step(self, step: int | None) -> None:
+        self._step = step
+        self._armed = False
+        self._mode: str | None = None
+        self._counts: dict[tuple[str, int], _Counts] = {}
+        self._calls: dict[str, int] = {}
+        self._last_param_layer: nn.Module | None = None
+        self._before: tuple[Tensor, Tensor, list[float]] | None = None
+        self._out: dict[str, Tensor] = {}  # detail: y_hat sum and count, ∂L/∂ŷ, x, y sums
+        self._y_hat: Tensor | None = None
+        self._samples = 0
+        self._loss: float = math.nan
+
+    def batch_start(self, trainer: Trainer, pl_module: LightningModule, batch, batch_idx: int) -> None:
+        key = (trainer.current_epoch, batch_idx, trainer.global_step)
+        if key == self._batch_key:
+            return
+        self._batch_key = key
+        step = trainer.global_step
+        if step != self._step:
+            self._reset_step(step)
+            self._armed = self.wants(trainer, step)
+        self._new_pass()
+        self._mode = "train"
+        self._last_batch = batch
+        x, y = _pair(batch)
+        if x is not None:
+            self._samples += len(x)
+            if self._armed and self._detail:
+                self._add_out("x", x.detach().double().sum(), x.numel())
+                if y is not None:
+                    self._add_out("y", y.detach().double().sum(), y.numel())
+        if not self._discovered:
+            self._discovered = True
+            self._discovery = _FunctionalActivations(self.net, set(self._kinds))
+            self._discovery.__enter__()
+
+    def _new_pass(self) -> None:
+        for name, calls in self._calls.items():
+            self._calls_per_pass[name] = max(self._calls_per_pass.get(name, 0), calls)
+        self._calls = {}
+        self._last_param_layer = None
+
+    def _add_out(self, key: str, value: Tensor, count: int) -> None:
+        self._out[key] = self._out[key] + value if key in self._out else value
+        self._out[f"{key}#n"] = self._out.get(f"{key}#n", 0) + count
+
+    def before_optimizer_step(self, trainer: Trainer, pl_module: LightningModule, optimizer) -> None:
+        """The parameters before the update and the gradient as backprop computed it (before clipping)."""
+        step = trainer.global_step
+        if self._before_step == step:
+            return
+        self._before_step = step
+        self._stop_discovery()
+        self._mode = None
+        self._new_pass()
+        self._remember_active(step)
+        if not (self._armed or trainer.should_stop) or not self._named_params:
+            return
+        lr_of = {id(p): group["lr"] for group in optimizer.param_groups for p in group["params"]}
+        with torch.no_grad():
+            values = torch.stack([_number(p) for _, p in self._named_params])  # a copy: the update is in place
+            grads = torch.stack([_number(p.grad, p) for _, p in self._named_params])
+        self._before = (values, grads, [float(lr_of.get(id(p), math.nan)) for _, p in self._named_params])
+
+    def batch_end(
+        self, trainer: Trainer, pl_module: LightningModule, outputs, batch, batch_idx: int
+    ) -> StepRecord | None:
+        """The step's record once its update is taken (None after a micro-batch of an accumulated step, or
+        on a step that is not recorded)."""
+        self._mode = None
+        self._stop_discovery()
+        step = self._step
+        if step is None or trainer.global_step == step:
+            return None  # no update yet: another micro-batch of this step follows
+        if self._finished_step == step:
+            return self.history[-1] if self.history and self.history[-1].step == step else None
+        self._finished_step = step
+        if self._before_step != step:  # no optimizer step was called (a manual or skipped one)
+            self._remember_active(step)
+        if not (self._armed or self._before is not None):
+            return None
+        loss = outputs.get("loss") if isinstance(outputs, dict) else outputs
+        if not isinstance(loss, Tensor) and self._y_hat is not None and hasattr(pl_module, "loss_fn"):
+            _, y = _pair(batch)
+            with torch.no_grad():
+                loss = pl_module.loss_fn(self._y_hat, y)  # the step was skipped (a non-finite loss)
+        record = self._finish(step, loss, backward=True)
+        return record
+
+    def train_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        """The final forward pass under the trained parameters, at step N, where a reader asked for it."""
+        self._stop_discovery()
+        step = trainer.global_step
+        if not self._final or self._last_batch is None or self.net is None or not is_callable(self.net):
+            return
+        if self.history and (self.history[-1].step >= step or not math.isfinite(self.history[-1].loss)):
+            return  # recorded already (the last step was not taken), or the run diverged
+        self._reset_step(step)
+        self._armed, self._mode = True, "final"
+        x, y = _pair(self._last_batch)
+        if x is None:
+            return
+        try:
+            with torch.no_grad():
+                if self._detail:
+                    self._add_out("x", x.double().sum(), x.numel())
+                    if y is not None:
+                        self._add_out("y", y.double().sum(), y.numel())
+                self._samples = len(x)
+                out = self.net(x)
+                loss = pl_module.loss_fn(out, y) if hasattr(pl_module, "loss_fn") and y is not None else None
+        finally:
+            self._mode = None
+        self._new_pass()
+        self._finish(step, loss, backward=False)
+
+    # Lightning drives a recorder that is among the trainer's callbacks; the monitors drive it too.
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        self.batch_start(trainer, pl_module, batch, batch_idx)
+
+    def on_before_optimizer_step(self, trainer, pl_module, optimizer):
+        self.before_optimizer_step(trainer, pl_module, optimizer)
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        self.batch_end(trainer, pl_module, outputs, batch, batch_idx)
+
+    def on_train_end(self, trainer, pl_module):
+        self.train_end(trainer, pl_module)
+
+    # --- the hooks ----------------------------------------------------------------------------------------
+
+    def _hook(self, name: str):
+        kind = self._kinds.get(name)
+        module = self._modules[name]
+        has_params = any(True for _ in module.parameters(recurse=False))
+
+        def hook(mod: nn.Module, inputs, output) -> None:
+            mode = self._mode
+            if mode is None or (mode == "train" and not torch.is_grad_enabled()):
+                return  # not a training forward pass of the watched network (a validation or probe pass)
+            k = self._calls.get(name, 0)
+            self._calls[name] = k + 1
+            key = (name, k)
+            if mode != "probe":
+                self._order.setdefault(key, None)
+            if kind is not None and isinstance(output, Tensor):
+                z = inputs[0] if inputs and isinstance(inputs[0], Tensor) else None
+                self._activation(key, mod, kind, z, output, mode)
+            if has_params:
+                self._last_param_layer = mod
+
+        return hook
+
+    def _unit_dim(self, key: tuple[str, int], h: Tensor) -> int:
+        """The unit axis of an entry's activations, resolved once per entry."""
+        entry = f"{key[0]}#{key[1]}"
+        if entry in self._unit_dims:
+            return self._unit_dims[entry]
+        if h.dim() <= 1:
+            dim = 0
+        elif isinstance(self.unit_dim, int):
+            dim = self.unit_dim % h.dim()
+        elif isinstance(self.unit_dim, dict) and (entry in self.unit_dim or key[0] in self.unit_dim):
+            dim = self.unit_dim.get(entry, self.unit_dim.get(key[0])) % h.dim()
+        elif h.dim() >= 3 and isinstance(self._last_param_layer, CHANNEL_LAYERS):
+            dim = 1  # a feature map: (batch, channels, …)
+        else:
+            dim = h.dim() - 1  # (batch, …, features)
+        self._unit_dims[entry] = dim
+        return dim
+
+    def _activation(self, key, module: nn.Module, kind: str, z: Tensor | None, output: Tensor, mode: str) -> None:
+        h = output.detach()
+        zd = z.detach() if z is not None else None
+        dim = self._unit_dim(key, h)
+        over = [d for d in range(h.dim()) if d != dim]
+        prime = local_derivative(
+            kind, zd, h, int(getattr(module, "grad_at_zero", 0)), float(getattr(module, "negative_slope", 0.0))
+        )
+        if mode == "probe":
+            if prime is not None:
+                self._probe[key] = (prime > 0).to(torch.float32).mean(dim=over) if over else (prime > 0).float()
+            return
+        c = self._counts.get(key)
+        if c is None:
+            c = self._counts[key] = _Counts()
+        c.numel += h.numel()
+        c.nonzero = _acc(c.nonzero, torch.count_nonzero(h), torch.add)
+        if prime is not None:
+            active = (prime > 0).sum(dim=over) if over else (prime > 0).long()
+            c.active = _acc(c.active, active, torch.add)
+            c.samples += h.numel() // max(active.numel(), 1)
+            if kind in SATURATING and self._armed:
+                top = prime.amax(dim=over) if over else prime
+                c.max_prime = _acc(c.max_prime, top, torch.maximum)
+        if self._armed and self._detail:
+            c.add("h", h.double().sum(), c.sums)
+            if zd is not None:
+                c.add("z", zd.double().sum(), c.sums)
+            if prime is not None:
+                c.add("prime", prime.double().sum(), c.sums)
+            if mode == "train":
+                if output.requires_grad:
+                    output.register_hook(lambda g, c=c: c.add("dL_dh", g.double().sum(), c.grads))
+                if z is not None and z.requires_grad and z is not output:
+                    z.register_hook(lambda g, c=c: c.add("dL_dz", g.double().sum(), c.grads))
+
+    def _on_output(self, module: nn.Module, inputs, output) -> None:
+        if self._mode not in ("train", "final") or not isinstance(output, Tensor):
+            return
+        if self._mode == "train" and not torch.is_grad_enabled():
+            return
+        self._y_hat = output.detach()
+        if self._armed and self._detail:
+            self._add_out("y_hat", output.detach().double().sum(), output.numel())
+            if self._mode == "train" and output.requires_grad:
+                output.register_hook(lambda g: self._add_out("dL_dy_hat", g.double().sum(), 0))
+
+    def _remember_active(self, step: int) -> None:
+        """Per unit, the last step it passed a gradient: every step, on the device (no sync)."""
+        for key, c in self._counts.items():
+            if c.active is None:
+                continue
+            last = self._last_active.get(key)
+            if last is None or last.shape != c.active.shape:
+                last = torch.full(c.active.shape, -1, dtype=torch.int64, device=c.active.device)
+            elif last.device != c.active.device:  # loaded from a checkpoint onto the CPU
+                last = last.to(c.active.device)
+            self._last_active[key] = last.masked_fill_(c.active > 0, step)
+
+    # --- the step's numbers, copied to the host once ------------------------------------------------------
+
+    def entry_name(self, key: tuple[str, int]) -> str:
+        """``act`` for a module called once per forward pass, ``act#k`` for the k-th call of a reused one."""
+        name, k = key
+        return f"{name}#{k}" if self._calls_per_pass.get(name, 1) > 1 else name
+
+    def _finish(self, step: int, loss, backward: bool) -> StepRecord:
+        self._new_pass()
+        parts: list[Tensor] = []
+        names: list[str] = []
+
+        def add(name: str, t: Tensor) -> None:
+            names.append(name)
+            parts.append(t.detach().reshape(-1).to(torch.float64))
+
+        if isinstance(loss, Tensor):
+            add("loss", loss.detach().float().mean())
+        params = self._named_params
+        with torch.no_grad():
+            if params:
+                if self._before is not None:
+                    values, grads, rates = self._before
+                else:
+                    values = torch.stack([_number(p) for _, p in params])
+                    grads = torch.full((len(params),), math.nan, device=values.device)
+                    rates = [math.nan] * len(params)
+                add("values", values)
+                add("grads_backprop", grads)
+                if backward and self._before is not None:
+                    add("grads", torch.stack([_number(p.grad, p) for _, p in params]))
+                    add("values_new", torch.stack([_number(p) for _, p in params]))
+            entries = [k for k in self._order if k in self._counts]
+            thr = self.saturation_threshold
+            for key in entries:
+                c = self._counts[key]
+                e = f"{key[0]}\x00{key[1]}"
+                add(f"{e}\x00zero", (c.numel - c.nonzero) / max(c.numel, 1))
+                if c.active is not None:
+                    add(f"{e}\x00dead", (c.active == 0).sum())
+                if c.max_prime is not None:
+                    add(f"{e}\x00saturated", (c.max_prime < thr).sum())
+                for what, t in {**c.sums, **c.grads}.items():
+                    add(f"{e}\x00{what}", t)
+            for what, t in self._out.items():
+                if isinstance(t, Tensor):
+                    add(f"out\x00{what}", t)
+            # The one host copy of the step (on a GPU, its one device sync).
+            host = torch.cat(parts).tolist() if parts else []
+        flat: dict[str, list[float]] = {}
+        i = 0
+        for name, t in zip(names, parts):
+            flat[name] = host[i : i + t.numel()]
+            i += t.numel()
+        record = StepRecord(
+            step=step,
+            backward=backward and any(math.isfinite(g) for g in flat.get("grads", [])),
+            batch=self._samples,
+            loss=flat["loss"][0] if "loss" in flat else math.nan,
+        )
+        if params:
+            k = len(params)
+            nan = [math.nan] * k
+            rates = self._before[2] if self._before is not None else nan
+            for j, (n, p) in enumerate(params):
+                record.params[n] = ParamStats(
+                    value=flat["values"][j],
+                    grad_backprop=flat["grads_backprop"][j],
+                    grad=flat.get("grads", nan)[j],
+                    value_new=flat.get("values_new", nan)[j],
+                    lr=rates[j],
+                    numel=p.numel(),
+                    module=self._param_module.get(n, ""),
+                )
+        seen: set[str] = set()
+        for key in self._order:  # layers with a weight once, at their first call; activations at every call
+            module = self._modules.get(key[0])
+            if module is None:
+                continue
+            kind = self._kinds.get(key[0])
+            if kind is None:
+                if key[0] in seen:
+                    continue
+                seen.add(key[0])
+                weight = getattr(module, "weight", None)
+                shape = list(weight.shape) if isinstance(weight, Tensor) else None
+                typ = "linear" if shape is not None and len(shape) == 2 else type(module).__name__
+                record.layers[key[0]] = LayerStats(module=key[0], type=typ, shape=shape)  # once per module
+                continue
+            c = self._counts.get(key)
+            if c is None:
+                continue
+            e = f"{key[0]}\x00{key[1]}"
+            units = int(c.active.numel()) if c.active is not None else None
+            stats = LayerStats(module=key[0], type=kind, kind=kind, unit_dim=self._unit_dims.get(f"{key[0]}#{key[1]}"))
+            stats.units = units
+            stats.zero_fraction = flat[f"{e}\x00zero"][0]
+            if f"{e}\x00dead" in flat and units:
+                stats.dead_fraction = flat[f"{e}\x00dead"][0] / units
+            if f"{e}\x00saturated" in flat and units:
+                stats.saturation = flat[f"{e}\x00saturated"][0] / units
+            n_h = max(c.numel, 1)
+            for what in ("z", "h", "prime"):
+                if f"{e}\x00{what}" in flat:
+                    setattr(stats, what, flat[f"{e}\x00{what}"][0] / n_h)
+            for what in ("dL_dh", "dL_dz"):
+                if f"{e}\x00{what}" in flat:
+                    setattr(stats, what, flat[f"{e}\x00{what}"][0])
+            record.layers[self.entry_name(key)] = stats
+        for what in ("x", "y", "y_hat"):
+            if f"out\x00{what}" in flat:
+                setattr(record, what, flat[f"out\x00{what}"][0] / max(self._out.get(f"{what}#n", 1), 1))
+        if "out\x00dL_dy_hat" in flat:
+            record.dL_dy_hat = flat["out\x00dL_dy_hat"][0]
+        self.history.append(record)
+        return record
+
+    # --- reading ------------------------------------------------------------------------------------------
+
+    @property
+    def last(self) -> StepRecord | None:
+        return self.history[-1] if self.history else None
+
+    def entries(self, kinds: tuple[str, ...] | None = None, types: tuple[type, ...] | None = None) -> list[str]:
+        """The activation entries in call order (of ``kinds`` / module ``types`` where given)."""
+        out = []
+        for key in self._order:
+            kind = self._kinds.get(key[0])
+            if kind is None or (kinds is not None and kind not in kinds):
+                continue
+            if types is not None and not isinstance(self._modules.get(key[0]), types):
+                continue
+            out.append(self.entry_name(key))
+        return out
+
+    def last_active(self) -> dict[str, Tensor]:
+        """Per activation entry with a derivative: each unit's last step with a non-zero derivative (−1: never)."""
+        return {self.entry_name(k): t for k, t in self._last_active.items()}
+
+    def probe(self, x: Tensor, keep: bool = True, step: int | None = None) -> dict[str, np.ndarray] | None:
+        """Each unit's active fraction (derivative ≠ 0) on ``x``, per activation entry: one no-grad,
+        eval-mode pass of the watched network (None where it cannot be called). With ``keep``, also added to
+        :attr:`activity` at ``step``."""
+        net = self.net
+        if net is None or not is_callable(net):
+            return None
+        was_training = net.training
+        self._probe: dict[tuple[str, int], Tensor] = {}
+        saved_calls, saved_last, saved_mode = self._calls, self._last_param_layer, self._mode
+        self._calls, self._mode = {}, "probe"
+        try:
+            net.eval()
+            with torch.no_grad():
+                net(x.to(dtype=next(net.parameters()).dtype) if any(True for _ in net.parameters()) else x)
+        finally:
+            net.train(was_training)
+            self._calls, self._last_param_layer, self._mode = saved_calls, saved_last, saved_mode
+        found = self._probe
+        self._probe = {}
+        if not found:
+            return {}
+        keys = list(found)
+        host = torch.cat([found[k].reshape(-1).float() for k in keys]).cpu().numpy()  # one sync
+        out, start = {}, 0
+        for k in keys:
+            n = found[k].numel()
+            out[self.entry_name(k)] = host[start : start + n]
+            start += n
+        if keep and step is not None:
+            self.activity_steps.append(step)
+            for name, fraction in out.items():
+                self.activity.setdefault(name, []).append(fraction)
+        return out
+
+    # --- functional activations ---------------------------------------------------------------------------
+
+    def _stop_discovery(self) -> None:
+        discovery, self._discovery = self._discovery, None
+        if discovery is None:
+            return
+        discovery.__exit__(None, None, None)
+        self.functional = discovery.report()
+        if self.functional:
+            where = type(self._pl_module).__name__ if self._pl_module is not None else "the module"
+            rank_zero_warn(
+                f"StepRecorder: activations called as functions in {where} have no module to hook, so their "
+                f"dead, zero and saturation statistics are not recorded: {'; '.join(self.functional)}. "
+                "Make them modules (nn.ReLU(), nn.GELU(), …) to get relu/* statistics and diagnoses for them."
+            )
+
+
+def _pair(batch) -> tuple[Tensor | None, Tensor | None]:
+    """(x, y) of a batch that is an (x, y) pair of tensors; (None, None) otherwise."""
+    if isinstance(batch, (tuple, list)) and len(batch) >= 2 and isinstance(batch[0], Tensor):
+        return batch[0], batch[1] if isinstance(batch[1], Tensor) else None
+    return None, None
+
+
+def _number(t: Tensor | None, like: Tensor | None = None) -> Tensor:
+    """A one-element tensor's value, or a larger tensor's L2 norm, as a 0-d float tensor (no sync); NaN for
+    None (on the device of ``like``)."""
+    if t is None:
+        return torch.tensor(math.nan, device=like.device if like is not None else None)
+    t = t.detach()
+    t = t if t.dtype == torch.float64 else t.float()  # norms of bf16/fp16 values in float32
+    return t.reshape(()) if t.numel() == 1 else torch.linalg.vector_norm(t)
+
+
+class _FunctionalActivations(TorchFunctionMode):
+    """During one forward pass: which activation functions each watched module calls in its own ``forward``
+    (not inside an activation module, which the recorder hooks)."""
+
+    def __init__(self, net: nn.Module, activation_modules: set[str]):
+        super().__init__()
+        self._stack: list[str] = []
+        self._found: dict[tuple[str, str], int] = {}
+        self._handles = []
+        self._skip = activation_modules
+        self._types = {name: type(module).__name__ for name, module in net.named_modules()}
+        for name, module in net.named_modules():
+            self._handles.append(module.register_forward_pre_hook(self._enter(name)))
+            self._handles.append(module.register_forward_hook(self._leave(name)))
+
+    def _enter(self, name: str):
+        def pre_hook(module, inputs) -> None:
+            self._stack.append(name)
+
+        return pre_hook
+
+    def _leave(self, name: str):
+        def hook(module, inputs, output) -> None:
+            if self._stack and self._stack[-1] == name:
+                self._stack.pop()
+
+        return hook
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        name = getattr(func, "__name__", "")
+        if self._stack and name in FUNCTIONAL_ACTIVATIONS and self._stack[-1] not in self._skip:
+            module = getattr(func, "__module__", None) or "torch"
+            where = "torch.nn.functional" if "functional" in module else "torch"
+            key = (
+                f"{where}.{name}" if "Tensor" not in getattr(func, "__qualname__", "") else f"Tensor.{name}",
+                self._stack[-1],
+            )
+            self._found[key] = self._found.get(key, 0) + 1
+        return func(*args, **(kwargs or {}))
+
+    def __exit__(self, *exc):
+        for handle in self._handles:
+            handle.remove()
+        self._handles = []
+        return super().__exit__(*exc)
+
+    def report(self) -> list[str]:
+        return [
+            f"{fn} in {self._types[where]}.forward{f' ({where!r})' if where else ''}, {n} call{'s' if n > 1 else ''} a pass"
+            for (fn, where), n in self._found.items()
+        ]
