@@ -9,7 +9,7 @@ from hydra.utils import instantiate
 
 from backprop_lab import functions as F
 from backprop_lab.module import LOSS_BY_TASK
-from backprop_lab.monitors import DeadReLUMonitor, GradientMonitor, PictureMonitor
+from backprop_lab.monitors import DeadReLUMonitor, GradientMonitor, PictureMonitor, StepRecorder
 from backprop_lab.train import flat_hparams, monitors, sizes_from_data
 
 from conftest import built_run, compose_config, train_run
@@ -69,9 +69,11 @@ def test_monitors_can_be_turned_off(tmp_path):
 
 def test_monitor_keys_choose_the_callbacks_and_their_intervals():
     chosen = monitors(compose_config("monitor.backprop_view=false", "monitor.probe_every_n_steps=7").monitor)
-    assert [type(cb) for cb in chosen] == [GradientMonitor, DeadReLUMonitor, PictureMonitor]  # pictures last
+    # the one record they all read first, pictures last
+    assert [type(cb) for cb in chosen] == [StepRecorder, GradientMonitor, DeadReLUMonitor, PictureMonitor]
     assert all(cb.root == "net" for cb in chosen)
-    assert chosen[1].probe_every_n_steps == 7 and chosen[0].histogram_every_n_steps == 25
+    assert chosen[2].probe_every_n_steps == 7 and chosen[1].histogram_every_n_steps == 25
+    assert chosen[0].saturation_threshold == 1e-3
     assert monitors(compose_config("monitor.gradients=false", "monitor.dead_relu=false",
                                    "monitor.backprop_view=false", NO_PICTURES).monitor) == []  # fmt: skip
 
@@ -101,14 +103,15 @@ def test_the_closing_lines_say_how_the_run_ended_why_the_unit_died_and_where_the
     assert lines[-1] == "TensorBoard logs: outputs/runs/r  (open with: tensorboard --logdir outputs/runs/r)"
 
 
-def test_without_the_views_data_the_closing_lines_come_from_the_monitors(tmp_path, caplog, monkeypatch):
+def test_without_the_view_and_tensorboard_the_closing_lines_carry_the_same_diagnosis(tmp_path, caplog, monkeypatch):
+    # The diagnoses come from the step record, whatever the loggers: CSV only, no Backprop tab.
     monkeypatch.chdir(tmp_path)
     caplog.set_level(logging.INFO, logger="backprop_lab")
-    train_run(tmp_path / "r", "model=relu", "trainer.max_steps=10", "monitor.backprop_view=false", NO_PICTURES)
+    train_run(tmp_path / "r", "model=relu", "trainer.max_steps=10", "monitor.backprop_view=false", "logger=csv",
+              NO_PICTURES)  # fmt: skip
     lines = [r.getMessage() for r in caplog.records if r.name == "backprop_lab"]
-    assert lines[1].startswith("the ReLU unit 'h' died at step 4: its input z was ≤ 0 on every sample")
-    assert "(now w1 = -0.03812, so z1 = w1·x = -0.03812)" in lines[1]
-    assert lines[1].endswith("the loss stays at 0.25")
+    assert lines[1].startswith("The ReLU unit h is dead since step 4: z1 = w1 · x = -0.03812 ≤ 0 on every sample")
+    assert lines[-1].startswith("logs: ")
 
 
 def test_build_run_builds_without_training(tmp_path):

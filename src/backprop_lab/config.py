@@ -152,6 +152,7 @@ class MonitorConfig:
     probe_every_n_steps: int = MISSING
     picture_every_n_steps: int = MISSING
     pictures: list[str] = MISSING
+    saturation_threshold: float = MISSING  # a sigmoid/tanh unit is saturated where its derivative is below
 
 
 @dataclass

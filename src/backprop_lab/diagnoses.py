@@ -7,9 +7,13 @@ shows them beside the graph, and training prints them as its closing lines.
   gradient reaches w1 again;
 - ``dead_layer`` / ``dying_layer``: every unit / at least half the units of a ReLU layer are dead;
 - ``vanishing_gradients``: the last layer's gradient norm is more than 10³ times the first layer's;
+- ``saturation`` (the post's hidden unit) / ``saturated_layer`` (a layer, where the history carries
+  ``<layer>/saturation``): a sigmoid or tanh unit whose derivative stays below
+  :data:`SATURATION_THRESHOLD`, so almost no gradient passes it (the post's §6, "small gradients");
 - ``divergence``: the loss became inf or NaN, or grew a thousandfold.
 
-:func:`diagnose` returns them in step order, each with the step it starts at.
+:func:`diagnose` returns them in step order, each with the step it starts at. Each sentence is written
+here only: training's closing lines, the Backprop tab and the replay all print these texts.
 """
 
 from __future__ import annotations
@@ -22,12 +26,16 @@ from dataclasses import dataclass, field
 VANISHING_RATIO = 1e3  # last / first layer gradient norm beyond this: vanishing gradients
 GROWTH = 1e3  # a finite loss this many times its first value: diverging
 DYING_FRACTION = 0.5  # at least this share of a ReLU layer's units dead: the layer is dying
+# A sigmoid/tanh unit is saturated where its derivative is below this (σ′ < 1e-3 where |z| > 6.9, tanh′
+# where |z| > 3.8): the monitors' record counts saturated units with the same number.
+SATURATION_THRESHOLD = 1e-3
+SATURATED_FRACTION = 0.5  # at least this share of a layer's units saturated: the layer is saturated
 
 
 @dataclass(frozen=True)
 class Diagnosis:
     step: int  # the step the condition starts at (the first logged step of its last unbroken stretch)
-    kind: str  # dead_unit | dead_layer | dying_layer | vanishing_gradients | divergence
+    kind: str  # dead_unit | dead_layer | dying_layer | saturation | saturated_layer | vanishing_gradients | divergence
     text: str  # what happened, why, and what helps, in one paragraph
     where: str | None = None  # the node or layer it concerns ("h", "act2", "fc1"), None for the whole run
 
@@ -108,8 +116,10 @@ def diagnose(history: History) -> list[Diagnosis]:
     found: list[Diagnosis] = []
     if history.kind == "graph":
         found += _dead_unit(history)
+        found += _saturated_unit(history)
     else:
         found += _dead_layers(history)
+        found += _saturated_layers(history)
         found += _vanishing(history)
     found += _divergence(history)
     return sorted(found, key=lambda d: d.step)
@@ -169,6 +179,66 @@ def _dead_unit(h: History) -> list[Diagnosis]:
         "further from 0."
     )
     return [Diagnosis(since, "dead_unit", text, "h")]
+
+
+def saturation_flags(history: History) -> list[bool]:
+    """Per logged step, whether the post's sigmoid/tanh unit is saturated: its derivative below the threshold."""
+    if not history.has("dh_dz1") or history.layout.get("activation") not in ("sigmoid", "tanh"):
+        return [False] * len(history)
+    return [v < SATURATION_THRESHOLD for v in history.column("dh_dz1")]
+
+
+def _saturated_unit(h: History) -> list[Diagnosis]:
+    flags = saturation_flags(h)
+    # The final forward pass has a derivative too: the last row says whether the unit ends saturated.
+    if not flags or not flags[-1]:
+        return []
+    since = streak_start(flags, h.steps, len(flags) - 1)
+    i = h.index(since)
+    at = h.row(i)
+    act = h.layout["activation"]
+    prime = "σ′(z1) = σ(z1)·(1 − σ(z1))" if act == "sigmoid" else "tanh′(z1) = 1 − tanh²(z1)"
+    text = (
+        f"The {act} unit h is saturated since step {since}: z1 = w1 · x = {_s(at['z1'])}, so h = {_s(at['h'])} "
+        f"and {prime} = {_s(at['dh_dz1'])}, below {SATURATION_THRESHOLD:g}. Almost no gradient passes the unit: "
+        f"∂L/∂z1 = ∂L/∂h · {act}′(z1), so w1 barely moves and the loss stays near {_s(h.column('loss')[-1])} "
+        "(the post's §6: small gradients)"
+    )
+    if i > 0:
+        before = h.row(i - 1)
+        text += (
+            f". The update of step {h.steps[i - 1]} did it: w1 went from {_s(before['w1'])} to "
+            f"{_s(before['w1_new'])} (η = {_s(before['lr_w1'])}, ∂L/∂w1 = {_s(before['dL_dw1'])})"
+        )
+    text += (
+        ". What helps: a smaller learning rate η, so that one update does not throw z1 far from 0; another start "
+        "(w1) with w1 · x near 0, where the derivative is largest; or relu, whose derivative is 1 where it is active."
+    )
+    return [Diagnosis(since, "saturation", text, "h")]
+
+
+def _saturated_layers(h: History) -> list[Diagnosis]:
+    found = []
+    for layer in h.layout.get("layers", []):
+        name = layer["name"]
+        if not h.has(f"{name}/saturation"):
+            continue
+        fractions = h.column(f"{name}/saturation")
+        with_value = [i for i, f in enumerate(fractions) if not math.isnan(f)]
+        if not with_value or not fractions[with_value[-1]] >= SATURATED_FRACTION:
+            continue
+        last = with_value[-1]
+        flags = [f >= SATURATED_FRACTION or (math.isnan(f) and j > last) for j, f in enumerate(fractions)]
+        since = streak_start(flags, h.steps, last)
+        text = (
+            f"Layer {name} ({layer['type']}) is saturated since step {since}: {fractions[last]:.0%} of its "
+            f"{layer.get('units', '?')} units have a derivative below {SATURATION_THRESHOLD:g} on every sample of "
+            f"the batch (at step {h.steps[0]}: {fractions[0]:.0%}), so almost no gradient reaches the weights that "
+            "feed them (the post's §6: small gradients). What helps: a smaller learning rate η, another init "
+            "(smaller weights keep z near 0), or relu activations."
+        )
+        found.append(Diagnosis(since, "saturated_layer", text, name))
+    return found
 
 
 # --- wider networks --------------------------------------------------------------------------------
@@ -272,6 +342,15 @@ def _divergence(h: History) -> list[Diagnosis]:
     else:
         text += f". What helps: a smaller learning rate, e.g. η = {_s(lr / 10)}."
     return [Diagnosis(step, "divergence", text, None)]
+
+
+def divergence_without_history(step: int | None, lr: float) -> Diagnosis:
+    """The divergence sentence where no step was recorded (the monitors off): the step and η only."""
+    text = (
+        f"Divergence: the loss became non-finite at step {step}, with η = {_s(lr)}. Each update overshoots the "
+        f"minimum by more than it corrects. What helps: a smaller learning rate, e.g. η = {_s(lr / 10)}."
+    )
+    return Diagnosis(step if step is not None else 0, "divergence", text, None)
 
 
 def _learning_rate(h: History, i: int) -> float:

@@ -25,7 +25,7 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf
 
 from backprop_lab.checks import CHECKPOINT
-from backprop_lab.diagnoses import Diagnosis, diagnose
+from backprop_lab.diagnoses import Diagnosis, diagnose, divergence_without_history
 from backprop_lab.interrupts import GracefulStop
 from backprop_lab.loggers import CSVLogger
 from backprop_lab.module import LOSS_BY_TASK, BackpropModule
@@ -34,8 +34,10 @@ from backprop_lab.monitors import (
     DeadReLUMonitor,
     GradientMonitor,
     PictureMonitor,
+    StepRecorder,
     custom_scalars_layout,
 )
+from backprop_lab.monitors.backprop_view import history_of
 from backprop_lab.monitors.common import find_callback, tensorboard_writers
 from backprop_lab.progress import StepProgressBar
 from backprop_lab.replay import log_replay
@@ -207,8 +209,11 @@ def after_last_event_file(run_dir: Path) -> None:
 
 
 def monitors(monitor: DictConfig) -> list[Callback]:
-    """The package's monitors that ``monitor.*`` turns on, each watching the module's ``net``."""
+    """The package's monitors that ``monitor.*`` turns on, each watching the module's ``net``, and first the
+    one record of each step they all read (also what the diagnoses are computed from)."""
     out: list[Callback] = []
+    if monitor.gradients or monitor.dead_relu or monitor.backprop_view or monitor.pictures:
+        out.append(StepRecorder(root="net", saturation_threshold=monitor.saturation_threshold))
     if monitor.gradients:
         out.append(GradientMonitor(root="net", histogram_every_n_steps=monitor.histogram_every_n_steps))
     if monitor.dead_relu:
@@ -278,9 +283,11 @@ def run_result(module: BackpropModule, trainer: L.Trainer, run_dir: Path, starte
 
 
 def run_diagnoses(trainer: L.Trainer) -> list[Diagnosis] | None:
-    """What went wrong, in words (dead units, vanishing gradients, divergence); None without the view's data."""
-    view = find_callback(trainer, BackpropViewMonitor)
-    return diagnose(view.history) if view is not None and view.history is not None else None
+    """What went wrong, in words (dead units, saturation, vanishing gradients, divergence), from the step
+    record whatever the loggers are; None where nothing was recorded (the monitors off)."""
+    recorder = find_callback(trainer, StepRecorder)
+    history = history_of(recorder, trainer) if recorder is not None else None
+    return diagnose(history) if history is not None else None
 
 
 def finish(
@@ -360,30 +367,12 @@ def relative_to_cwd(path: Path) -> str:
 def closing_lines(
     cfg: DictConfig, result: TrainResult, net, tensorboard: bool = True, diagnoses: list[Diagnosis] | None = None
 ) -> list[str]:
-    """What the run prints last: how it ended, what went wrong and why (the diagnoses of the Backprop tab,
-    or without its data the monitors' own account), where its logs are."""
+    """What the run prints last: how it ended, what went wrong and why (the diagnoses, whose sentences are
+    written in :mod:`backprop_lab.diagnoses` only), where its logs are."""
     lines = [
         f"run {result.status} after {result.steps} steps: loss {result.final_loss:.6g} "
         f"(best {result.best_loss:.6g}) in {result.wall_time_s:.1f} s"
     ]
-    if diagnoses is not None:
-        return [*lines, *(d.text for d in diagnoses), logs_hint(Path(result.log_dir), tensorboard)]
-    if result.status == "diverged":
-        lines.append(
-            f"the loss became non-finite at step {result.diverged_at}: the updates overshot and grew "
-            f"without bound; try a smaller learning rate than optim.lr={cfg.optim.lr}"
-        )
-    for layer, since in result.dead_since.items():
-        if since is None:
-            continue
-        where = f"the ReLU layer '{layer}'"
-        detail = ""
-        if hasattr(net, "w1") and net.w1.numel() == 1:
-            where = f"the ReLU unit '{layer}'"
-            detail = f" (now w1 = {net.w1.item():.4g}, so z1 = w1·x = {net.w1.item() * cfg.data.x:.4g})"
-        lines.append(
-            f"{where} died at step {since}: its input z was ≤ 0 on every sample{detail}, so ReLU′(z) = 0 and "
-            f"no gradient has reached the weights before it since; the loss stays at {result.final_loss:.6g}"
-        )
-    lines.append(logs_hint(Path(result.log_dir), tensorboard))
-    return lines
+    if diagnoses is None and result.status == "diverged":  # nothing recorded: the step and η are all there is
+        diagnoses = [divergence_without_history(result.diverged_at, float(cfg.optim.lr))]
+    return [*lines, *(d.text for d in diagnoses or []), logs_hint(Path(result.log_dir), tensorboard)]

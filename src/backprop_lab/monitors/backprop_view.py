@@ -101,8 +101,6 @@ class BackpropViewMonitor(Callback):
         n_params = sum(p.numel() for p in net.parameters())
         self._every = self.every_n_steps or (1 if n_params <= SMALL_NET else trainer.log_every_n_steps)
         recorder.record_every(self._every)
-        if isinstance(net, (models.LinearNet, models.HiddenUnitNet)):
-            recorder.want_detail()  # the post's graph: every node's value and gradient
         recorder.want_final_pass()
 
     def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
@@ -262,8 +260,9 @@ def history_of(recorder: StepRecorder, trainer: Trainer | None = None, extra: bo
     kind, layout = describe(recorder.net, recorder.history[0], trainer)
     if kind is None:
         return None
-    saturating = [n for n, s in recorder.history[0].layers.items() if s.kind in SATURATING] if extra else []
-    if kind == "layers" and saturating:
+    first = recorder.history[0].layers
+    saturating = [n for n, s in first.items() if s.kind in SATURATING] if extra and kind == "layers" else []
+    if saturating:
         layout = {**layout, "fields": layout["fields"] + [f"{n}/saturation" for n in saturating]}
     rows = []
     for record in recorder.history:

@@ -57,8 +57,9 @@ from torch import Tensor, nn
 from torch.overrides import TorchFunctionMode
 
 from backprop_lab import models
+from backprop_lab.diagnoses import SATURATION_THRESHOLD
 
-SATURATION_THRESHOLD = 1e-3  # σ′ < 1e-3 where |z| > 6.9; tanh′ < 1e-3 where |z| > 3.8
+# SATURATION_THRESHOLD (σ′ < 1e-3 where |z| > 6.9, tanh′ where |z| > 3.8) is the diagnoses' own: one number for both.
 
 # The activation modules the recorder knows, by kind. Kinds with a local derivative computed from the
 # forward values get dead/saturation counts; the others (gelu, silu, elu, softplus) the zero fraction only.
@@ -322,6 +323,8 @@ class StepRecorder(Callback):
             return
         self._pl_module = pl_module
         self.net = net = resolve_root(pl_module, self.root)
+        if isinstance(net, (models.LinearNet, models.HiddenUnitNet)):
+            self._detail = True  # the post's graph, node by node: a few numbers, for the tab and the diagnoses
         self._named_params = [(n, p) for n, p in net.named_parameters() if p.requires_grad]
         owner = {id(p): name for name, m in net.named_modules() for p in m.parameters(recurse=False)}
         self._param_module = {n: owner.get(id(p), "") for n, p in self._named_params}
