@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import math
+import re
 import shlex
 from collections.abc import Sequence
 from pathlib import Path
@@ -213,6 +214,18 @@ def nothing_left(cfg: DictConfig, run_dir: Path) -> str | None:
 
 
 def resume_command(overrides: Sequence[str], run_dir: str) -> str:
-    """The command line that continues this run (its own overrides and ``resume=<run dir>``)."""
+    """The command line that continues this run (its own overrides and ``resume=<run dir>``), ready to paste
+    into a shell: each override quoted for the shell, the run directory also for Hydra (a run's name holds
+    ``=`` and ``,``, which Hydra would read as syntax)."""
     kept = [o for o in overrides if not o.startswith(("resume=", "hydra.run.dir="))]
-    return shlex.join(["backprop-lab", *kept, f"resume={run_dir}"])
+    return shlex.join(["backprop-lab", *kept, f"resume={hydra_quoted(run_dir)}"])
+
+
+def hydra_quoted(value: str) -> str:
+    """``value`` as a Hydra override value that reads back as exactly ``value``: as it is where Hydra takes
+    it literally, else in double quotes (a quote, a backslash before one, and ``${`` escaped)."""
+    if re.fullmatch(r"[\w./:+@%-]+", value, flags=re.ASCII):
+        return value
+    escaped = re.sub(r"(\\*)(\"|$)", lambda m: m.group(1) * 2 + m.group(2), value)  # backslashes before a quote
+    escaped = escaped.replace('"', '\\"').replace("${", "\\${")
+    return f'"{escaped}"'

@@ -24,7 +24,7 @@ from lightning.pytorch.loggers import Logger, TensorBoardLogger
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf
 
-from backprop_lab.checks import CHECKPOINT
+from backprop_lab.checks import CHECKPOINT, check_run_dir
 from backprop_lab.diagnoses import Diagnosis, diagnose, divergence_without_history
 from backprop_lab.interrupts import GracefulStop
 from backprop_lab.loggers import CSVLogger
@@ -42,6 +42,7 @@ from backprop_lab.monitors.common import find_callback, tensorboard_writers
 from backprop_lab.progress import StepProgressBar
 from backprop_lab.replay import log_replay
 from backprop_lab.resume import check_resumable, checkpoint_callback, nothing_left, resume_command, run_config
+from backprop_lab.run_lock import is_secondary_rank, run_dir_locked
 from backprop_lab.summary import read_summary, write_summary
 
 log = logging.getLogger("backprop_lab")
@@ -94,8 +95,19 @@ def train(
     (what ``+callbacks.<name>`` does from the command line). The config is expected to be validated already
     (:func:`backprop_lab.config.validate`). A run stopped by SIGTERM or Ctrl-C writes its summary
     (status ``interrupted``) and raises SystemExit.
+
+    The run holds the lock on ``run_dir`` throughout (:mod:`backprop_lab.run_lock`): a second run into it,
+    or a new run into a directory that holds another (``resume`` continues one), is refused with ConfigError.
     """
     run_dir = Path(run_dir)
+    with run_dir_locked(run_dir, "run_dir"):
+        if not is_secondary_rank():
+            check_run_dir("run_dir", run_dir, cfg.resume)
+        return fit_run(cfg, run_dir, overrides, callbacks)
+
+
+def fit_run(cfg: DictConfig, run_dir: Path, overrides: Sequence[str], callbacks: Sequence[Callback]) -> TrainResult:
+    """:func:`train`'s work, in a directory it holds."""
     started = time.perf_counter()
     resume_step = check_resumable(cfg, run_dir) if cfg.resume is not None else None
     before = read_summary(run_dir) if resume_step is not None and nothing_left(cfg, run_dir) else None
