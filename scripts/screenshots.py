@@ -47,6 +47,8 @@ PAGES = {
     # the Backprop tab (docs/backprop_view.md): run, step and phase in the hash, read by the tab's frame
     "backprop_relu_step0": "#backprop&run=post_relu&step=0",
     "backprop_relu_step4": "#backprop&run=post_relu&step=4",
+    # model=relu trains 200 steps: step 200 is the final forward pass, gradients and updates "—"
+    "backprop_relu_final": "#backprop&run=post_relu&step=200",
     "backprop_sigmoid_step0": "#backprop&run=post_sigmoid&step=0",
     "backprop_vanishing_sigmoid": "#backprop&run=vanishing_sigmoid&step=100",
 }

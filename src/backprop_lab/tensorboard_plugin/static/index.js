@@ -646,7 +646,7 @@ function chartPanel(one, steps, step, y0) {
     run.push(`${sx(steps[j]).toFixed(1)},${sy(v).toFixed(1)}`);
   });
   flush();
-  const tick = (v) => (log ? `1e${v.toFixed(0)}` : fmt(v));
+  const tick = (v) => fmt(log ? 10 ** v : v); // the extremes as values, on either scale
   group.appendChild(text(left - 4, top + 9, tick(hi), 'small', 'end'));
   group.appendChild(text(left - 4, bottom, tick(lo), 'small', 'end'));
   group.appendChild(text(left, bottom + 14, String(first), 'small', 'start'));
