@@ -9,6 +9,8 @@ import pytest
 from backprop_lab.diagnoses import Diagnosis, History, diagnose, gradient_ratios, streak_start
 from backprop_lab.monitors.backprop_view import GRAPH_FIELDS
 
+from conftest import run_cli
+
 NAN = math.nan
 
 
@@ -94,7 +96,7 @@ def test_dead_and_dying_relu_layers():
     rows = [norms(1, 1, 0.25), norms(1, 1, 0.5), norms(1, 1, 0.75), norms(1, 1, 1.0), norms(1, 1, 1.0)]
     (dead,) = diagnose(layers_history(rows))
     assert (dead.kind, dead.step, dead.where) == ("dead_layer", 30, "act2")
-    assert "every unit" in dead.text and "h ≤ 0 on every sample" in dead.text and "at step 0: 25%" in dead.text
+    assert "every unit" in dead.text and "ReLU′(z) = 0 on every sample" in dead.text and "at step 0: 25%" in dead.text
     (dying,) = diagnose(layers_history(rows[:3]))
     assert (dying.kind, dying.step, dying.where) == ("dying_layer", 10, "act2") and "75% of the units" in dying.text
 
@@ -140,3 +142,61 @@ def test_history_storage():
     assert streak_start([False, True, True, False, True], [0, 5, 10, 15, 20], 2) == 5
     assert streak_start([False, True], [0, 5], 0) is None
     assert diagnose(History({"kind": "graph", "fields": ["loss"]})) == []
+
+
+# --- saturation: the post's §6, small gradients ------------------------------------------------------
+
+
+def sigmoid_row(w1: float, w1_new: float, x: float = 1.0, loss: float = 0.25, lr: float = 100.0) -> dict:
+    z1 = w1 * x
+    h = 1 / (1 + math.exp(-z1))
+    return {"z1": z1, "h": h, "dh_dz1": h * (1 - h), "w1": w1, "w1_new": w1_new, "loss": loss, "lr_w1": lr,
+            "dL_dw1": 0.5276, "x": x}  # fmt: skip
+
+
+def test_a_sigmoid_unit_thrown_far_from_zero_is_saturated_from_the_next_step():
+    # The lr = 100 run of the post's §4 net: w1 = 0.5 → −52.26 after one update, σ′ = 2e-23 from then on.
+    rows = [sigmoid_row(0.5, -52.26, loss=1.26)] + [sigmoid_row(-52.26, -52.26)] * 4
+    (found,) = diagnose(hidden_history("sigmoid", rows))
+    assert (found.kind, found.step, found.where) == ("saturation", 1, "h")
+    assert "saturated since step 1: z1 = w1 · x = -52.26" in found.text
+    assert f"σ′(z1) = σ(z1)·(1 − σ(z1)) = {rows[1]['dh_dz1']:.4g}, below 0.001" in found.text
+    assert "update of step 0 did it: w1 went from 0.5 to -52.26 (η = 100" in found.text
+    assert "smaller learning rate" in found.text and "another start" in found.text and "relu" in found.text
+
+
+def test_a_sigmoid_unit_near_zero_or_leaving_saturation_is_not_saturated():
+    assert diagnose(hidden_history("sigmoid", [sigmoid_row(0.5, 0.45)] * 3)) == []
+    # σ′(−6) = 2.5e-3 is above the threshold: small, not saturated
+    assert diagnose(hidden_history("sigmoid", [sigmoid_row(-6.0, -6.0)] * 3)) == []
+    # saturated at the start, out of it at the end: nothing to report at the end
+    assert diagnose(hidden_history("sigmoid", [sigmoid_row(-20.0, 0.1), sigmoid_row(0.1, 0.1)])) == []
+
+
+def test_a_layer_whose_units_stay_saturated():
+    rows = [{**norms(1, 1), "act1/saturation": s} for s in (0.0, 0.25, 0.75, 1.0)]
+    history = layers_history(rows, acts="sigmoid")
+    fields = [*history.fields, "act1/saturation", "act2/saturation"]
+    layout = {**history.layout, "fields": fields}
+    history = History.from_rows(layout, [(10 * k, [row.get(f, NAN) for f in fields]) for k, row in enumerate(rows)])
+    (found,) = [d for d in diagnose(history) if d.kind == "saturated_layer"]
+    assert (found.step, found.where) == (20, "act1")
+    assert "100% of its 4 units have a derivative below 0.001" in found.text and "at step 0: 0%" in found.text
+
+
+@pytest.mark.slow
+def test_the_cli_sweep_says_the_lr_100_sigmoid_run_is_saturated_and_the_lr_01_run_is_not(tmp_path):
+    proc = run_cli("-m", "model=sigmoid", "optim.lr=0.1,100", "trainer.enable_progress_bar=false", cwd=tmp_path,
+                   timeout=300)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = proc.stdout + proc.stderr
+    job0, job1 = out.split("#1 : model=sigmoid optim.lr=100")
+    assert "saturated" not in job0 and "run converged" in job0
+    (line,) = [x for x in job1.splitlines() if x.startswith("The sigmoid unit h is saturated since step 1")]
+    # one update of η = 100 from the post's start: w1 = 0.5 − 100 · 0.5276 = −52.26, σ′(−52.26) = 2.0e-23
+    w1 = 0.5 - 100 * 0.5275642193
+    assert f"z1 = w1 · x = {w1:.4g}" in line
+    sigma = 1 / (1 + math.exp(-w1))
+    printed = float(line.split("σ(z1)·(1 − σ(z1)) = ")[1].split(",")[0])
+    assert printed == pytest.approx(sigma * (1 - sigma), rel=1e-3) and printed < 1e-3
+    assert "the loss stays near 0.25" in line and "(η = 100, ∂L/∂w1 = 0.5276)" in line

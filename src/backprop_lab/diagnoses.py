@@ -197,11 +197,12 @@ def _saturated_unit(h: History) -> list[Diagnosis]:
     i = h.index(since)
     at = h.row(i)
     act = h.layout["activation"]
+    symbol = "σ′" if act == "sigmoid" else "tanh′"
     prime = "σ′(z1) = σ(z1)·(1 − σ(z1))" if act == "sigmoid" else "tanh′(z1) = 1 − tanh²(z1)"
     text = (
         f"The {act} unit h is saturated since step {since}: z1 = w1 · x = {_s(at['z1'])}, so h = {_s(at['h'])} "
         f"and {prime} = {_s(at['dh_dz1'])}, below {SATURATION_THRESHOLD:g}. Almost no gradient passes the unit: "
-        f"∂L/∂z1 = ∂L/∂h · {act}′(z1), so w1 barely moves and the loss stays near {_s(h.column('loss')[-1])} "
+        f"∂L/∂z1 = ∂L/∂h · {symbol}(z1), so w1 barely moves and the loss stays near {_s(h.column('loss')[-1])} "
         "(the post's §6: small gradients)"
     )
     if i > 0:
@@ -266,8 +267,9 @@ def _dead_layers(h: History) -> list[Diagnosis]:
             continue
         text = (
             f"Layer {name} is {'dead' if kind == 'dead_layer' else 'dying'} since step {since}: {share} "
-            f"({layer.get('units', '?')} in all) have h ≤ 0 on every sample of the batch, so ReLU′(z) = 0 there and "
-            f"no gradient reaches the weights that feed them; such units never come back (at step 0: {fractions[0]:.0%}). "
+            f"({layer.get('units', '?')} in all) have ReLU′(z) = 0 on every sample of the batch (z ≤ 0, or z < 0 "
+            "where ReLU′(0) = 1), so no gradient reaches the weights that feed them; such units never come back "
+            f"(at step {h.steps[0]}: {fractions[0]:.0%}). "
             "What helps: a smaller learning rate η (large first updates push z below 0 for every input), "
             "model.activation=leaky_relu, or model.init=he (and no negative bias_init)."
         )
