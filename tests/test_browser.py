@@ -257,3 +257,16 @@ def test_the_chart_draws_the_loss_and_weights_with_the_step_marked(server, brows
     browser.find_element(By.ID, "play").click()
     wait.until(lambda d: int(attr(d, '#chart [data-series="loss"] line.current', "data-step")) > 4)
     browser.find_element(By.ID, "play").click()
+
+
+def test_a_saturated_sigmoid_unit(server, browser):
+    from selenium.webdriver.common.by import By
+
+    wait = open_tab(browser, server + "/#backprop&run=post_sigmoid_lr100&step=2")
+    wait.until(lambda d: attr(d, "#step-label", "data-step") == "2")
+    act = browser.find_element(By.CSS_SELECTOR, '[data-edge="act"]')
+    assert (act.get_attribute("data-saturated"), act.get_attribute("data-saturated-since")) == ("true", "1")
+    assert "saturated since step 1" in act.text
+    assert (
+        browser.find_element(By.CSS_SELECTOR, '#diagnoses li[data-kind="saturation"]').get_attribute("data-step") == "1"
+    )

@@ -27,6 +27,7 @@ from backprop_lab.replay import replay
 SWEEP = "sweeps/2026-01-01_00-00-00.000000"
 RUNS = {  # run (path under the logdir) -> its last step
     "post_sigmoid": 1,
+    "post_sigmoid_lr100": 3,  # the post's §4 step with η = 100: z1 = −52.26 after it, σ′ ≈ 2e-23
     "post_relu": 200,
     "mlp": 20,
     f"{SWEEP}/model=linear,optim.lr=0.1": 30,
@@ -41,6 +42,7 @@ SWEEP_BY_LR = [f"{SWEEP}/model=linear,optim.lr={lr}" for lr in ("0.03", "0.1", "
 
 def train_runs(logdir: Path) -> None:
     fit_post(logdir / "post_sigmoid", models.SigmoidNet(w1=0.5, w2=-1.0), 1.0, 0.5, steps=1)
+    fit_post(logdir / "post_sigmoid_lr100", models.SigmoidNet(w1=0.5, w2=-1.0), 1.0, 0.5, steps=3, lr=100.0)
     fit_post(logdir / "post_relu", models.ReLUNet(w1=0.5, w2=-1.0), 1.0, 0.5, steps=200)
     torch.manual_seed(0)
     gen = torch.Generator().manual_seed(0)
@@ -145,7 +147,13 @@ def test_runs_grouped_by_sweep_and_named_by_their_overrides(server):
     assert (by_run["mlp"]["kind"], by_run["mlp"]["description"]) == ("layers", "mlp 1→16→16→16→1, sigmoid")
     groups = {g["group"]: g["runs"] for g in answer["groups"]}
     assert groups[SWEEP] == SWEEP_BY_LR  # by η's value, not as text
-    assert [r["run"] for r in answer["runs"]] == ["mlp", "post_relu", "post_sigmoid", *SWEEP_BY_LR]
+    assert [r["run"] for r in answer["runs"]] == [
+        "mlp",
+        "post_relu",
+        "post_sigmoid",
+        "post_sigmoid_lr100",
+        *SWEEP_BY_LR,
+    ]
 
 
 @pytest.mark.slow
@@ -217,6 +225,21 @@ def test_the_final_pass_has_no_gradient_and_says_so_never_nan(server):
     assert chain["dL_dw1"]["formula"] == "∂L/∂ŷ · w2 · σ′(z1) · x"
     assert chain["dL_dw1"]["with_values"] == "(-2.24492) · (-1) · 0.235004 · 1"
     assert {p["name"]: p for p in g0["params"]}["w1"]["with_values"] == "0.5 - 0.1 · 0.527564"
+
+
+@pytest.mark.slow
+def test_a_saturated_sigmoid_unit_is_marked_from_the_step_it_saturates(server):
+    act0 = {e["id"]: e for e in graph(server, "post_sigmoid_lr100", 0)["edges"]}["act"]
+    assert (act0["saturated"], act0["saturated_since"]) == (False, None)  # σ′(0.5) = 0.235
+    g = graph(server, "post_sigmoid_lr100", 1)
+    # w1′ = 0.5 − 100 · 0.5275642193 (the post's ∂L/∂w1) = −52.25642193, and x = 1: z1 = w1′
+    assert g["values"]["z1"]["value"] == approx(-52.25642193)
+    act = {e["id"]: e for e in g["edges"]}["act"]
+    assert (act["saturated"], act["saturated_since"], act["threshold"], act["dead"]) == (True, 1, 1e-3, False)
+    assert 0 < act["local"]["value"] < 1e-20  # σ′(−52.26) = e^−52.26 ≈ 2e-23
+    (found,) = [d for d in g["diagnoses"] if d["kind"] == "saturation"]
+    assert (found["step"], found["where"]) == (1, "h")
+    assert {e["id"]: e for e in graph(server, "post_sigmoid_lr100", 3)["edges"]}["act"]["saturated_since"] == 1
 
 
 @pytest.mark.slow

@@ -29,7 +29,15 @@ from tensorboard.plugins import base_plugin
 from werkzeug import wrappers
 
 from backprop_lab import post
-from backprop_lab.diagnoses import History, dead_flags, diagnose, gradient_ratios, streak_start
+from backprop_lab.diagnoses import (
+    SATURATION_THRESHOLD,
+    History,
+    dead_flags,
+    diagnose,
+    gradient_ratios,
+    saturation_flags,
+    streak_start,
+)
 
 PLUGIN_NAME = "backprop"
 TAGS = ("backprop/graph", "backprop/layers")
@@ -323,11 +331,20 @@ def graph_view(h: History, i: int) -> dict:
         values[key] = entry
 
     post_column = _post_column(h, i, row, values)
+    # The hidden unit's state, as the diagnoses define it: a dead ReLU, a saturated sigmoid or tanh.
     dead, since = False, None
     if net.activation == "relu":
         flags = dead_flags(h)
         dead = flags[i]
         since = streak_start(flags, h.steps, i)
+    saturated, saturated_since = False, None
+    if net.activation in ("sigmoid", "tanh"):
+        flags = saturation_flags(h)
+        saturated = flags[i]
+        saturated_since = streak_start(flags, h.steps, i)
+    unit = {"dead": dead, "dead_since": since}
+    if net.activation in ("sigmoid", "tanh"):
+        unit.update(saturated=saturated, saturated_since=saturated_since, threshold=SATURATION_THRESHOLD)
 
     nodes = [
         {
@@ -348,7 +365,7 @@ def graph_view(h: History, i: int) -> dict:
             "local": values.get(e.local),
             "grad_from": values.get(e.grad_from),
             "grad": values.get(e.grad),
-            **({"dead": dead, "dead_since": since} if e.id == "act" else {}),
+            **(unit if e.id == "act" else {}),
         }
         for e in net.backward
     ]

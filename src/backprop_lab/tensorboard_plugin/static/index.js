@@ -14,7 +14,8 @@
 //
 // Stable hooks for tests: [data-run] buttons, #run-filter, #step-slider, #step-label[data-step],
 // #play, input[name=phase], [data-node=<id>] / [data-edge=<id>] / [data-param=<name>] groups carrying
-// data-value, data-grad, data-local, data-dead, data-dead-since; [data-post-for=<key>][data-marked];
+// data-value, data-grad, data-local, data-dead, data-dead-since, data-saturated, data-saturated-since;
+// [data-post-for=<key>][data-marked];
 // [data-layer=<name>]; #diagnoses li[data-kind]; #chart [data-series=<key>] with data-points, and
 // #chart line.current[data-step].
 
@@ -369,8 +370,10 @@ function nodeBox(n, x, y, w, h) {
 function backwardEdge(e, X, bottom, nodes) {
   const toParam = nodes.get(e.to) && nodes.get(e.to).param;
   const dead = Boolean(e.dead);
-  const group = svgEl('g', {class: 'bw-edge' + (dead ? ' dead' : ''), 'data-edge': e.id,
-    'data-dead': String(dead), 'data-dead-since': e.dead_since ?? '',
+  const saturated = Boolean(e.saturated);
+  const group = svgEl('g', {class: 'bw-edge' + (dead ? ' dead' : '') + (saturated ? ' saturated' : ''),
+    'data-edge': e.id, 'data-dead': String(dead), 'data-dead-since': e.dead_since ?? '',
+    'data-saturated': String(saturated), 'data-saturated-since': e.saturated_since ?? '',
     'data-local': num(e.local && e.local.value), 'data-grad': num(e.grad && e.grad.value)});
   const x1 = X[e.from] + (toParam ? -20 : -10);
   const x2 = toParam ? X[e.to] + 60 : X[e.to] + 10;
@@ -392,6 +395,11 @@ function backwardEdge(e, X, bottom, nodes) {
     const since = e.dead_since !== null && e.dead_since !== undefined ? ` since step ${e.dead_since}` : '';
     group.appendChild(text(lx, ly + 30, `dead${since}: z1 ≤ 0 on every sample,`, 'dead-note bw-text'));
     group.appendChild(text(lx, ly + 45, 'ReLU′ = 0: no gradient passes', 'dead-note bw-text'));
+  }
+  if (saturated) {
+    const since = e.saturated_since !== null && e.saturated_since !== undefined ? ` since step ${e.saturated_since}` : '';
+    group.appendChild(text(lx, ly + 30, `saturated${since}: derivative below ${e.threshold},`, 'dead-note bw-text'));
+    group.appendChild(text(lx, ly + 45, 'almost no gradient passes', 'dead-note bw-text'));
   }
   return group;
 }
