@@ -11,7 +11,7 @@ import sys
 import pytest
 
 from backprop_lab import post
-from backprop_lab.tensorboard_plugin.plugin import overrides, sort_runs
+from backprop_lab.tensorboard_plugin.run_order import overrides, sort_runs
 
 
 def test_the_module_imports_no_torch_and_no_hydra():
