@@ -210,9 +210,10 @@ class StepRecord:
 class _Counts:
     """One entry's device-side counts over the forward passes of one step (every micro-batch)."""
 
-    __slots__ = ("numel", "nonzero", "active", "samples", "max_prime", "sums", "grads")
+    __slots__ = ("numel", "units", "nonzero", "active", "samples", "max_prime", "sums", "grads")
 
-    def __init__(self):
+    def __init__(self, units: int):
+        self.units = units
         self.numel = 0
         self.nonzero: Tensor | None = None
         self.active: Tensor | None = None  # per unit: samples where the derivative is not 0
@@ -559,7 +560,7 @@ class StepRecorder(Callback):
             return
         c = self._counts.get(key)
         if c is None:
-            c = self._counts[key] = _Counts()
+            c = self._counts[key] = _Counts(h.shape[dim] if h.dim() else 1)
         c.numel += h.numel()
         c.nonzero = _acc(c.nonzero, torch.count_nonzero(h), torch.add)
         if prime is not None:
@@ -641,7 +642,7 @@ class StepRecorder(Callback):
             for key in entries:
                 c = self._counts[key]
                 e = f"{key[0]}\x00{key[1]}"
-                add(f"{e}\x00zero", (c.numel - c.nonzero) / max(c.numel, 1))
+                add(f"{e}\x00zero", (c.numel - c.nonzero).double() / max(c.numel, 1))
                 if c.active is not None:
                     add(f"{e}\x00dead", (c.active == 0).sum())
                 if c.max_prime is not None:
@@ -697,7 +698,7 @@ class StepRecorder(Callback):
             if c is None:
                 continue
             e = f"{key[0]}\x00{key[1]}"
-            units = int(c.active.numel()) if c.active is not None else None
+            units = c.units
             stats = LayerStats(module=key[0], type=kind, kind=kind, unit_dim=self._unit_dims.get(f"{key[0]}#{key[1]}"))
             stats.units = units
             stats.zero_fraction = flat[f"{e}\x00zero"][0]
