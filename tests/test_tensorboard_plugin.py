@@ -218,6 +218,9 @@ def test_the_final_pass_has_no_gradient_and_says_so_never_nan(server):
             None,
         )
     assert "nan" not in json.dumps(mlp)
+    # the last step of every run: no NaN anywhere (a diverged run's loss is "inf", its gradients "—")
+    for run, last in RUNS.items():
+        assert "nan" not in json.dumps(graph(server, run, last)), run
     # a step with a backward pass has its numbers, and its chain rule written out with them
     g0 = graph(server, "post_sigmoid", 0)
     assert g0["note"] is None
