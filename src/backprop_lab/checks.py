@@ -32,6 +32,8 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from backprop_lab.config import ConfigError, validate
+from backprop_lab.preflight import check_instantiable
+from backprop_lab.run_lock import is_secondary_rank
 from backprop_lab.summary import SUMMARY_FILE
 
 CHECKPOINT = Path("checkpoints") / "last.ckpt"  # a run's checkpoint, relative to its directory
@@ -56,7 +58,11 @@ def check_writable_dir(key: str, value: Any, what: str = "the run") -> Path:
     if value is None or str(value).strip() == "":
         raise ConfigError(f"{key}='' is not accepted: give a directory for {what} (the default puts it under outputs/)")
     path = Path(str(value))
-    existing = next((p for p in [path, *path.parents] if p.exists()), Path("."))
+    _check_name_lengths(key, path)
+    try:
+        existing = next((p for p in [path, *path.parents] if p.exists()), Path("."))
+    except OSError as error:
+        raise ConfigError(f"{key}={str(value)!r} is not accepted: {error.strerror}") from error
     if not existing.is_dir():
         where = "it is a file" if existing == path else f"{existing} is a file"
         raise ConfigError(f"{key}={str(value)!r} is not accepted: {where}, not a directory")
@@ -69,6 +75,26 @@ def check_writable_dir(key: str, value: Any, what: str = "the run") -> Path:
             f"{key}={str(value)!r} is not accepted: nothing can be created in {existing} ({error.strerror})"
         ) from error
     return path
+
+
+NAME_MAX = 255  # bytes in one file name, on Linux's and macOS's file systems
+PATH_MAX = 4096  # bytes in a whole path (Linux)
+
+
+def _check_name_lengths(key: str, path: Path) -> None:
+    """A path whose name, or one of whose directories' names, is longer than the file system takes."""
+    long = next((part for part in path.parts if len(part.encode()) > NAME_MAX), None)
+    if long is not None:
+        raise ConfigError(
+            f"{key} is not accepted: the name {long[:40]}… is {len(long.encode())} bytes long, and a file system "
+            f"takes at most {NAME_MAX} bytes per name; give a shorter name"
+        )
+    size = len(str(path.absolute()).encode())
+    if size >= PATH_MAX:
+        raise ConfigError(
+            f"{key} is not accepted: the path is {size} bytes long, more than the {PATH_MAX - 1} a file system "
+            "takes; give a shorter one"
+        )
 
 
 def check_run_dir(key: str, value: Any, resume: str | None) -> None:
@@ -142,6 +168,7 @@ class ConfigChecks(Callback):
             validate(config)
             if config.hydra.output_subdir is not None:  # scripts/replay.py writes nothing: no run directory
                 check_run_dir("hydra.run.dir", hydra_value(config, "hydra.run.dir"), config.get("resume"))
+                check_instantiable(config)  # what torch and Lightning decide, before the directory is made
             if config.get("resume") is not None:
                 resume_or_exit(config, Path(str(config.hydra.run.dir)))
         except ConfigError as error:
@@ -226,6 +253,10 @@ def hydra_error_message(error: BaseException, argv: list[str]) -> str | None:
         return (
             f"{' '.join(groups) or 'a config group'} is not accepted: a config group takes an option's name ({error})"
         )
+    if isinstance(error, ValueError) and _raised_by_hydra(error):  # its flags: -m --cfg, --shell-completion
+        flags = " ".join(arg for arg in argv if arg.startswith("-")) or "the command line"
+        hint = "; e.g. --shell-completion install=bash" if "subcommand" in str(error) else ""
+        return f"{flags} is not accepted: {_one_line(str(error))}{hint}"
     if not isinstance(error, (HydraException, OmegaConfBaseException, yaml.YAMLError)):
         return None
     text = str(error)
@@ -241,6 +272,14 @@ def hydra_error_message(error: BaseException, argv: list[str]) -> str | None:
                 f"; {option} comes with Hydra's {package} plugin: pip install -e '.[sweep]' (or pip install {package})"
             )
     return message
+
+
+def _raised_by_hydra(error: BaseException) -> bool:
+    """Whether ``error`` was raised in Hydra's own code (its command-line handling), not in a job's."""
+    import hydra
+
+    frames = traceback.extract_tb(error.__traceback__)
+    return bool(frames) and Path(frames[-1].filename).is_relative_to(Path(hydra.__file__).parent)
 
 
 def _one_line(text: str) -> str:
@@ -266,3 +305,104 @@ def _is_group_override(arg: str) -> bool:
         return False
     group = match.group(1).split("@")[0]
     return not group or "/" in group or (importlib.resources.files("backprop_lab.configs") / group).is_dir()
+
+
+# --- the command line itself, before Hydra reads it ------------------------------------------------------------
+
+
+def _command_line_parser() -> Any:
+    """Hydra's own flags (``--hydra-help`` lists them), enough to tell the overrides from the flags."""
+    import argparse
+
+    class Parser(argparse.ArgumentParser):
+        def error(self, message: str) -> None:  # raise, print nothing: Hydra's own parser reports it
+            raise ValueError(message)
+
+    parser = Parser(add_help=False, allow_abbrev=False, exit_on_error=False)
+    for flags in (("--help", "-h"), ("--hydra-help",), ("--version",), ("--resolve",), ("--run", "-r")):
+        parser.add_argument(*flags, action="store_true")
+    for flags in (("--multirun", "-m"), ("--shell-completion", "-sc")):
+        parser.add_argument(*flags, action="store_true")
+    for flags in (("--cfg", "-c"), ("--package", "-p"), ("--config-path", "-cp"), ("--config-name", "-cn")):
+        parser.add_argument(*flags)
+    parser.add_argument("--config-dir", "-cd")
+    parser.add_argument("--experimental-rerun")
+    parser.add_argument("--info", "-i", nargs="?", const="all")
+    parser.add_argument("overrides", nargs="*")
+    return parser
+
+
+def check_command_line(argv: list[str], config_name: str = "train") -> None:
+    """Refuse, in one line and exit 2, a command line Hydra would take without a word yet do nothing
+    sensible with: ``-p`` without ``--cfg`` (ignored), a key given twice (the last silently wins), a list of
+    experiments (each sets several groups: the second overwrites part of the first), ``--experimental-rerun``
+    (it bypasses the run's checks); and validate what ``--cfg job`` prints. What Hydra refuses itself is
+    left to Hydra (and :func:`short_hydra_errors`). DDP's other ranks are not checked: Lightning starts them
+    with the user's command line and its own ``hydra.run.dir`` (and more) after it, once rank 0 has passed."""
+    if is_secondary_rank():
+        return
+    try:
+        args = _command_line_parser().parse_args(argv)
+    except Exception:  # noqa: BLE001 (a command line argparse refuses: Hydra's parser reports it)
+        return
+    try:
+        if args.experimental_rerun is not None:
+            raise ConfigError(
+                f"--experimental-rerun {args.experimental_rerun} is not accepted: it reruns a pickled config "
+                "(which this package's runs do not save) into the first run's directory, past the run's checks; "
+                "give the run's overrides (<run>/.hydra/overrides.yaml) again, or continue it with resume=<run>"
+            )
+        if args.package is not None and args.cfg is None:
+            raise ConfigError(
+                f"-p/--package {args.package} is not accepted without --cfg: it picks the part of the config "
+                f"that --cfg prints, e.g. --cfg job -p {args.package}"
+            )
+        _check_overrides(args.overrides, args.multirun)
+        if args.cfg in ("job", "all") and not (args.multirun or args.run or args.shell_completion or args.info):
+            _check_shown_config(args, config_name)
+    except ConfigError as error:
+        refuse_and_exit(error)
+
+
+def _check_overrides(overrides: list[str], multirun: bool) -> None:
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    try:
+        parsed = OverridesParser.create().parse_overrides(overrides)
+    except Exception:  # noqa: BLE001 (an override Hydra cannot parse: Hydra says so)
+        return
+    seen: dict[str, str] = {}
+    for override in parsed:
+        key = override.get_key_element().lstrip("+~")
+        if key in seen:
+            raise ConfigError(
+                f"{key} is given twice ({seen[key]} and {override.input_line}): Hydra would keep the last one "
+                "without a word; give each key once" + (" (sweep its values as one list: key=a,b)" if multirun else "")
+            )
+        seen[key] = override.input_line
+        group = key.split("@")[0]
+        if group in ("experiment", "hparams_search") and isinstance(override.value(), list):
+            raise ConfigError(
+                f"{override.input_line} is not accepted: {group} takes one option (each sets several keys, so "
+                f"a second would overwrite part of the first); choose one, or sweep them: -m {group}=a,b"
+            )
+
+
+def _check_shown_config(args: Any, config_name: str) -> None:
+    """What ``--cfg job`` prints is what a run would be refused for: validate it (exit 2 where it would be)."""
+    from hydra import compose, initialize_config_module
+    from hydra.core.global_hydra import GlobalHydra
+
+    overrides = list(args.overrides)
+    if args.config_dir and not Path(args.config_dir).is_dir():
+        return  # Hydra refuses it
+    if args.config_dir:
+        overrides.append(f"hydra.searchpath=[file://{Path(args.config_dir).absolute()}]")
+    try:
+        with initialize_config_module("backprop_lab.configs", version_base="1.3"):
+            cfg = compose(config_name=args.config_name or config_name, overrides=overrides)
+    except Exception:  # noqa: BLE001 (what Hydra refuses composing it, Hydra reports next, in one line)
+        return
+    finally:
+        GlobalHydra.instance().clear()
+    validate(cfg)

@@ -18,8 +18,9 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
-from backprop_lab.checks import short_hydra_errors
-from backprop_lab.config import ConfigError, check_accelerator, check_devices, register_configs, validate
+from backprop_lab.checks import check_command_line, short_hydra_errors
+from backprop_lab.config import ConfigError, register_configs, validate
+from backprop_lab.preflight import check_config_once
 from backprop_lab.sweep import check_multirun_trainer, register_resolvers
 
 CONFIGS = "pkg://backprop_lab.configs"
@@ -45,10 +46,8 @@ def run(cfg: DictConfig) -> float:
     """
     hydra_cfg = HydraConfig.get()
     try:
-        validate(cfg)
+        check_config_once(cfg)  # the run's callback (or the sweep's) checked it already: not twice
         check_multirun_trainer(cfg, hydra_cfg.mode, hydra_cfg.launcher._target_)
-        check_accelerator(cfg.trainer.accelerator)
-        check_devices(cfg.trainer.accelerator, cfg.trainer.devices)
     except ConfigError as error:
         refuse(error)
 
@@ -89,6 +88,7 @@ def main() -> None:
     if os.environ.get("HYDRA_FULL_ERROR") != "1":
         threading.excepthook = _report_writer_error  # the command's own choice, made when it runs
     try:
+        check_command_line(sys.argv[1:])
         with short_hydra_errors():
             _train_main()
     except KeyboardInterrupt:  # Ctrl-C before training started (during training the run stops cleanly)
@@ -98,6 +98,7 @@ def main() -> None:
 
 def replay_main() -> None:
     """``backprop-lab-replay``: the post's step, number by number; writes nothing."""
+    check_command_line(sys.argv[1:], config_name="replay")
     with short_hydra_errors():
         _replay_main()
 

@@ -21,7 +21,6 @@ from omegaconf import MISSING, Container, DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import InterpolationResolutionError, MissingMandatoryValue, OmegaConfBaseException
 
 # The choices of the keys that take one of a list (each list lives here only).
-ACCELERATORS = ("auto", "cpu", "gpu", "cuda", "mps")  # trainer.accelerator
 PICTURES = ("loss_surface", "fit", "unit_activity", "grad_norm_by_layer")  # monitor.pictures
 ACTIVATIONS = ("sigmoid", "relu", "leaky_relu")  # model.activation (mlp)
 INITS = ("default", "he", "negative_bias")  # model.init (mlp)
@@ -220,17 +219,20 @@ LOGGERS = {
     "MLFlowLogger": ("mlflow", "mlflow"),
     "CometLogger": ("comet_ml", "comet-ml"),
 }
-# the package's own: Lightning's TensorBoardLogger writing a step's scalars as one event (backprop_lab.loggers)
-OWN_LOGGERS = ("backprop_lab.loggers.TensorBoardLogger",)
-# Lightning's callbacks that a config can build (lightning.pytorch.callbacks.<name>; not the base classes,
-# nor LambdaCallback, whose arguments are functions):
-CALLBACKS = (
-    "BackboneFinetuning", "BatchSizeFinder", "DeviceStatsMonitor", "EarlyStopping", "EMAWeightAveraging",
-    "GradientAccumulationScheduler", "LearningRateFinder", "LearningRateMonitor", "ModelCheckpoint",
-    "ModelPruning", "ModelSummary", "OnExceptionCheckpoint", "RichModelSummary", "RichProgressBar",
-    "SpikeDetection", "StochasticWeightAveraging", "ThroughputMonitor", "Timer", "TQDMProgressBar",
-    "WeightAveraging",
-)  # fmt: skip
+# the package's own (backprop_lab.loggers): Lightning's TensorBoardLogger writing a step's scalars as one event,
+# and its CSVLogger keeping the rows of a resumed run
+OWN_LOGGERS = ("backprop_lab.loggers.TensorBoardLogger", "backprop_lab.loggers.CSVLogger")
+# Lightning's callbacks that a config can build (lightning.pytorch.callbacks.<name>), with the module each needs
+# beyond this package's dependencies and its pip name. Not the base classes, nor those a run of this package
+# cannot use: LambdaCallback and ThroughputMonitor take functions, BackboneFinetuning needs a module with a
+# ``backbone``, LearningRateFinder a module with an ``lr`` (sweep optim.lr instead).
+CALLBACKS = {
+    "BatchSizeFinder": None, "DeviceStatsMonitor": ("psutil", "psutil"), "EarlyStopping": None,
+    "EMAWeightAveraging": None, "GradientAccumulationScheduler": None, "LearningRateMonitor": None,
+    "ModelCheckpoint": None, "ModelPruning": None, "ModelSummary": None, "OnExceptionCheckpoint": None,
+    "RichModelSummary": None, "RichProgressBar": None, "SpikeDetection": None, "StochasticWeightAveraging": None,
+    "Timer": None, "TQDMProgressBar": None, "WeightAveraging": None,
+}  # fmt: skip
 # The groups whose keys are those of one schema, whatever the options chose:
 GROUPS = {
     "optim": SGDConfig,
@@ -239,21 +241,6 @@ GROUPS = {
     "replay": ReplayConfig,
     "checkpoint": CheckpointConfig,
 }
-
-# Lightning's names (StrategyRegistry and the precision flags; tests/test_bad_input.py checks them against the
-# installed Lightning). deepspeed and transformer-engine need their own packages.
-_DDP = ("ddp", "ddp_spawn", "ddp_fork", "ddp_notebook")
-STRATEGIES = (
-    "auto", "single_device", *_DDP,
-    *(f"{s}_find_unused_parameters_{b}" for s in _DDP for b in ("true", "false")),
-    "fsdp", "fsdp_cpu_offload",
-)  # fmt: skip
-DEEPSPEED_STRATEGIES = (
-    "deepspeed", "deepspeed_stage_1", "deepspeed_stage_2", "deepspeed_stage_2_offload", "deepspeed_stage_3",
-    "deepspeed_stage_3_offload", "deepspeed_stage_3_offload_nvme",
-)  # fmt: skip
-PRECISIONS = ("64-true", "32-true", "16-true", "bf16-true", "16-mixed", "bf16-mixed", "64", "32", "16", "bf16")
-TRANSFORMER_ENGINE_PRECISIONS = ("transformer-engine", "transformer-engine-float16")
 
 INT64_MAX = 2**63 - 1  # the largest integer torch, numpy and Lightning take
 SEED_MAX = 2**32 - 1  # numpy's seeds, which Lightning's seed_everything sets: 0 … 2**32 − 1
@@ -265,6 +252,17 @@ FLOAT16_MAX = 65504.0  # ... and in a float16 one (trainer.precision=16-true)
 BYTES_PER_PARAMETER = 16
 BYTES_PER_ACTIVATION = 16
 BYTES_PER_SAMPLE = 100
+# The estimate is rough and torch, Lightning, the monitors and the system need the rest: a run may take at
+# most this share of the machine's memory by the estimate.
+MEMORY_SHARE = 0.5
+# A run's longest pause, roughly (see pause_estimate): a signal is answered between batches and before an
+# epoch, so one batch (forward and backward: about 6 operations per parameter and row, at a conservative
+# OPERATIONS_PER_SECOND per core) or one epoch's shuffle (SECONDS_PER_SAMPLE, measured) must fit in
+# MAX_PAUSE_SECONDS, the time docs/reliability.md gives a run to stop.
+OPERATIONS_PER_PARAMETER_AND_ROW = 6
+OPERATIONS_PER_SECOND = 1e9
+SECONDS_PER_SAMPLE = 1.5e-7
+MAX_PAUSE_SECONDS = 10.0
 
 
 def _require(ok: bool, key: str, value: Any, accepted: str) -> None:
@@ -286,34 +284,44 @@ def validate(cfg: DictConfig) -> None:
       ``_target_`` in a logger or callback;
     * numbers: every float finite (no nan, inf); model and data start values within float32 (float16
       under ``trainer.precision=16-true``), which would otherwise become inf; every integer within int64;
-    * ranges and choices: optim.lr > 0, optim.momentum and optim.weight_decay >= 0; trainer.max_steps,
+    * ranges and choices: 0 < optim.lr <= float32's largest, 0 <= optim.momentum < 1, optim.weight_decay >= 0
+      with optim.lr · optim.weight_decay < 1; at least one logger; trainer.max_steps,
       log_every_n_steps, accumulate_grad_batches, the monitors' intervals, checkpoint.every_n_steps,
       progress_every_n_steps >= 1; trainer.gradient_clip_val >= 0 or null; tol >= 0;
-      trainer.accelerator, replay.format, monitor.pictures, model.activation, model.init from their lists;
+      replay.format, monitor.pictures (each once), model.activation, model.init from their lists;
       model.relu_grad_at_zero 0 or 1; model.negative_slope in [0, 1); model.hidden positive integers;
-      data.n_samples, data.n_probe >= 1, data.noise >= 0, 1 <= data.batch_size <= data.n_samples;
+      data.n_samples, data.n_probe >= 1 (>= 2 for the moons' two classes), data.noise >= 0,
+      1 <= data.batch_size <= data.n_samples;
       the moons with the mlp only; resume null or a directory;
-    * Lightning's values: trainer.strategy (``STRATEGIES``; deepspeed where installed),
-      trainer.precision (``PRECISIONS``; transformer-engine where installed), trainer.devices a positive
-      integer or auto, data.batch_size a multiple of it; seed within numpy's range [0, 2**32 − 1];
-    * memory: the run's rough size (:func:`memory_estimate`) within this machine's memory.
+    * trainer.devices a positive integer or auto, data.batch_size a multiple of it; seed within numpy's
+      range [0, 2**32 − 1];
+    * memory and time: the run's rough size (:func:`memory_estimate`) within half this machine's memory, and
+      its longest pause (:func:`pause_estimate`: one batch, or one epoch's shuffle) within MAX_PAUSE_SECONDS.
+
+    What needs torch or Lightning to decide (the strategy, the precision, the accelerator, the callbacks'
+    and loggers' arguments) is :func:`backprop_lab.preflight.check_instantiable`'s.
     """
+    try:
+        _validate(cfg)
+    except ConfigError:
+        raise
+    except OmegaConfBaseException as error:  # a key deleted (~seed), a node of the wrong kind: name the key
+        key = getattr(error, "full_key", None) or getattr(error, "key", None) or "the config"
+        reason = str(error).splitlines()[0]
+        raise ConfigError(f"{key} is not accepted: {reason}") from error
+
+
+def _validate(cfg: DictConfig) -> None:
     _check_resolves(cfg)
     _check_keys(cfg)
     _check_targets(cfg)
     _check_numbers(cfg)
 
-    lr = cfg.optim.lr
-    _require(lr > 0, "optim.lr", lr, "use a positive learning rate, e.g. optim.lr=0.1")
-    _require(cfg.optim.momentum >= 0, "optim.momentum", cfg.optim.momentum, "use a number >= 0")
-    _require(cfg.optim.weight_decay >= 0, "optim.weight_decay", cfg.optim.weight_decay, "use a number >= 0")
+    _validate_optim(cfg.optim)
 
     t = cfg.trainer
     _require(t.max_steps >= 1, "trainer.max_steps", t.max_steps, "use an integer >= 1")
     _require(t.log_every_n_steps >= 1, "trainer.log_every_n_steps", t.log_every_n_steps, "use an integer >= 1")
-    _require(
-        t.accelerator in ACCELERATORS, "trainer.accelerator", t.accelerator, f"use one of {', '.join(ACCELERATORS)}"
-    )
     devices = t.devices
     _require(
         devices == "auto" or (isinstance(devices, int) and not isinstance(devices, bool) and devices >= 1),
@@ -321,7 +329,6 @@ def validate(cfg: DictConfig) -> None:
         devices,
         "use a positive integer or auto",
     )
-    _validate_lightning(t)
     for key in ("histogram_every_n_steps", "probe_every_n_steps", "picture_every_n_steps"):
         every = cfg.monitor[key]
         _require(every >= 1, f"monitor.{key}", every, "use an integer >= 1")
@@ -373,8 +380,10 @@ def validate(cfg: DictConfig) -> None:
         "moons",
         f"the moons have two inputs and {cfg.model.get('_target_')} takes one; use model=mlp",
     )
+    _validate_logger(cfg.logger)
     check_batch_split(cfg)
     _check_memory(cfg)
+    _check_pause(cfg)
 
 
 # --- the config's shape: values resolve, keys are the schema's, targets are allowed ------------------------
@@ -427,11 +436,21 @@ def _closed(node: DictConfig, prefix: str, allowed: list[str], where: str) -> No
         raise ConfigError(f"{full} is not accepted: {where} has no such key; {hint}")
 
 
+def _present(node: DictConfig, prefix: str, names: list[str]) -> None:
+    """Every key of the schema is there: ``~seed`` or ``~trainer.max_steps`` deletes one the run needs."""
+    for name in names:
+        if name not in node:
+            full = f"{prefix}.{name}" if prefix else name
+            raise ConfigError(f"{full} is missing: the run needs it; drop ~{full} (its default is in configs/)")
+
+
 def _check_keys(cfg: DictConfig) -> None:
     top = [*_names(TrainConfig), "hydra"]  # hydra: Hydra's own node, in the config its callbacks see
     _closed(cfg, "", top, "the config")
+    _present(cfg, "", _names(TrainConfig))
     for group, schema in GROUPS.items():
         _closed(cfg[group], group, _names(schema), group)
+        _present(cfg[group], group, _names(schema))
     for group, schemas in (("model", MODELS), ("data", DATA)):
         node = cfg[group]
         target = node.get("_target_") if isinstance(node, DictConfig) else None
@@ -465,9 +484,7 @@ def _check_targets(cfg: DictConfig) -> None:
     for name, entry in cfg.logger.items():
         _check_entry(f"logger.{name}", entry, "lightning.pytorch.loggers.", LOGGERS, "TensorBoardLogger", OWN_LOGGERS)
     for name, entry in cfg.callbacks.items():
-        _check_entry(
-            f"callbacks.{name}", entry, "lightning.pytorch.callbacks.", dict.fromkeys(CALLBACKS), "EarlyStopping"
-        )
+        _check_entry(f"callbacks.{name}", entry, "lightning.pytorch.callbacks.", CALLBACKS, "EarlyStopping")
 
 
 def _check_entry(key: str, entry: Any, module: str, classes: dict, example: str, own: tuple[str, ...] = ()) -> None:
@@ -560,29 +577,36 @@ def _check_numbers(cfg: DictConfig) -> None:
 # --- groups ---------------------------------------------------------------------------------------------------
 
 
-def _validate_lightning(t: DictConfig) -> None:
-    """trainer.strategy and trainer.precision: Lightning's names, with the packages some of them need."""
-    strategy, precision = t.strategy, t.precision
-    if strategy in DEEPSPEED_STRATEGIES and importlib.util.find_spec("deepspeed") is None:
-        raise ConfigError(
-            f"trainer.strategy={strategy!r} is not accepted here: it needs deepspeed (pip install deepspeed)"
-        )
+def _validate_optim(optim: DictConfig) -> None:
+    """lr, momentum and weight decay within the range where they mean what their names say."""
+    lr, momentum, decay = optim.lr, optim.momentum, optim.weight_decay
+    _require(lr > 0, "optim.lr", lr, "use a positive learning rate, e.g. optim.lr=0.1")
+    # the update lr·g is a float32 tensor: a larger lr makes every update inf
     _require(
-        strategy in STRATEGIES + DEEPSPEED_STRATEGIES,
-        "trainer.strategy",
-        strategy,
-        "use one of Lightning's auto, single_device, ddp, ddp_spawn, ddp_fork, ddp_notebook (each also with "
-        "_find_unused_parameters_true or _false), fsdp, fsdp_cpu_offload; deepspeed… where deepspeed is installed",
+        lr <= FLOAT32_MAX, "optim.lr", lr, f"the update lr·gradient becomes inf in float32; use lr <= {FLOAT32_MAX:.4g}"
     )
-    if precision in TRANSFORMER_ENGINE_PRECISIONS and importlib.util.find_spec("transformer_engine") is None:
-        raise ConfigError(
-            f"trainer.precision={precision!r} is not accepted here: it needs NVIDIA's transformer_engine package"
-        )
     _require(
-        precision in PRECISIONS + TRANSFORMER_ENGINE_PRECISIONS,
-        "trainer.precision",
-        precision,
-        f"use one of Lightning's {', '.join(PRECISIONS)} (or transformer-engine where it is installed)",
+        0 <= momentum < 1,
+        "optim.momentum",
+        momentum,
+        "use a number with 0 <= momentum < 1 (the share of the last update kept; at 1 or more it never fades)",
+    )
+    _require(decay >= 0, "optim.weight_decay", decay, "use a number >= 0")
+    _require(
+        lr * decay < 1,
+        "optim.weight_decay",
+        decay,
+        f"each step multiplies the weights by 1 − lr·weight_decay, which at optim.lr={lr} must stay above 0; "
+        f"use weight_decay < 1/lr = {1 / lr:.4g} (0 for none)",
+    )
+
+
+def _validate_logger(logger: DictConfig) -> None:
+    _require(
+        len(logger) > 0,
+        "logger",
+        [],
+        "a run logs somewhere; use logger=tensorboard (the default), logger=csv or logger=[tensorboard,csv]",
     )
 
 
@@ -603,8 +627,10 @@ def _validate_mlp(model: DictConfig) -> None:
 
 
 def _validate_generated_data(data: DictConfig) -> None:
-    _require(data.n_samples >= 1, "data.n_samples", data.n_samples, "use an integer >= 1")
-    _require(data.n_probe >= 1, "data.n_probe", data.n_probe, "use an integer >= 1")
+    # the moons are two classes: a set of fewer than two points holds only one of them
+    least, why = (2, " (one point of each moon)") if data._target_ == MoonsDataConfig._target_ else (1, "")
+    _require(data.n_samples >= least, "data.n_samples", data.n_samples, f"use an integer >= {least}{why}")
+    _require(data.n_probe >= least, "data.n_probe", data.n_probe, f"use an integer >= {least}{why}")
     _require(data.noise >= 0, "data.noise", data.noise, "use a standard deviation >= 0")
     _require(
         1 <= data.batch_size <= data.n_samples,
@@ -622,6 +648,10 @@ def _validate_monitor(monitor: DictConfig) -> None:
         "monitor.pictures",
         pictures,
         f"use a list of {', '.join(PICTURES)} (or [] for none); unknown: {', '.join(map(str, unknown))}",
+    )
+    twice = sorted({p for p in pictures if pictures.count(p) > 1})
+    _require(
+        not twice, "monitor.pictures", pictures, f"name each picture once; given more than once: {', '.join(twice)}"
     )
 
 
@@ -678,12 +708,54 @@ def _check_memory(cfg: DictConfig) -> None:
     if have is None:
         return
     need, key, detail = memory_estimate(cfg)
-    if need > have:
-        value = OmegaConf.select(cfg, key)
-        value = OmegaConf.to_container(value) if isinstance(value, Container) else value
+    if need > MEMORY_SHARE * have:
         raise ConfigError(
-            f"{key}={value!r} is not accepted: the run needs about {need / 2**30:.3g} GiB ({detail}), more than "
-            f"this machine's {have / 2**30:.3g} GiB of memory; use a smaller value"
+            f"{key}={_value(cfg, key)!r} is not accepted: the run needs about {need / 2**30:.3g} GiB ({detail}), "
+            f"more than half of this machine's {have / 2**30:.3g} GiB of memory; use a smaller value"
+        )
+
+
+def _value(cfg: DictConfig, key: str) -> Any:
+    value = OmegaConf.select(cfg, key)
+    return OmegaConf.to_container(value) if isinstance(value, Container) else value
+
+
+def cores() -> int:
+    """The CPU cores this process may use."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def pause_estimate(cfg: DictConfig) -> tuple[float, str, str]:
+    """A rough length in seconds of the run's longest stretch without a check for a signal, the key that
+    makes it long, and how the estimate is made: one batch (forward and backward, about
+    OPERATIONS_PER_PARAMETER_AND_ROW operations per parameter and row of the batch, at
+    OPERATIONS_PER_SECOND per core of this machine), or one epoch's shuffle (SECONDS_PER_SAMPLE each).
+    """
+    data, model = cfg.data, cfg.model
+    hidden = [int(w) for w in model.hidden] if "hidden" in model else []
+    in_features = 2 if data._target_ == MoonsDataConfig._target_ else 1
+    widths = [in_features, *hidden, 1]
+    params = sum((a + 1) * b for a, b in zip(widths, widths[1:]))
+    rows = int(data.get("batch_size", 1))
+    n = cores()
+    batch = OPERATIONS_PER_PARAMETER_AND_ROW * params * rows / (OPERATIONS_PER_SECOND * n)
+    n_samples = int(data.get("n_samples", 1))
+    shuffle = SECONDS_PER_SAMPLE * n_samples
+    if batch >= shuffle:
+        detail = (
+            f"one batch: {OPERATIONS_PER_PARAMETER_AND_ROW} × {params:.3g} parameters × {rows} rows at "
+            f"{OPERATIONS_PER_SECOND:.0e} operations/s on each of {n} cores"
+        )
+        return batch, "model.hidden" if hidden else "data.batch_size", detail
+    return shuffle, "data.n_samples", f"one epoch's shuffle of {n_samples:.3g} samples"
+
+
+def _check_pause(cfg: DictConfig) -> None:
+    seconds, key, detail = pause_estimate(cfg)
+    if seconds > MAX_PAUSE_SECONDS:
+        raise ConfigError(
+            f"{key}={_value(cfg, key)!r} is not accepted: {detail} takes about {seconds:.3g} s on this machine, "
+            f"longer than the {MAX_PAUSE_SECONDS:g} s in which a run answers Ctrl-C or SIGTERM; use a smaller value"
         )
 
 
@@ -712,8 +784,6 @@ def check_batch_split(cfg: DictConfig) -> None:
 
 def check_devices(accelerator: str, devices: Any) -> None:
     """Refuse more devices than this machine has: GPUs, or CPU cores for CPU processes (imports torch)."""
-    import os
-
     import torch
 
     if not isinstance(devices, int):
@@ -723,7 +793,7 @@ def check_devices(accelerator: str, devices: Any) -> None:
     elif accelerator == "mps" or (accelerator == "auto" and torch.backends.mps.is_available()):
         have, what = 1, "MPS device"
     else:
-        have, what = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(), "CPU cores"
+        have, what = cores(), "CPU cores"
     if devices > have:
         raise ConfigError(
             f"trainer.devices={devices} is more than this machine has ({have} {what} for "

@@ -145,10 +145,15 @@ def check_sweep(config: DictConfig) -> int:
     from hydra.errors import HydraException
     from omegaconf.errors import OmegaConfBaseException
 
+    from backprop_lab.preflight import check_instantiable
+
     launcher = config.hydra.launcher._target_
+    _check_sweeper(config)
     if not config.hydra.sweeper._target_.endswith(".BasicSweeper"):
         validate(config)
+        _check_not_resumed(config)
         check_multirun_trainer(config, RunMode.MULTIRUN, launcher)
+        check_instantiable(config)
         return 0
     loader = GlobalHydra.instance().config_loader()
     jobs = job_overrides(config, loader)
@@ -157,9 +162,12 @@ def check_sweep(config: DictConfig) -> int:
         try:
             job_cfg = loader.load_sweep_config(config, overrides)
             validate(job_cfg)
+            _check_not_resumed(job_cfg)
             check_multirun_trainer(job_cfg, RunMode.MULTIRUN, launcher)
+            check_instantiable(job_cfg)
         except (ConfigError, HydraException, OmegaConfBaseException) as error:
-            cause = f" ({str(error.__cause__).splitlines()[0]})" if error.__cause__ else ""
+            cause = error.__cause__ if not isinstance(error, ConfigError) else None  # ours name their cause
+            cause = f" ({str(cause).splitlines()[0]})" if cause else ""
             raise ConfigError(f"job #{num} ({' '.join(overrides)}): {error}{cause}") from error
         name = run_name(job_cfg.hydra.job.override_dirname, num)
         try:
@@ -174,6 +182,26 @@ def check_sweep(config: DictConfig) -> int:
             )
         seen[name] = num
     return len(jobs)
+
+
+def _check_not_resumed(cfg: DictConfig) -> None:
+    resume = cfg.get("resume")
+    if resume is not None:
+        raise ConfigError(
+            f"resume={str(resume)!r} is not accepted in a multirun (-m): a run is resumed alone, into its own "
+            f"directory; run it without -m (backprop-lab resume={resume})"
+        )
+
+
+def _check_sweeper(config: DictConfig) -> None:
+    """A sweeper's counts (Optuna's n_trials and n_jobs): at least one, or the sweep runs nothing."""
+    for key in ("n_trials", "n_jobs"):
+        value = OmegaConf.select(config, f"hydra.sweeper.{key}", default=None)
+        if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
+            raise ConfigError(
+                f"hydra.sweeper.{key}={value!r} is not accepted: use an integer >= 1 (with fewer the sweep "
+                "runs nothing)"
+            )
 
 
 # --- the summary after the last job -------------------------------------------------------------------
