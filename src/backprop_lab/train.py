@@ -11,6 +11,7 @@ import contextlib
 import inspect
 import logging
 import os
+import signal
 import time
 import warnings
 from collections.abc import Iterator, Sequence
@@ -26,7 +27,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from backprop_lab.checks import CHECKPOINT, check_run_dir
 from backprop_lab.diagnoses import Diagnosis, diagnose, divergence_without_history
-from backprop_lab.interrupts import GracefulStop
+from backprop_lab.interrupts import GracefulStop, SignalNotes
 from backprop_lab.loggers import CSVLogger
 from backprop_lab.module import LOSS_BY_TASK, BackpropModule
 from backprop_lab.monitors import (
@@ -100,20 +101,24 @@ def train(
     or a new run into a directory that holds another (``resume`` continues one), is refused with ConfigError.
     """
     run_dir = Path(run_dir)
-    with run_dir_locked(run_dir, "run_dir"):
+    # SIGINT and SIGTERM are noted from here to the end: whenever one comes, the run stops at the next
+    # point where its record can be complete (before the first update, after an update, after the summary).
+    with run_dir_locked(run_dir, "run_dir"), SignalNotes() as notes:
         if not is_secondary_rank():
             check_run_dir("run_dir", run_dir, cfg.resume)
-        return fit_run(cfg, run_dir, overrides, callbacks)
+        return fit_run(cfg, run_dir, overrides, callbacks, notes)
 
 
-def fit_run(cfg: DictConfig, run_dir: Path, overrides: Sequence[str], callbacks: Sequence[Callback]) -> TrainResult:
-    """:func:`train`'s work, in a directory it holds."""
+def fit_run(
+    cfg: DictConfig, run_dir: Path, overrides: Sequence[str], callbacks: Sequence[Callback], notes: SignalNotes
+) -> TrainResult:
+    """:func:`train`'s work, in a directory it holds, with the signals of ``notes``."""
     started = time.perf_counter()
     resume_step = check_resumable(cfg, run_dir) if cfg.resume is not None else None
     before = read_summary(run_dir) if resume_step is not None and nothing_left(cfg, run_dir) else None
     if before is not None:  # a no-op resume changes nothing: not a log, not the summary
         return TrainResult(**{k: v for k, v in before.items() if k in {f.name for f in fields(TrainResult)}})
-    module, data, trainer = build_run(cfg, run_dir, resume_step, callbacks)
+    module, data, trainer = build_run(cfg, run_dir, resume_step, callbacks, notes)
     ckpt_path = run_dir / CHECKPOINT if resume_step is not None else None
     try:
         with expected_warnings():
@@ -145,13 +150,21 @@ def fit_run(cfg: DictConfig, run_dir: Path, overrides: Sequence[str], callbacks:
     for logger in trainer.loggers:
         logger.finalize("success")
     finish(cfg, result, trainer, overrides, found)
-    if module.interrupted_by is not None:  # stopped cleanly after a step: the shell's status for the signal
-        raise SystemExit(128 + module.interrupted_by)
+    if notes.signum is not None:  # stopped cleanly after a step, or signalled after training: the record is
+        if module.interrupted_by is None and trainer.is_global_zero:  # complete; the shell's status for it
+            log.info(
+                f"{signal.Signals(notes.signum).name} came after training ended: the run's record was completed first"
+            )
+        raise SystemExit(128 + notes.signum)
     return result
 
 
 def build_run(
-    cfg: DictConfig, run_dir: Path, resume_step: int | None = None, callbacks: Sequence[Callback] = ()
+    cfg: DictConfig,
+    run_dir: Path,
+    resume_step: int | None = None,
+    callbacks: Sequence[Callback] = (),
+    notes: SignalNotes | None = None,
 ) -> tuple[BackpropModule, L.LightningDataModule, L.Trainer]:
     """The run :func:`train` fits, built but not started: ``(module, datamodule, trainer)``.
 
@@ -168,7 +181,7 @@ def build_run(
     )
 
     callbacks = [*monitors(cfg.monitor), *extra_callbacks(cfg.callbacks), *callbacks]
-    callbacks.append(GracefulStop())
+    callbacks.append(GracefulStop(notes))
     if cfg.trainer.enable_progress_bar:
         callbacks.append(StepProgressBar(refresh_rate=cfg.progress_every_n_steps))
     if cfg.trainer.enable_checkpointing:
