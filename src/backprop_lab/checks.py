@@ -15,6 +15,7 @@ This module imports neither torch nor Lightning.
 from __future__ import annotations
 
 import contextlib
+import copy
 import importlib.resources
 import os
 import re
@@ -28,12 +29,12 @@ from typing import Any
 from hydra.core.hydra_config import HydraConfig
 from hydra.errors import HydraException
 from hydra.experimental.callback import Callback
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, read_write
 from omegaconf.errors import OmegaConfBaseException
 
 from backprop_lab.config import ConfigError, validate
 from backprop_lab.preflight import check_instantiable
-from backprop_lab.run_lock import is_secondary_rank
+from backprop_lab.run_lock import LOCK_FILE, is_secondary_rank, lock_run_dir, unlock_run_dir
 from backprop_lab.summary import SUMMARY_FILE
 
 CHECKPOINT = Path("checkpoints") / "last.ckpt"  # a run's checkpoint, relative to its directory
@@ -117,6 +118,83 @@ def check_run_dir(key: str, value: Any, resume: str | None) -> None:
         )
 
 
+def check_new_sweep_dir(sweep_dir: Path) -> None:
+    """A sweep writes into a directory of its own: refuse one that already holds anything but its lock."""
+    if not sweep_dir.is_dir():
+        return
+    found = sorted(p.name for p in sweep_dir.iterdir() if p.name != LOCK_FILE)
+    if found:
+        raise ConfigError(
+            f"hydra.sweep.dir={str(sweep_dir)!r} is not accepted: it already holds another sweep ({', '.join(found[:3])}"
+            f"{', …' if len(found) > 3 else ''}); give a new directory (the default is a new one under outputs/sweeps/)"
+        )
+
+
+# Keys of a logger's or callback's arguments that name where it writes.
+DIRECTORY_KEYS = ("save_dir", "dir", "root_dir", "log_dir", "dirpath")  # a directory, as the library reads it
+NAME_KEYS = ("name", "version", "sub_dir", "filename")  # a part of a path below the run directory
+
+
+def check_written_inside(config: DictConfig, run_dir: Path) -> None:
+    """Refuse a setting that would write outside ``run_dir``: Hydra's record and log names, and the
+    directories and names of the loggers and callbacks (every file a run writes lies inside its directory).
+
+    Values are resolved as the run will see them: ``${hydra:runtime.output_dir}`` is ``run_dir``, made
+    absolute as Hydra makes it."""
+    config = copy.deepcopy(config)
+    with read_write(config.hydra.runtime):
+        config.hydra.runtime.output_dir = str(run_dir.absolute())
+    hydra = HydraConfig.instance()
+    previous = hydra.cfg
+    hydra.set_config(config)
+    try:
+        _check_written_inside(config, run_dir)
+    finally:
+        if previous is not None:
+            hydra.set_config(previous)
+
+
+def _check_written_inside(config: DictConfig, run_dir: Path) -> None:
+    job_name = str(hydra_value(config, "hydra.job.name"))
+    if not re.fullmatch(r"[\w.-]+", job_name) or set(job_name) == {"."}:
+        raise ConfigError(
+            f"hydra.job.name={job_name!r} is not accepted: it names the run's log file (<name>.log) in the run "
+            "directory; use letters, digits, '_', '-' and '.' only"
+        )
+    subdir = hydra_value(config, "hydra.output_subdir")
+    if subdir is not None:
+        _below("hydra.output_subdir", str(subdir), "Hydra's record of the run")
+    base = run_dir.resolve()
+    for group in ("logger", "callbacks"):
+        for name, entry in (config.get(group) or {}).items():
+            for key in DIRECTORY_KEYS:
+                if key == "save_dir" and group == "logger":
+                    continue  # the package sets it to the run directory
+                value = hydra_value(config, f"{group}.{name}.{key}") if key in entry else None
+                if value is None:
+                    continue
+                where = Path(str(value)).expanduser().resolve()  # relative to the working directory, as Lightning reads it
+                if where != base and base not in where.parents:
+                    raise ConfigError(
+                        f"{group}.{name}.{key}={str(value)!r} is not accepted: a run writes only inside its directory "
+                        f"{str(run_dir)!r}; use a path inside it, e.g. {key}=${{hydra:runtime.output_dir}}/{Path(str(value)).name or name}"
+                    )
+            for key in NAME_KEYS:
+                value = hydra_value(config, f"{group}.{name}.{key}") if key in entry else None
+                if value is not None:
+                    _below(f"{group}.{name}.{key}", str(value), "a path below the run directory")
+
+
+def _below(key: str, value: str, what: str) -> None:
+    """Refuse ``value`` unless it is a relative path that stays below the directory it is joined to."""
+    path = Path(value)
+    if path.is_absolute() or ".." in path.parts or value.startswith("~"):
+        raise ConfigError(
+            f"{key}={value!r} is not accepted: it is {what}, so a relative path without '..' (a run writes "
+            "only inside its directory)"
+        )
+
+
 def check_sweep_subdir(sweep_dir: str, subdir: str) -> None:
     """A job's directory must lie inside the sweep's directory."""
     base = Path(sweep_dir).resolve()
@@ -156,8 +234,23 @@ def resume_or_exit(config: DictConfig, run_dir: Path) -> None:
         sys.exit(0)
 
 
+def checks_failed() -> None:
+    """A check itself failed (a bug, not the input): its traceback, and no run; Hydra would only warn."""
+    traceback.print_exc()
+    print("error: the checks before the run failed (a bug in backprop-lab); nothing was trained", file=sys.stderr)
+    sys.exit(1)
+
+
 class ConfigChecks(Callback):
-    """Validates a single run's config and directory before Hydra writes anything; and every job of a sweep."""
+    """Validates a single run's config and directory before Hydra writes anything, and takes the run
+    directory's lock (:mod:`backprop_lab.run_lock`) until the run ends; and every job of a sweep.
+
+    ``run_dir=False`` (configs/replay.yaml): the command writes no run directory, so none is checked or locked.
+    """
+
+    def __init__(self, run_dir: bool = True):
+        self.checks_run_dir = run_dir
+        self.locked: Path | None = None
 
     def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
         composed()
@@ -166,23 +259,46 @@ class ConfigChecks(Callback):
         HydraConfig.instance().set_config(config)
         try:
             validate(config)
-            if config.hydra.output_subdir is not None:  # scripts/replay.py writes nothing: no run directory
-                check_run_dir("hydra.run.dir", hydra_value(config, "hydra.run.dir"), config.get("resume"))
-                check_instantiable(config)  # what torch and Lightning decide, before the directory is made
+            if not self.checks_run_dir or is_secondary_rank():  # DDP's other ranks: rank 0 checked and holds it
+                return
+            run_dir = Path(str(hydra_value(config, "hydra.run.dir")))
+            check_run_dir("hydra.run.dir", run_dir, config.get("resume"))
+            check_written_inside(config, run_dir)
+            check_instantiable(config)  # what torch and Lightning decide, before the directory is made
             if config.get("resume") is not None:
-                resume_or_exit(config, Path(str(config.hydra.run.dir)))
+                resume_or_exit(config, run_dir)
+            lock_run_dir(run_dir)
+            self.locked = run_dir
+            check_run_dir("hydra.run.dir", run_dir, config.get("resume"))  # again, now that no other run can start
         except ConfigError as error:
             refuse_and_exit(error)
+        except Exception:  # noqa: BLE001 — Hydra would only warn and start the run unchecked
+            checks_failed()
+
+    def on_run_end(self, config: DictConfig, **kwargs: Any) -> None:
+        if self.locked is not None:
+            unlock_run_dir(self.locked)
+            self.locked = None
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         from backprop_lab.sweep import check_sweep
 
         composed()
         try:
-            check_writable_dir("hydra.sweep.dir", hydra_value(config, "hydra.sweep.dir"), "the sweep")
+            sweep_dir = Path(str(hydra_value(config, "hydra.sweep.dir")))
+            check_writable_dir("hydra.sweep.dir", sweep_dir, "the sweep")
+            check_new_sweep_dir(sweep_dir)
             check_sweep(config)
+            lock_run_dir(sweep_dir, "hydra.sweep.dir")
+            self.locked = sweep_dir
+            check_new_sweep_dir(sweep_dir)  # again, now that no other sweep can start
         except ConfigError as error:
             refuse_and_exit(error)
+        except Exception:  # noqa: BLE001 — Hydra would only warn and start the sweep unchecked
+            checks_failed()
+
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        self.on_run_end(config)
 
 
 # --- Hydra's own errors, one line each ---------------------------------------------------------------------

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 import os
+import signal
 import sys
 import threading
 
@@ -21,6 +22,8 @@ from omegaconf import DictConfig, OmegaConf
 from backprop_lab.checks import check_command_line, short_hydra_errors
 from backprop_lab.config import ConfigError, register_configs, validate
 from backprop_lab.preflight import check_config_once
+from backprop_lab.run_lock import is_secondary_rank
+from backprop_lab.signal_notes import SignalNotes
 from backprop_lab.sweep import check_multirun_trainer, register_resolvers
 
 CONFIGS = "pkg://backprop_lab.configs"
@@ -38,6 +41,21 @@ def refuse(error: ConfigError) -> None:
     sys.exit(2)
 
 
+def check_run_dir_guarded(hydra_cfg: DictConfig) -> None:
+    """Training runs only with the run-directory checks and lock of ``hydra.callbacks.checks`` in place."""
+    checks = (hydra_cfg.get("callbacks") or {}).get("checks")
+    if checks is None or not str(checks.get("_target_", "")).endswith("checks.ConfigChecks"):
+        raise ConfigError(
+            "hydra.callbacks.checks is not accepted as changed or removed: it checks and locks the run directory "
+            "before anything is written (backprop_lab.checks.ConfigChecks)"
+        )
+    if checks.get("run_dir") is False:
+        raise ConfigError(
+            f"--config-name {hydra_cfg.job.config_name} is not accepted for training: that config writes no run "
+            "directory (it is the replay's: backprop-lab-replay); train with the default config, --config-name train"
+        )
+
+
 def run(cfg: DictConfig) -> float:
     """Validate ``cfg``, train it in Hydra's output directory and return the final loss.
 
@@ -46,6 +64,7 @@ def run(cfg: DictConfig) -> float:
     """
     hydra_cfg = HydraConfig.get()
     try:
+        check_run_dir_guarded(hydra_cfg)
         check_config_once(cfg)  # the run's callback (or the sweep's) checked it already: not twice
         check_multirun_trainer(cfg, hydra_cfg.mode, hydra_cfg.launcher._target_)
     except ConfigError as error:
@@ -87,13 +106,30 @@ def main() -> None:
     """``backprop-lab``: one training run, or a sweep with ``-m``."""
     if os.environ.get("HYDRA_FULL_ERROR") != "1":
         threading.excepthook = _report_writer_error  # the command's own choice, made when it runs
+    if is_secondary_rank():
+        # A DDP rank Lightning started: a signal, from its first line on, is noted and the run stops at the
+        # step all ranks agree on (were it to end this process, Lightning would SIGKILL rank 0 and its record).
+        with SignalNotes():
+            _train_main()
+        return
+    # SIGTERM as Ctrl-C, until a run takes both over (backprop_lab.interrupts.SignalNotes): a scheduler's
+    # stop during start-up ends the command with a word, not silently.
+    signal.signal(signal.SIGTERM, _terminated)
     try:
         check_command_line(sys.argv[1:])
         with short_hydra_errors():
             _train_main()
-    except KeyboardInterrupt:  # Ctrl-C before training started (during training the run stops cleanly)
+    except (KeyboardInterrupt, Terminated) as stop:  # outside a run's training (which stops cleanly itself)
         print("interrupted before training started; nothing was trained", file=sys.stderr)
-        sys.exit(130)
+        sys.exit(143 if isinstance(stop, Terminated) else 130)
+
+
+class Terminated(Exception):
+    """SIGTERM, outside a run."""
+
+
+def _terminated(signum: int, frame) -> None:
+    raise Terminated
 
 
 def replay_main() -> None:

@@ -27,9 +27,9 @@ from typing import Any
 
 from hydra.experimental.callback import Callback
 from hydra.types import RunMode
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 
-from backprop_lab.checks import check_sweep_subdir
+from backprop_lab.checks import check_sweep_subdir, check_written_inside
 from backprop_lab.config import ConfigError, validate
 from backprop_lab.summary import read_summaries
 
@@ -44,11 +44,13 @@ MAX_NAME_BYTES = 200  # file systems allow 255 per path component
 def run_name(override_dirname: str, num: int = 0) -> str:
     """A job's directory name from its overrides (``model=sigmoid,optim.lr=0.1``), safe as one path component.
 
-    Characters other than letters, digits and ``.,=+-@%:[]`` become ``_`` (a ``/`` in a value would
-    otherwise nest directories); a name too long for the file system is cut and keeps a hash of the
-    whole; a job without overrides is ``job<num>``.
+    A list value loses its brackets and joins its items with ``+`` (``logger=[tensorboard,csv]`` is
+    ``logger=tensorboard+csv``); other characters than letters, digits and ``.,=+-@%:`` become ``_`` (a
+    ``/`` in a value would otherwise nest directories); a name too long for the file system is cut and
+    keeps a hash of the whole; a job without overrides is ``job<num>``.
     """
-    name = re.sub(r"[^\w.,=+\-@%:\[\]]", "_", override_dirname)
+    unbracketed = re.sub(r"\[([^\[\]]*)\]", lambda m: m.group(1).replace(",", "+"), override_dirname)
+    name = re.sub(r"[^\w.,=+\-@%:]", "_", unbracketed)
     if not name:
         return f"job{num}"
     if len(name.encode()) > MAX_NAME_BYTES:
@@ -62,8 +64,28 @@ def run_label(model: str, experiment: str | None = None, overrides: str = "") ->
     the run's other overrides (``relu,optim.lr=0.5``), so that many runs side by side can be told apart."""
     # not what the label already says, nor how the run is logged or watched: what it trains
     skip = ("model=", "experiment=", "callbacks", "+callbacks", "logger", "+logger", "~")
-    kept = [o for o in overrides.split(",") if o and not o.startswith(skip)]
+    kept = [o for o in top_level_items(overrides) if o and not o.startswith(skip)]
     return run_name(",".join([experiment or model, *kept]))
+
+
+def top_level_items(text: str) -> list[str]:
+    """``text`` split at the commas outside brackets, braces and quotes (Hydra's ``override_dirname`` joins
+    overrides with commas, and a list value holds commas of its own)."""
+    items, depth, quote, start = [], 0, "", 0
+    for i, char in enumerate(text):
+        if quote:
+            quote = "" if char == quote else quote
+        elif char in "'\"":
+            quote = char
+        elif char in "[{(":
+            depth += 1
+        elif char in "]})":
+            depth -= 1
+        elif char == "," and depth == 0:
+            items.append(text[start:i])
+            start = i + 1
+    items.append(text[start:])
+    return items
 
 
 def register_resolvers() -> None:
@@ -157,7 +179,7 @@ def check_sweep(config: DictConfig) -> int:
         return 0
     loader = GlobalHydra.instance().config_loader()
     jobs = job_overrides(config, loader)
-    seen: dict[str, int] = {}
+    seen: dict[Path, int] = {}
     for num, overrides in enumerate(jobs):
         try:
             job_cfg = loader.load_sweep_config(config, overrides)
@@ -169,18 +191,24 @@ def check_sweep(config: DictConfig) -> int:
             cause = error.__cause__ if not isinstance(error, ConfigError) else None  # ours name their cause
             cause = f" ({str(cause).splitlines()[0]})" if cause else ""
             raise ConfigError(f"job #{num} ({' '.join(overrides)}): {error}{cause}") from error
-        name = run_name(job_cfg.hydra.job.override_dirname, num)
+        with open_dict(job_cfg):
+            job_cfg.hydra.job.num = num  # as the launcher sets it: a subdir may name it
         try:
             subdir = str(job_cfg.hydra.sweep.subdir)
-        except OmegaConfBaseException:  # it names values only the launcher knows (hydra.job.num): the default
-            subdir = name
-        check_sweep_subdir(str(config.hydra.sweep.dir), subdir)
-        if name in seen:
+        except OmegaConfBaseException as error:
             raise ConfigError(
-                f"jobs #{seen[name]} and #{num} would write into the same directory {name!r}: "
-                "sweep each value once (and not over keys in hydra.job.config.override_dirname.exclude_keys)"
+                f"hydra.sweep.subdir is not accepted: it does not resolve for job #{num} ({error})"
+            ) from None
+        check_sweep_subdir(str(config.hydra.sweep.dir), subdir)
+        job_dir = (Path(str(config.hydra.sweep.dir)) / subdir).resolve()
+        check_written_inside(job_cfg, job_dir)
+        if job_dir in seen:
+            raise ConfigError(
+                f"jobs #{seen[job_dir]} and #{num} would write into the same directory {subdir!r}: "
+                "sweep each value once (and not over keys in hydra.job.config.override_dirname.exclude_keys), "
+                "and give hydra.sweep.subdir a name per job"
             )
-        seen[name] = num
+        seen[job_dir] = num
     return len(jobs)
 
 
