@@ -173,7 +173,8 @@ def _check_written_inside(config: DictConfig, run_dir: Path) -> None:
                 value = hydra_value(config, f"{group}.{name}.{key}") if key in entry else None
                 if value is None:
                     continue
-                where = Path(str(value)).expanduser().resolve()  # relative to the working directory, as Lightning reads it
+                # relative to the working directory, as Lightning reads it
+                where = Path(str(value)).expanduser().resolve()
                 if where != base and base not in where.parents:
                     raise ConfigError(
                         f"{group}.{name}.{key}={str(value)!r} is not accepted: a run writes only inside its directory "
