@@ -89,7 +89,7 @@ def test_checkpoints_are_loaded_weights_only(tmp_path):
     assert checkpoint["global_step"] == 3
     assert checkpoint["hyper_parameters"]["config"]["model"]["hidden"] == [16, 16]
     states = " ".join(checkpoint["callbacks"])
-    assert "GradientMonitor" in states and "DeadReLUMonitor" in states
+    assert "StepRecorder" in states and "DeadReLUMonitor" in states  # the monitors' histories resume too
 
 
 def test_resume_command_keeps_the_overrides_and_names_the_run():
@@ -282,10 +282,16 @@ def test_a_run_directory_is_quoted_so_that_hydra_reads_it_back_exactly(name):
 @pytest.mark.slow
 def test_the_printed_resume_command_works_when_pasted_into_a_shell(tmp_path):
     # The default run directory: its name holds the overrides, with '=' and ',' (and a list's items).
-    overrides = ["model=relu", "optim.lr=0.05", "logger=[tensorboard,csv]", "trainer.max_steps=1000000"]
+    overrides = [
+        "model=mlp",
+        "model.hidden=[4,4]",
+        "optim.lr=0.05",
+        "logger=[tensorboard,csv]",
+        "trainer.max_steps=1000000",
+    ]
     first = _start_cli(tmp_path, *overrides, "checkpoint.every_n_steps=20", "trainer.enable_progress_bar=false")
     (run,) = _wait_for_checkpoint(tmp_path, first)
-    assert "[" not in run.name and "]" not in run.name and "tensorboard+csv" in run.name
+    assert "[" not in run.name and "]" not in run.name and "model.hidden=4+4,optim.lr=0.05" in run.name
     first.send_signal(signal.SIGINT)
     out, _ = first.communicate(timeout=120)
     assert first.returncode == 130, out
