@@ -116,7 +116,7 @@ def test_early_stopping_and_a_checkpoint_on_train_loss_from_the_command_line(tmp
         "+callbacks.stop._target_=lightning.pytorch.callbacks.EarlyStopping", "+callbacks.stop.monitor=train/loss",
         "+callbacks.stop.patience=3", "+callbacks.stop.min_delta=1e-6",
         "+callbacks.ckpt._target_=lightning.pytorch.callbacks.ModelCheckpoint", "+callbacks.ckpt.monitor=train/loss",
-        f"+callbacks.ckpt.dirpath={tmp_path / 'ckpt'}",
+        f"+callbacks.ckpt.dirpath={run / 'ckpt'}",  # inside the run directory: a run writes only there
         cwd=tmp_path,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr
@@ -124,7 +124,7 @@ def test_early_stopping_and_a_checkpoint_on_train_loss_from_the_command_line(tmp
     assert summary["status"] == "stopped" and summary["steps"] < 20
     assert summary["steps"] == 8
     assert "run stopped after 8 steps" in proc.stdout
-    (ckpt,) = (tmp_path / "ckpt").glob("*.ckpt")
+    (ckpt,) = (run / "ckpt").glob("*.ckpt")
     states = torch.load(ckpt, map_location="cpu", weights_only=True)["callbacks"]
     (mine,) = [v for k, v in states.items() if k.startswith("ModelCheckpoint") and v["monitor"] == "train/loss"]
     assert mine["best_model_score"].item() == pytest.approx(0.25)
@@ -183,6 +183,7 @@ def test_gpu_on_a_machine_without_one_is_refused(tmp_path):
     assert proc.returncode == 2
     assert "trainer.accelerator='gpu' is not available" in proc.stderr
     assert "Traceback" not in proc.stderr
+    assert list(tmp_path.iterdir()) == []  # refused before Hydra made the run directory
 
 
 @pytest.mark.slow
@@ -201,6 +202,20 @@ def test_help_and_cfg_answer_without_training(tmp_path):
     assert proc.returncode == 0
     assert "relu_grad_at_zero: 0" in proc.stdout
     assert not (tmp_path / "outputs").exists()
+    proc = run_cli("model=relu", "optim.lr=-1", "--cfg", "job", cwd=tmp_path)  # what it prints is validated
+    assert proc.returncode == 2 and proc.stdout == ""
+    assert proc.stderr == "error: optim.lr=-1.0 is not accepted: use a positive learning rate, e.g. optim.lr=0.1.\n"
+
+
+@pytest.mark.slow
+def test_a_progress_bar_callback_takes_the_place_of_the_packages_bar(tmp_path):
+    run = tmp_path / "run"
+    proc = run_cli(
+        "model=sigmoid", "trainer.max_steps=3", f"hydra.run.dir={run}",
+        "+callbacks.bar._target_=lightning.pytorch.callbacks.TQDMProgressBar", cwd=tmp_path,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads((run / "summary.json").read_text())["steps"] == 3
 
 
 @pytest.mark.slow

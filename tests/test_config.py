@@ -124,3 +124,48 @@ def test_a_global_batch_that_does_not_split_over_the_processes_is_refused():
     with pytest.raises(ConfigError, match=r"data.batch_size=33 is not accepted with trainer.devices=2"):
         validate(compose_config("trainer=ddp", "model=mlp", "data.batch_size=33"))
     validate(compose_config("trainer=ddp", "model=mlp", "data.batch_size=32"))  # splits: accepted
+
+
+# --- what only torch and Lightning decide, once per run ---------------------------------------------------------
+
+
+def test_a_config_the_runs_callback_checked_is_not_checked_again(monkeypatch):
+    from backprop_lab import preflight
+
+    cfg = compose_config("model=mlp", "optim.lr=0.2")
+    preflight.check_config(cfg)  # what ConfigChecks does before Hydra makes the run directory
+    calls = []
+    monkeypatch.setattr(preflight, "validate", lambda c: calls.append(c))
+    monkeypatch.setattr(preflight, "check_instantiable", lambda c: calls.append(c))
+    preflight.check_config_once(cfg)  # what the job does: this config passed already
+    assert calls == []
+    other = compose_config("model=mlp", "optim.lr=0.3")
+    preflight.check_config_once(other)  # another config (an Optuna trial's, say) is checked
+    assert len(calls) == 2
+
+
+def test_lightnings_refusal_names_the_key_in_one_line():
+    from backprop_lab.preflight import check_instantiable
+
+    for override, key in [
+        ("trainer.strategy=foo", "trainer.strategy='foo'"),
+        ("trainer.precision=foo", "trainer.precision='foo'"),
+        ("trainer.accelerator=tpu9", "trainer.accelerator='tpu9'"),
+    ]:
+        with pytest.raises(ConfigError) as error:
+            check_instantiable(compose_config(override))
+        assert str(error.value).startswith(f"{key} is not accepted: ") and "\n" not in str(error.value)
+
+
+def test_the_pause_estimate_names_the_batch_or_the_shuffle():
+    from backprop_lab.config import MAX_PAUSE_SECONDS, pause_estimate
+
+    assert pause_estimate(compose_config("model=mlp"))[0] < 0.01  # the default run: no pause to speak of
+    seconds, key, detail = pause_estimate(compose_config("model=mlp", "model.hidden=[20000,20000]"))
+    assert seconds > 1 and key == "model.hidden" and "one batch" in detail
+    seconds, key, detail = pause_estimate(compose_config("model=mlp", "data.n_samples=100000000"))
+    assert seconds > MAX_PAUSE_SECONDS and key == "data.n_samples" and "shuffle" in detail
+    # the batch's work scales with the rows of a batch and the parameters, and is shared by the cores
+    one = pause_estimate(compose_config("model=mlp", "model.hidden=[512,512]", "data.batch_size=16"))[0]
+    two = pause_estimate(compose_config("model=mlp", "model.hidden=[512,512]", "data.batch_size=32"))[0]
+    assert two == pytest.approx(2 * one)

@@ -9,7 +9,8 @@ line naming the key); each callback and logger built from its config (its constr
 arguments); and what Lightning would only refuse once the run has started: a ``monitor`` the run never
 logs, a Stochastic Weight Averaging start given as a fraction of ``max_epochs`` (a run here ends by
 ``trainer.max_steps``, with ``max_epochs=-1``), a file logger's keyword arguments (TensorBoard's go to
-its writer only when it first writes; it is made to write here, into a temporary directory).
+its writer only when it first writes, and CSV's flush interval is used at its first row: each writes one
+row here, into a temporary directory).
 
 :func:`check_config` is the whole check (validate, then this) and remembers each config it passed, so
 that :func:`check_config_once` in the job skips a config the run's callback already checked: each run is
@@ -170,6 +171,7 @@ def _check_logger(key: str, entry: DictConfig, tmp: str) -> Any:
     if isinstance(logger, (TensorBoardLogger, CSVLogger)):  # writes files only: its writer, made now
         try:
             logger.experiment  # noqa: B018 (TensorBoard passes its extra keyword arguments to its writer here)
+            logger.log_metrics({MONITORABLE[0]: 0.0}, step=0)  # and the logger's own arguments are used here
             logger.finalize("success")
         except Exception as error:
             raise ConfigError(f"{key} is not accepted: {_one_line(error)}") from error
