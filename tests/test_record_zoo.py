@@ -440,3 +440,19 @@ def test_every_monitor_with_its_defaults_drops_into_a_stock_module(tmp_path, row
             grads = [v for k, v in row_values.items() if k.endswith("grad_norm") or k.startswith("dL_dw")]
             assert grads and all(math.isfinite(g) for g in grads), row_values
             assert row_values["backward"] == 1.0 and row_values["batch"] == 2 * row.x[0]
+
+
+def test_the_record_survives_a_checkpoint_as_it_was(tmp_path):
+    import io
+
+    torch.manual_seed(0)
+    recorder = fit(ReusedReLU(), data((16, 4), (16, 1), n=3), steps=3, lr=0.05)
+    buffer = io.BytesIO()
+    torch.save(recorder.state_dict(), buffer)
+    buffer.seek(0)
+    restored = StepRecorder()
+    restored.load_state_dict(torch.load(buffer, weights_only=True))  # as Lightning resumes a run
+    assert [repr(r) for r in restored.history] == [repr(r) for r in recorder.history]
+    assert {n: t.tolist() for n, t in restored.last_active().items()} == {
+        n: t.tolist() for n, t in recorder.last_active().items()
+    }

@@ -47,7 +47,8 @@ from __future__ import annotations
 
 import math
 import weakref
-from dataclasses import asdict, dataclass, field
+from array import array
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -116,6 +117,43 @@ def local_derivative(
     return None
 
 
+def max_derivative(
+    kind: str,
+    z: Tensor | None,
+    h: Tensor,
+    grad_at_zero: int,
+    slope: float,
+    over: list[int],
+    prime: Tensor | None = None,
+) -> Tensor | None:
+    """Per unit, the largest local derivative over the samples (dims ``over``), by the definition of
+    :func:`local_derivative`: 0 for a dead unit, below the threshold for a saturated one. One reduction:
+    for ReLU the derivative is 1 where h > 0 (ReLU′(0) = 0) or z ≥ 0 (ReLU′(0) = 1), so the largest h
+    (or z) says it; a leaky unit (a > 0) always passes, its largest derivative is 1 wherever h > 0 else a."""
+    if kind in ("relu", "leaky_relu"):
+        if grad_at_zero and z is not None and kind == "relu":
+            top, alive = (z.amax(dim=over) if over else z), 0.0  # ReLU′(z) = 1 for z ≥ 0
+            return (top >= alive).to(h.dtype)
+        top = h.amax(dim=over) if over else h
+        if kind == "leaky_relu" and slope != 0:
+            return torch.where(top > 0, 1.0, slope).to(h.dtype)
+        return (top > 0).to(h.dtype)
+    if prime is None:
+        prime = local_derivative(kind, z, h, grad_at_zero, slope)
+    if prime is None:
+        return None
+    return prime.amax(dim=over) if over else prime
+
+
+def passing_fraction(kind: str, z: Tensor | None, h: Tensor, grad_at_zero: int, slope: float, over: list[int]):
+    """Per unit, the fraction of samples on which the local derivative is not 0 (a probe set's activity)."""
+    prime = local_derivative(kind, z, h, grad_at_zero, slope)
+    if prime is None:
+        return None
+    passing = (prime != 0).to(torch.float32)
+    return passing.mean(dim=over) if over else passing
+
+
 def default_root(pl_module: nn.Module) -> nn.Module:
     """The network a monitor watches by default: the LightningModule's single child with parameters
     (``self.net``, ``self.seq``) when all its parameters are there, else the LightningModule itself."""
@@ -147,7 +185,7 @@ class ParamStats:
     value: float  # before the update
     grad_backprop: float  # ∂L/∂w as backprop computed it (every micro-batch, before clipping); NaN: none
     grad: float  # ∂L/∂w as the optimizer applied it (after clipping); NaN: no update
-    value_new: float  # after the update
+    value_new: float  # after the update, for a one-element parameter (NaN for a larger one: see update_ratio)
     lr: float  # η of the param group holding it; NaN: in none
     numel: int
     module: str  # the name of the module that owns it
@@ -196,29 +234,86 @@ class StepRecord:
     y_hat: float = math.nan
     dL_dy_hat: float = math.nan
 
-    def to_dict(self) -> dict:
-        return asdict(self)
 
-    @classmethod
-    def from_dict(cls, d: dict) -> StepRecord:
-        d = dict(d)
-        d["params"] = {n: ParamStats(**p) for n, p in d["params"].items()}
-        d["layers"] = {n: LayerStats(**v) for n, v in d["layers"].items()}
-        return cls(**d)
+_RECORD_NUMBERS = ("step", "backward", "batch", "loss", "x", "y", "y_hat", "dL_dy_hat")
+_PARAM_NUMBERS = ("value", "grad_backprop", "grad", "value_new", "lr", "numel")
+_LAYER_NUMBERS = (
+    "unit_dim",
+    "units",
+    "dead_fraction",
+    "zero_fraction",
+    "saturation",
+    "z",
+    "h",
+    "prime",
+    "dL_dh",
+    "dL_dz",
+)
+
+
+def _pack_row(r: StepRecord, segments: list[dict]) -> None:
+    """Add ``r`` to ``segments``: stretches of records with the same parameters and entries, each a flat
+    array of doubles (a checkpoint then copies memory, however long the run)."""
+    params = [(n, p.module) for n, p in r.params.items()]
+    layers = [(n, s.module, s.type, s.kind, s.shape) for n, s in r.layers.items()]
+    if not segments or segments[-1]["params"] != params or segments[-1]["layers"] != layers:
+        segments.append({"params": params, "layers": layers, "rows": array("d")})
+    row = segments[-1]["rows"]
+    row.extend(float(getattr(r, k)) for k in _RECORD_NUMBERS)
+    row.extend(float(getattr(p, k)) for p in r.params.values() for k in _PARAM_NUMBERS)
+    row.extend(
+        math.nan if getattr(s, k) is None else float(getattr(s, k)) for s in r.layers.values() for k in _LAYER_NUMBERS
+    )
+
+
+def _width(seg: dict) -> int:
+    return len(_RECORD_NUMBERS) + len(seg["params"]) * len(_PARAM_NUMBERS) + len(seg["layers"]) * len(_LAYER_NUMBERS)
+
+
+def _pack(segments: list[dict]) -> list[dict]:
+    """The segments as checkpoint data: each array of doubles as a (records, numbers) float64 tensor."""
+    out = []
+    for seg in segments:
+        rows = (
+            torch.frombuffer(bytearray(seg["rows"].tobytes()), dtype=torch.float64) if seg["rows"] else torch.empty(0)
+        )
+        out.append({**seg, "rows": rows.reshape(-1, _width(seg))})
+    return out
+
+
+def _unpack(segments: list[dict]) -> list[StepRecord]:
+    history = []
+    for seg in segments:
+        for row in seg["rows"].reshape(-1, _width(seg)).tolist():
+            head = dict(zip(_RECORD_NUMBERS, row))
+            r = StepRecord(step=int(head.pop("step")), backward=bool(head.pop("backward")), batch=int(head.pop("batch")),
+                           **head)  # fmt: skip
+            i = len(_RECORD_NUMBERS)
+            for name, module in seg["params"]:
+                values = dict(zip(_PARAM_NUMBERS, row[i : i + len(_PARAM_NUMBERS)]))
+                values["numel"] = int(values["numel"])
+                r.params[name] = ParamStats(module=module, **values)
+                i += len(_PARAM_NUMBERS)
+            for name, module, typ, kind, shape in seg["layers"]:
+                values = dict(zip(_LAYER_NUMBERS, row[i : i + len(_LAYER_NUMBERS)]))
+                for k in ("unit_dim", "units"):
+                    values[k] = None if math.isnan(values[k]) else int(values[k])
+                r.layers[name] = LayerStats(module=module, type=typ, kind=kind, shape=shape, **values)
+                i += len(_LAYER_NUMBERS)
+            history.append(r)
+    return history
 
 
 class _Counts:
     """One entry's device-side counts over the forward passes of one step (every micro-batch)."""
 
-    __slots__ = ("numel", "units", "nonzero", "active", "samples", "max_prime", "sums", "grads")
+    __slots__ = ("numel", "units", "nonzero", "max_prime", "sums", "grads")
 
     def __init__(self, units: int):
         self.units = units
         self.numel = 0
         self.nonzero: Tensor | None = None
-        self.active: Tensor | None = None  # per unit: samples where the derivative is not 0
-        self.samples = 0
-        self.max_prime: Tensor | None = None  # per unit: the largest derivative (saturation)
+        self.max_prime: Tensor | None = None  # per unit: the largest derivative (0: dead; < threshold: saturated)
         self.sums: dict[str, Tensor] = {}  # detail: sums of z, h, dh/dz
         self.grads: dict[str, Tensor] = {}  # detail: sums of ∂L/∂h, ∂L/∂z
 
@@ -254,6 +349,7 @@ class StepRecorder(Callback):
         self.saturation_threshold = saturation_threshold
         self.every_n_steps = every_n_steps
         self.history: list[StepRecord] = []
+        self._segments: list[dict] = []  # the history packed as it grows, for checkpoints
         self.activity_steps: list[int] = []  # steps of :meth:`probe` results kept for pictures
         self.activity: dict[str, list[np.ndarray]] = {}  # per entry: each unit's active fraction at those steps
         self.functional: list[str] = []  # "torch.relu in 'block'": activations called as functions
@@ -350,20 +446,26 @@ class StepRecorder(Callback):
         self._mode = None
 
     def state_dict(self) -> dict:
+        """The history (packed: a float64 table per stretch of steps with the same parameters and entries, so a
+        checkpoint stays small and quick to write), the probe activity and each unit's last active step."""
         return {
-            "history": [r.to_dict() for r in self.history],
+            "history": _pack(self._segments),
             "activity_steps": list(self.activity_steps),
-            "activity": {n: [a.tolist() for a in col] for n, col in self.activity.items()},
+            "activity": {n: torch.tensor(np.stack(col)) for n, col in self.activity.items() if col},
             "last_active": {f"{m}\x00{k}": t.cpu() for (m, k), t in self._last_active.items()},
+            "calls_per_pass": dict(self._calls_per_pass),
         }
 
     def load_state_dict(self, state_dict: dict) -> None:
-        self.history = [StepRecord.from_dict(r) for r in state_dict.get("history", [])]
+        segments = state_dict.get("history", [])
+        self.history = _unpack(segments)
+        self._segments = [{**seg, "rows": array("d", seg["rows"].reshape(-1).tolist())} for seg in segments]
         self.activity_steps = list(state_dict.get("activity_steps", []))
-        self.activity = {n: [np.asarray(a) for a in col] for n, col in state_dict.get("activity", {}).items()}
+        self.activity = {n: list(t.numpy()) for n, t in state_dict.get("activity", {}).items()}
         self._last_active = {
             (key.split("\x00")[0], int(key.split("\x00")[1])): t for key, t in state_dict.get("last_active", {}).items()
         }
+        self._calls_per_pass.update(state_dict.get("calls_per_pass", {}))
 
     # --- which steps ------------------------------------------------------------------------------------
 
@@ -382,6 +484,7 @@ class StepRecorder(Callback):
         self._calls: dict[str, int] = {}
         self._last_param_layer: nn.Module | None = None
         self._before: tuple[Tensor, Tensor, list[float]] | None = None
+        self._grads_change = True  # whether .grad may change between on_before_optimizer_step and the update
         self._out: dict[str, Tensor] = {}  # detail: y_hat sum and count, ∂L/∂ŷ, x, y sums
         self._y_hat: Tensor | None = None
         self._samples = 0
@@ -438,6 +541,12 @@ class StepRecorder(Callback):
             values = torch.stack([_number(p) for _, p in self._named_params])  # a copy: the update is in place
             grads = torch.stack([_number(p.grad, p) for _, p in self._named_params])
         self._before = (values, grads, [float(lr_of.get(id(p), math.nan)) for _, p in self._named_params])
+        # Between here and the update only Lightning's clipping or the module's own hooks change .grad: without
+        # them the applied gradient is this one, and its norms need not be taken again.
+        self._grads_change = bool(trainer.gradient_clip_val) or any(
+            getattr(type(pl_module), hook) is not getattr(LightningModule, hook)
+            for hook in ("configure_gradient_clipping", "on_before_optimizer_step")
+        )
 
     def batch_end(
         self, trainer: Trainer, pl_module: LightningModule, outputs, batch, batch_idx: int
@@ -551,25 +660,23 @@ class StepRecorder(Callback):
         zd = z.detach() if z is not None else None
         dim = self._unit_dim(key, h)
         over = [d for d in range(h.dim()) if d != dim]
-        prime = local_derivative(
-            kind, zd, h, int(getattr(module, "grad_at_zero", 0)), float(getattr(module, "negative_slope", 0.0))
-        )
+        at_zero, slope = int(getattr(module, "grad_at_zero", 0)), float(getattr(module, "negative_slope", 0.0))
         if mode == "probe":
-            if prime is not None:
-                self._probe[key] = (prime > 0).to(torch.float32).mean(dim=over) if over else (prime > 0).float()
+            fraction = passing_fraction(kind, zd, h, at_zero, slope, over)
+            if fraction is not None:
+                self._probe[key] = fraction
             return
+        prime = local_derivative(kind, zd, h, at_zero, slope) if kind in SATURATING or self._detail else None
         c = self._counts.get(key)
         if c is None:
             c = self._counts[key] = _Counts(h.shape[dim] if h.dim() else 1)
         c.numel += h.numel()
-        c.nonzero = _acc(c.nonzero, torch.count_nonzero(h), torch.add)
-        if prime is not None:
-            active = (prime > 0).sum(dim=over) if over else (prime > 0).long()
-            c.active = _acc(c.active, active, torch.add)
-            c.samples += h.numel() // max(active.numel(), 1)
-            if kind in SATURATING and self._armed:
-                top = prime.amax(dim=over) if over else prime
-                c.max_prime = _acc(c.max_prime, top, torch.maximum)
+        if self._armed:  # the zero fraction, on recorded steps only
+            c.nonzero = _acc(c.nonzero, _nonzero(h, nonnegative=kind == "relu"), torch.add)
+        # Every step (no sync): whether each unit passed a gradient, for "dead from step s on".
+        top = max_derivative(kind, zd, h, at_zero, slope, over, prime)
+        if top is not None:
+            c.max_prime = _acc(c.max_prime, top, torch.maximum)
         if self._armed and self._detail:
             c.add("h", h.double().sum(), c.sums)
             if zd is not None:
@@ -596,14 +703,15 @@ class StepRecorder(Callback):
     def _remember_active(self, step: int) -> None:
         """Per unit, the last step it passed a gradient: every step, on the device (no sync)."""
         for key, c in self._counts.items():
-            if c.active is None:
+            top = c.max_prime
+            if top is None:
                 continue
             last = self._last_active.get(key)
-            if last is None or last.shape != c.active.shape:
-                last = torch.full(c.active.shape, -1, dtype=torch.int64, device=c.active.device)
-            elif last.device != c.active.device:  # loaded from a checkpoint onto the CPU
-                last = last.to(c.active.device)
-            self._last_active[key] = last.masked_fill_(c.active > 0, step)
+            if last is None or last.shape != top.shape:
+                last = torch.full(top.shape, -1, dtype=torch.int64, device=top.device)
+            elif last.device != top.device:  # loaded from a checkpoint onto the CPU
+                last = last.to(top.device)
+            self._last_active[key] = last.masked_fill_(top > 0, step)
 
     # --- the step's numbers, copied to the host once ------------------------------------------------------
 
@@ -635,18 +743,22 @@ class StepRecorder(Callback):
                 add("values", values)
                 add("grads_backprop", grads)
                 if backward and self._before is not None:
-                    add("grads", torch.stack([_number(p.grad, p) for _, p in params]))
-                    add("values_new", torch.stack([_number(p) for _, p in params]))
+                    if self._grads_change:
+                        add("grads", torch.stack([_number(p.grad, p) for _, p in params]))
+                    ones = [p for _, p in params if p.numel() == 1]
+                    if ones:
+                        add("values_new", torch.cat([p.detach().reshape(1) for p in ones]))
             entries = [k for k in self._order if k in self._counts]
             thr = self.saturation_threshold
             for key in entries:
                 c = self._counts[key]
                 e = f"{key[0]}\x00{key[1]}"
-                add(f"{e}\x00zero", (c.numel - c.nonzero).double() / max(c.numel, 1))
-                if c.active is not None:
-                    add(f"{e}\x00dead", (c.active == 0).sum())
+                if c.nonzero is not None:
+                    add(f"{e}\x00zero", (c.numel - c.nonzero).double() / max(c.numel, 1))
                 if c.max_prime is not None:
-                    add(f"{e}\x00saturated", (c.max_prime < thr).sum())
+                    add(f"{e}\x00dead", (c.max_prime == 0).sum())
+                    if self._kinds.get(key[0]) in SATURATING:
+                        add(f"{e}\x00saturated", (c.max_prime < thr).sum())
                 for what, t in {**c.sums, **c.grads}.items():
                     add(f"{e}\x00{what}", t)
             for what, t in self._out.items():
@@ -661,7 +773,9 @@ class StepRecorder(Callback):
             i += t.numel()
         record = StepRecord(
             step=step,
-            backward=backward and any(math.isfinite(g) for g in flat.get("grads", [])),
+            backward=backward
+            and self._before is not None
+            and any(math.isfinite(g) for g in flat.get("grads", flat.get("grads_backprop", []))),
             batch=self._samples,
             loss=flat["loss"][0] if "loss" in flat else math.nan,
         )
@@ -669,12 +783,15 @@ class StepRecorder(Callback):
             k = len(params)
             nan = [math.nan] * k
             rates = self._before[2] if self._before is not None else nan
+            news = flat.get("values_new", [])
+            applied = flat.get("grads", flat["grads_backprop"] if backward and self._before is not None else nan)
+            new = iter(news)
             for j, (n, p) in enumerate(params):
                 record.params[n] = ParamStats(
                     value=flat["values"][j],
                     grad_backprop=flat["grads_backprop"][j],
-                    grad=flat.get("grads", nan)[j],
-                    value_new=flat.get("values_new", nan)[j],
+                    grad=applied[j],
+                    value_new=next(new) if p.numel() == 1 and news else math.nan,
                     lr=rates[j],
                     numel=p.numel(),
                     module=self._param_module.get(n, ""),
@@ -701,7 +818,7 @@ class StepRecorder(Callback):
             units = c.units
             stats = LayerStats(module=key[0], type=kind, kind=kind, unit_dim=self._unit_dims.get(f"{key[0]}#{key[1]}"))
             stats.units = units
-            stats.zero_fraction = flat[f"{e}\x00zero"][0]
+            stats.zero_fraction = flat.get(f"{e}\x00zero", [math.nan])[0]
             if f"{e}\x00dead" in flat and units:
                 stats.dead_fraction = flat[f"{e}\x00dead"][0] / units
             if f"{e}\x00saturated" in flat and units:
@@ -720,6 +837,7 @@ class StepRecorder(Callback):
         if "out\x00dL_dy_hat" in flat:
             record.dL_dy_hat = flat["out\x00dL_dy_hat"][0]
         self.history.append(record)
+        _pack_row(record, self._segments)
         return record
 
     # --- reading ------------------------------------------------------------------------------------------
@@ -794,6 +912,13 @@ class StepRecorder(Callback):
                 f"dead, zero and saturation statistics are not recorded: {'; '.join(self.functional)}. "
                 "Make them modules (nn.ReLU(), nn.GELU(), …) to get relu/* statistics and diagnoses for them."
             )
+
+
+def _nonzero(h: Tensor, nonnegative: bool = False) -> Tensor:
+    """The number of non-zero entries of ``h``, as a 0-d float tensor (no sync): |sign(h)| summed, about a
+    thirtieth of ``count_nonzero``'s time on a CPU; in float32 (exact below 2²⁴ entries) where it fits."""
+    signs = h.sign() if nonnegative else h.sign().abs_()
+    return signs.sum(dtype=torch.float32 if h.numel() < 2**24 else torch.float64)
 
 
 def _pair(batch) -> tuple[Tensor | None, Tensor | None]:
