@@ -175,6 +175,7 @@ def check_sweep(config: DictConfig) -> int:
         validate(config)
         _check_not_resumed(config)
         check_multirun_trainer(config, RunMode.MULTIRUN, launcher)
+        _check_search_space(config, GlobalHydra.instance().config_loader())
         check_instantiable(config)
         return 0
     loader = GlobalHydra.instance().config_loader()
@@ -219,6 +220,44 @@ def _check_not_resumed(cfg: DictConfig) -> None:
             f"resume={str(resume)!r} is not accepted in a multirun (-m): a run is resumed alone, into its own "
             f"directory; run it without -m (backprop-lab resume={resume})"
         )
+
+
+def search_space_edges(config: DictConfig, loader) -> list[str]:
+    """The overrides at the edges of a searching sweeper's space (Optuna's ``hydra.sweeper.params`` and the
+    command line's sweeps): both ends of an interval, every value of a choice or range."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.core.override_parser.types import IntervalSweep
+
+    params = [f"{k}={v}" for k, v in (config.hydra.sweeper.get("params") or {}).items()]
+    parser = OverridesParser.create(config_loader=loader)
+    edges: list[str] = []
+    for override in parser.parse_overrides(params + list(config.hydra.overrides.task)):
+        if not override.is_sweep_override():
+            continue
+        key, value = override.get_key_element(), override.value()
+        if isinstance(value, IntervalSweep):
+            edges += [f"{key}={value.start}", f"{key}={value.end}"]
+        else:
+            edges += [f"{key}={v}" for v in override.sweep_string_iterator()]
+    return edges
+
+
+def _check_search_space(config: DictConfig, loader) -> None:
+    """Each edge of the search space validated before the first trial: a trial the search would reach
+    and the run refuse (``interval(0.1, 1e39)`` for optim.lr) is refused now, not mid-sweep."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    fixed = [
+        o.input_line
+        for o in OverridesParser.create(config_loader=loader).parse_overrides(list(config.hydra.overrides.task))
+        if not o.is_sweep_override()
+    ]
+    for edge in search_space_edges(config, loader):
+        key = edge.split("=", 1)[0]
+        try:
+            validate(loader.load_sweep_config(config, [o for o in fixed if o.split("=", 1)[0] != key] + [edge]))
+        except ConfigError as error:
+            raise ConfigError(f"the search reaches {edge}: {error}") from error
 
 
 def _check_sweeper(config: DictConfig) -> None:
