@@ -510,6 +510,8 @@ CASES = [
     ours(f"{CB}.GradientAccumulationScheduler +callbacks.x.scheduling={{0:0}}", "callbacks.x is not accepted"),
     ours(f"{CB}.ModelPruning", "callbacks.x is not accepted: ModelPruning.__init__() missing 1 required positional argument: 'pruning_fn'"),
     ours(f"{CB}.ModelPruning +callbacks.x.pruning_fn=nope", "callbacks.x is not accepted: The provided `pruning_fn` nope isn't available"),
+    ours(f"{CB}.ModelSummary +callbacks.x.max_depth=-2", "callbacks.x is not accepted: `max_depth` can be -1, 0 or > 0, got -2"),
+    ours(f"{CB}.RichModelSummary +callbacks.x.max_depth=abc", "callbacks.x is not accepted: `max_depth` can be -1, 0 or > 0"),
     ours(f"{CB}.BackboneFinetuning", "callbacks.x._target_='lightning.pytorch.callbacks.BackboneFinetuning' is not accepted"),
     ours(f"{CB}.LearningRateFinder", "callbacks.x._target_='lightning.pytorch.callbacks.LearningRateFinder' is not accepted"),
     ours(f"{CB}.ThroughputMonitor", "callbacks.x._target_='lightning.pytorch.callbacks.ThroughputMonitor' is not accepted"),

@@ -124,9 +124,11 @@ def _build(key: str, entry: DictConfig, **kwargs: Any) -> Any:
 
 def _check_callback(key: str, entry: DictConfig) -> Any:
     from hydra.utils import get_class
-    from lightning.pytorch.callbacks import StochasticWeightAveraging
+    from lightning.pytorch.callbacks import ModelSummary, StochasticWeightAveraging
 
     callback = _build(key, entry)
+    if isinstance(callback, ModelSummary):  # its max_depth is used only when the run starts: Lightning decides now
+        _check_summary_depth(key, entry)
     monitor = getattr(callback, "monitor", None)
     if isinstance(monitor, str) and monitor not in MONITORABLE:
         raise ConfigError(
@@ -145,6 +147,18 @@ def _check_callback(key: str, entry: DictConfig) -> Any:
             )
         _check_swa_schedule(key, given)
     return callback
+
+
+def _check_summary_depth(key: str, entry: DictConfig) -> None:
+    import lightning as L
+    from hydra.utils import get_class
+    from lightning.pytorch.utilities.model_summary import summarize
+
+    depth = entry.get("max_depth", inspect.signature(get_class(entry._target_)).parameters["max_depth"].default)
+    try:
+        summarize(L.LightningModule(), max_depth=depth)
+    except Exception as error:
+        raise ConfigError(f"{key} is not accepted: {_one_line(error)}") from error
 
 
 def _check_swa_schedule(key: str, given: dict) -> None:
