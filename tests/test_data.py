@@ -117,7 +117,7 @@ class _Batches(Callback):
 
 
 def _trained_batches(tmp_path, steps):
-    overrides = ("model=mlp", "data.n_samples=8", "data.batch_size=8", "monitor.pictures=[]", "~logger")
+    overrides = ("model=mlp", "data.n_samples=8", "data.batch_size=8", "monitor.pictures=[]", "logger=csv")
     module, data, trainer = built_run(tmp_path, *overrides, f"trainer.max_steps={steps}")
     batches = _Batches()
     trainer.callbacks.append(batches)

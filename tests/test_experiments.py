@@ -82,7 +82,7 @@ def test_an_experiment_is_one_command(tmp_path):
     assert proc.returncode == 0, proc.stderr
     (run,) = (tmp_path / "outputs" / "runs").iterdir()
     # a single run is named after its experiment, then its other overrides
-    assert run.name.endswith("_dead_relu,monitor.pictures=[],trainer.max_steps=20")
+    assert run.name.endswith("_dead_relu,monitor.pictures=,trainer.max_steps=20")  # a list without brackets
     s = read_scalars(run)
     assert s["relu/dead_fraction/act2"][0] == pytest.approx(13 / 64)
     assert s["relu/dead_fraction/act2"][19] > 0.8
