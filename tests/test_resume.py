@@ -23,6 +23,7 @@ from hypothesis import strategies as st
 from backprop_lab.checks import CHECKPOINT
 from backprop_lab.config import ConfigError, validate
 from backprop_lab.resume import REQUIRED, check_resumable, hydra_quoted, resume_command
+from backprop_lab.run_lock import LOCK_FILE
 
 from conftest import TRAIN_SCRIPT, compose_config, read_csv_metrics, read_scalars, run_cli, train_run
 
@@ -118,6 +119,14 @@ def test_resume_through_the_cli_continues_in_the_same_directory(tmp_path):
     assert refused.returncode == 2 and "Traceback" not in refused.stderr
     assert "was written with model._target_='backprop_lab.models.ReLUNet'" in refused.stderr
     assert len(list((run / ".hydra").glob("resumed_*"))) == 1  # the refused one wrote nothing
+    before = _files(run)
+    noop = run_cli("model=relu", "trainer.max_steps=9", f"resume={run}", cwd=tmp_path)  # its 9 steps are done
+    assert noop.returncode == 0, noop.stderr
+    assert f"nothing to resume in {run}: it has taken its trainer.max_steps=9 steps already" in noop.stdout
+    assert _files(run) == before  # not a record, not a log line, not an event
+    fewer = run_cli("model=relu", "trainer.max_steps=4", f"resume={run}", cwd=tmp_path)
+    assert fewer.returncode == 2 and "the run has taken 9 steps already" in fewer.stderr
+    assert _files(run) == before
 
 
 # --- exact resume as a property: any model, data, batch, accumulation, and the step a real signal comes ---
@@ -212,7 +221,12 @@ def test_the_csv_logger_keeps_what_it_wrote_before_a_resume(tmp_path):
 
 
 def _files(run_dir: Path) -> dict[str, bytes]:
-    return {str(p.relative_to(run_dir)): p.read_bytes() for p in sorted(run_dir.rglob("*")) if p.is_file()}
+    # every file but the directory's lock (made and released by whoever takes it; it holds nothing)
+    return {
+        str(p.relative_to(run_dir)): p.read_bytes()
+        for p in sorted(run_dir.rglob("*"))
+        if p.is_file() and p.name != LOCK_FILE
+    }
 
 
 @pytest.mark.parametrize(
