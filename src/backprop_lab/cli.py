@@ -19,6 +19,7 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
+from backprop_lab.batched.discovery import make_launcher_discoverable
 from backprop_lab.checks import check_command_line, short_hydra_errors
 from backprop_lab.config import ConfigError, register_configs, validate
 from backprop_lab.preflight import check_config_once
@@ -32,6 +33,7 @@ CONFIGS = "pkg://backprop_lab.configs"
 # function from this module, and need the schemas and resolvers before they compose its config.
 register_configs()
 register_resolvers()
+make_launcher_discoverable()  # hydra/launcher=batched, also from an editable install
 
 
 def refuse(error: ConfigError) -> None:

@@ -68,10 +68,16 @@ class LinearFunction(torch.autograd.Function):
     @staticmethod
     def setup_context(ctx, inputs, output):
         x, weight, bias = inputs
-        # Only what backward will use, as native addmm saves: W for ∂L/∂x, x for ∂L/∂W. A first
-        # layer (x needs no gradient) thus keeps no copy of W alive.
-        need_x, need_w, _ = ctx.needs_input_grad
-        ctx.save_for_backward(x if need_w else None, weight if need_x else None)
+        if torch.compiler.is_compiling():
+            # Only what backward will use, as native addmm saves: W for ∂L/∂x, x for ∂L/∂W. A compiled
+            # first layer (x needs no gradient) thus keeps no copy of W alive.
+            need_x, need_w, _ = ctx.needs_input_grad
+            ctx.save_for_backward(x if need_w else None, weight if need_x else None)
+        else:
+            # Eager keeps x and W for jvp anyway (save_for_forward), so backward saves the same pair: under
+            # torch.func.vmap the generated rule keeps one batch dim per saved slot, the last save's, and a
+            # None saved where save_for_forward saw a batched W failed in backward (issue 18).
+            ctx.save_for_backward(x, weight)
         _save_for_forward(ctx, x, weight)
         ctx.w_is_vector = weight.dim() == 1
         ctx.dtypes = (x.dtype, weight.dtype, None if bias is None else bias.dtype)

@@ -1,0 +1,137 @@
+"""One TensorBoard event file per copy of a batched group, written by one Lightning ``Logger``.
+
+A group of K copies logs K runs. TensorBoard's own ``EventFileWriter`` is one background thread per file,
+and its pure-Python CRC costs about 45 µs an event: 13 k events for K = 64 took 0.85 s and K = 1024
+took 45 s (threads contending), measured on the 2-core VM. Here the events are TensorBoard's protobufs
+(``Event``, ``Summary``), framed as TensorBoard's record format (length, masked CRC-32C of the length,
+data, masked CRC-32C of the data); the CRCs of every pending record are computed together, one byte
+column at a time over all records (numpy), and each copy's records are appended to its file every
+``flush_every_n_steps`` steps and at the end. Files are named as TensorBoard names its own
+(``events.out.tfevents.<time>.<host>.<pid>.<n>``); TensorBoard reads them like any other run.
+
+This module imports no torch.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import struct
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from lightning.pytorch.loggers import Logger
+from tensorboard.compat.proto.event_pb2 import Event
+from tensorboard.compat.proto.summary_pb2 import Summary
+
+
+def _crc32c_table() -> np.ndarray:
+    table = np.arange(256, dtype=np.uint32)
+    for _ in range(8):  # CRC-32C (Castagnoli), reflected polynomial
+        table = np.where(table & 1, (table >> 1) ^ np.uint32(0x82F63B78), table >> 1).astype(np.uint32)
+    return table
+
+
+_TABLE = _crc32c_table()
+
+
+def masked_crc32c_rows(rows: np.ndarray) -> np.ndarray:
+    """The masked CRC-32C of every row of ``rows`` ((n, L) bytes): TensorBoard's record checksum."""
+    columns = np.ascontiguousarray(rows.T)
+    crc = np.full(rows.shape[0], 0xFFFFFFFF, dtype=np.uint32)
+    for column in columns:
+        crc = _TABLE[(crc ^ column) & 0xFF] ^ (crc >> np.uint32(8))
+    crc ^= np.uint32(0xFFFFFFFF)
+    return ((crc >> np.uint32(15)) | (crc << np.uint32(17))) + np.uint32(0xA282EAD8)
+
+
+def frame(records: Sequence[bytes]) -> list[bytes]:
+    """Each record as TensorBoard's record format: length, its masked CRC, the data, its masked CRC."""
+    out: list[bytes | None] = [None] * len(records)
+    by_length: dict[int, list[int]] = {}
+    for i, data in enumerate(records):
+        by_length.setdefault(len(data), []).append(i)
+    for length, where in by_length.items():
+        header = struct.pack("<Q", length)
+        header_crc = struct.pack("<I", int(masked_crc32c_rows(np.frombuffer(header, np.uint8)[None])[0]))
+        rows = np.frombuffer(b"".join(records[i] for i in where), np.uint8).reshape(len(where), length)
+        crcs = masked_crc32c_rows(rows) if length else np.full(len(where), 0xA282EAD8, np.uint32)
+        for i, crc in zip(where, crcs.tolist()):
+            out[i] = header + header_crc + records[i] + struct.pack("<I", crc)
+    return out  # type: ignore[return-value]
+
+
+class CopiesLogger(Logger):
+    """A Lightning logger for the K copies of a batched group: copy k's events go to ``run_dirs[k]``.
+
+    ``log_metrics(metrics, step)`` (Lightning's call) logs the same values to every copy;
+    :meth:`log_copy_metrics` logs each copy's own; :meth:`log_copy_summaries` any ``Summary`` protobuf
+    (hparams, text) to one copy.
+    """
+
+    def __init__(self, run_dirs: Sequence[Path], flush_every_n_steps: int = 100):
+        super().__init__()
+        stamp, host, pid = int(time.time()), socket.gethostname(), os.getpid()
+        self.paths = [Path(d) / f"events.out.tfevents.{stamp:010d}.{host}.{pid}.{k}" for k, d in enumerate(run_dirs)]
+        self.flush_every_n_steps = flush_every_n_steps
+        self._pending: list[list[bytes]] = [[] for _ in self.paths]
+        self._last_flush = 0
+        version = Event(wall_time=time.time(), file_version="brain.Event:2").SerializeToString()
+        for pending in self._pending:
+            pending.append(version)
+
+    @property
+    def name(self) -> str:
+        return "copies"
+
+    @property
+    def version(self) -> str:
+        return ""
+
+    @property
+    def save_dir(self) -> str | None:
+        return None
+
+    def log_hyperparams(self, params: Any, *args: Any, **kwargs: Any) -> None:
+        """Lightning's call with the module's hparams: the batched module has none; each copy's come from
+        :meth:`log_copy_summaries`."""
+
+    def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
+        self.log_copy_metrics(dict.fromkeys(range(len(self.paths)), metrics), step or 0)
+
+    def log_copy_metrics(self, per_copy: Mapping[int, Mapping[str, float]], step: int) -> None:
+        """``{copy: {tag: value}}`` at ``step``: one event per copy holding its values (as the package's
+        TensorBoardLogger writes one ``log_metrics`` call)."""
+        now = time.time()
+        for k, metrics in per_copy.items():
+            if metrics:
+                values = [Summary.Value(tag=t, simple_value=float(v)) for t, v in metrics.items()]
+                self._pending[k].append(
+                    Event(wall_time=now, step=step, summary=Summary(value=values)).SerializeToString()
+                )
+        if step - self._last_flush >= self.flush_every_n_steps:
+            self._last_flush = step
+            self.flush()
+
+    def log_copy_summaries(self, copy: int, summaries: Sequence[Summary], step: int = 0) -> None:
+        now = time.time()
+        for summary in summaries:
+            self._pending[copy].append(Event(wall_time=now, step=step, summary=summary).SerializeToString())
+
+    def flush(self) -> None:
+        counts = [len(p) for p in self._pending]
+        framed = iter(frame([record for pending in self._pending for record in pending]))
+        for path, count in zip(self.paths, counts):
+            if count:
+                with path.open("ab") as f:
+                    f.write(b"".join(next(framed) for _ in range(count)))
+        self._pending = [[] for _ in self.paths]
+
+    def save(self) -> None:
+        self.flush()
+
+    def finalize(self, status: str) -> None:
+        self.flush()

@@ -1,0 +1,303 @@
+"""One training program for K copies of a post network: stacked parameters, their own η, one Lightning fit.
+
+Copy k's parameters are ``net.w[k]`` (or ``w1[k]``, ``w2[k]``); the loss of the program is the sum of
+the copies' losses, so backward gives each copy the gradient of its own loss. Each copy keeps the rules
+of a separate run (:class:`backprop_lab.module.BackpropModule`), step for step:
+
+* everything logged at step t is computed from the parameters before the t-th update;
+* a non-finite loss at step t: the copy is ``diverged`` at t, frozen before that update (the others go on);
+* a loss below ``tol`` at step t: the copy takes that update, then its final pass at t + 1 and stops;
+* after ``trainer.max_steps`` updates, the final pass (a forward, no update) of every copy still running.
+
+Each copy logs to its own run directory through :class:`~backprop_lab.batched.events.CopiesLogger` the
+scalars a separate run logs (``train/loss``, ``epoch``, ``params/*``, ``grads/*``, ``grad_norm/*``,
+``update_ratio/*``, ``hparams/*``) at the same steps, and the config text and Custom Scalars layout.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import lightning as L
+import numpy as np
+import torch
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+from torch import Tensor, nn
+
+from backprop_lab import functions as F
+from backprop_lab.batched.events import CopiesLogger
+from backprop_lab.batched.functions import stacked_linear, stacked_mse_loss
+from backprop_lab.batched.groups import POST_NETS
+from backprop_lab.train import TrainResult, expected_warnings, flat_hparams
+
+# --- the network and its optimizer ---------------------------------------------------------------------
+
+
+class StackedPostNet(nn.Module):
+    """K copies of the post's net: ``w`` (linear) or ``w1``, ``w2`` (sigmoid, relu), each of shape (K, 1, 1)."""
+
+    def __init__(self, kind: str, weights: dict[str, Sequence[float]], relu_grad_at_zero: int = 0):
+        super().__init__()
+        self.kind, self.relu_grad_at_zero = kind, int(relu_grad_at_zero)
+        for name, values in weights.items():  # as the post's nets make them: float32 1×1 matrices
+            self.register_parameter(name, nn.Parameter(torch.tensor([float(v) for v in values]).reshape(-1, 1, 1)))
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.kind == "linear":
+            return stacked_linear(x, self.w)
+        z1 = stacked_linear(x, self.w1)
+        h = F.sigmoid(z1) if self.kind == "sigmoid" else F.relu(z1, self.relu_grad_at_zero)
+        return stacked_linear(h, self.w2)
+
+
+class StackedSGD(torch.optim.Optimizer):
+    """``torch.optim.SGD`` (no dampening, no Nesterov) with an η, momentum and weight decay per copy, and
+    only the copies in ``active`` updated. The same arithmetic as SGD's: ``g + wd·w`` and ``w − η·g`` as
+    fused multiply-adds (``addcmul``, as SGD's ``add(…, alpha=…)``), ``buf·μ + g`` for momentum."""
+
+    def __init__(self, params, lr: Tensor, momentum: Tensor, weight_decay: Tensor):
+        super().__init__(params, {})
+        self.lr, self.momentum, self.weight_decay = lr, momentum, weight_decay
+        self.active: Tensor = torch.ones_like(lr, dtype=torch.bool)
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group in self.param_groups:
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                shape = (-1,) + (1,) * (p.dim() - 1)
+                lr, mu, wd = (t.to(p.dtype).reshape(shape) for t in (self.lr, self.momentum, self.weight_decay))
+                active = self.active.reshape(shape)
+                g = p.grad
+                if bool((self.weight_decay != 0).any()):
+                    g = torch.addcmul(g, p, wd)
+                if bool((self.momentum != 0).any()):
+                    state = self.state[p]
+                    buf = state.get("momentum_buffer")
+                    buf = g.clone() if buf is None else torch.where(active, buf * mu + g, buf)
+                    state["momentum_buffer"] = buf
+                    g = buf
+                p.copy_(torch.where(active, torch.addcmul(p, g, -lr), p))
+        return loss
+
+
+# --- the program -----------------------------------------------------------------------------------------
+
+
+class BatchedModule(L.LightningModule):
+    """Trains the copies of ``net``; per copy: its status, its losses, its logs (``copies``)."""
+
+    def __init__(self, net: StackedPostNet, lrs, momenta, weight_decays, tol: float, gradients: bool):
+        super().__init__()
+        self.net = net
+        k = len(lrs)
+        self.lrs = np.asarray(lrs, dtype=np.float64)  # η as the config gives it: update_ratio is ‖η·g‖/‖w‖
+        self.register_buffer("lr", torch.tensor(lrs, dtype=torch.float64))
+        self.register_buffer("momentum", torch.tensor(momenta, dtype=torch.float64))
+        self.register_buffer("weight_decay", torch.tensor(weight_decays, dtype=torch.float64))
+        self.tol, self.gradients = tol, gradients
+        self.running = np.ones(k, dtype=bool)  # not yet stopped
+        self.ending = np.zeros(k, dtype=bool)  # converged: its final pass comes next
+        self.stepping = np.zeros(k, dtype=bool)  # updated at this step
+        self.diverged_at: list[int | None] = [None] * k
+        self.final_loss = np.full(k, math.nan)
+        self.best_loss = np.full(k, math.inf)
+        self.steps = np.zeros(k, dtype=np.int64)
+        self._batch: tuple[Tensor, Tensor] | None = None
+
+    @property
+    def copies(self) -> CopiesLogger:
+        return self.loggers[0]
+
+    def configure_optimizers(self):
+        return StackedSGD(self.net.parameters(), self.lr, self.momentum, self.weight_decay)
+
+    def _params(self, which: np.ndarray) -> dict[int, dict[str, float]]:
+        values = {n: p.detach().reshape(-1).double().cpu().numpy() for n, p in self.net.named_parameters()}
+        return {int(k): {f"params/{n}": float(v[k]) for n, v in values.items()} for k in np.flatnonzero(which)}
+
+    def _final_pass(self, losses: np.ndarray, which: np.ndarray, step: int) -> None:
+        """The copies in ``which`` end here: their loss under the trained parameters, at ``step``."""
+        self.final_loss[which] = losses[which]
+        finite = which & np.isfinite(losses)
+        self.best_loss[finite] = np.minimum(self.best_loss[finite], losses[finite])
+        self.steps[which] = step
+        rows = {int(k): {"train/loss": losses[k]} for k in np.flatnonzero(which)}
+        if self.gradients:
+            for k, params in self._params(which).items():
+                if all(math.isfinite(v) for v in params.values()):
+                    rows[k].update(params)
+        self.copies.log_copy_metrics(rows, step)
+        self.running[which] = False
+
+    def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor | None:
+        x, y = batch
+        self._batch = batch
+        step = self.global_step
+        losses_t = stacked_mse_loss(self.net(x), y)
+        losses = losses_t.detach().cpu().double().numpy()  # one host sync per step, as a separate run's .item()
+        ending = self.running & self.ending
+        if ending.any():
+            self._final_pass(losses, ending, step)
+        live = self.running.copy()
+        finite = np.isfinite(losses)
+        diverging = live & ~finite
+        self.stepping = live & finite
+        epoch = float(self.current_epoch)
+        self.copies.log_copy_metrics(
+            {int(k): {"train/loss": losses[k], "epoch": epoch} for k in np.flatnonzero(live)}, step
+        )
+        if diverging.any():  # frozen before this update; its parameters are logged at the next step, as Lightning
+            for k in np.flatnonzero(diverging):  # counts the skipped update of a separate run's diverged step
+                self.diverged_at[k] = step
+            self.final_loss[diverging] = losses[diverging]
+            self.steps[diverging] = step
+            self.running[diverging] = False
+            if self.gradients:
+                params = self._params(diverging)
+                self.copies.log_copy_metrics(
+                    {k: p for k, p in params.items() if all(math.isfinite(v) for v in p.values())}, step + 1
+                )
+        s = self.stepping
+        self.best_loss[s] = np.minimum(self.best_loss[s], losses[s])
+        self.final_loss[s] = losses[s]
+        self.ending |= s & (losses < self.tol)
+        if not s.any():
+            self.trainer.should_stop = True
+            return None
+        self.optimizers().optimizer.active = torch.as_tensor(s, device=self.device)
+        return losses_t.sum()
+
+    def on_before_optimizer_step(self, optimizer) -> None:
+        if not self.gradients:
+            return
+        step, which = self.global_step, np.flatnonzero(self.stepping)
+        rows: dict[int, dict[str, float]] = {int(k): {} for k in which}
+        for n, p in self.net.named_parameters():
+            w = p.detach().reshape(-1).double().cpu().numpy()
+            g = p.grad.detach().reshape(-1).double().cpu().numpy()
+            with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+                ratio = np.abs(self.lrs * g / w)
+            for k in which:
+                if not math.isfinite(g[k]):
+                    continue
+                row = rows[int(k)]
+                row[f"params/{n}"], row[f"grads/{n}"], row[f"grad_norm/{n}"] = w[k], g[k], abs(g[k])
+                if w[k] != 0 and math.isfinite(ratio[k]):
+                    row[f"update_ratio/{n}"] = ratio[k]
+        self.copies.log_copy_metrics(rows, step)
+
+    def on_train_end(self) -> None:
+        """The final pass of every copy still running, at the step training ended."""
+        if not self.running.any() or self._batch is None:
+            return
+        x, y = self._batch
+        with torch.no_grad():
+            losses = stacked_mse_loss(self.net(x), y).cpu().double().numpy()
+        self._final_pass(losses, self.running.copy(), self.global_step)
+
+    def status(self, k: int, max_steps: int) -> str:
+        if self.diverged_at[k] is not None:
+            return "diverged"
+        if self.tol > 0 and self.final_loss[k] < self.tol:
+            return "converged"
+        return "stopped" if max_steps > 0 and self.steps[k] < max_steps else "finished"
+
+
+def build_net(cfgs: Sequence[DictConfig]) -> StackedPostNet:
+    kind = POST_NETS[cfgs[0].model._target_]
+    names = ("w",) if kind == "linear" else ("w1", "w2")
+    weights = {n: [float(c.model[n]) for c in cfgs] for n in names}
+    return StackedPostNet(kind, weights, cfgs[0].model.get("relu_grad_at_zero", 0))
+
+
+def hparams_summaries(cfg: DictConfig, result: TrainResult, overrides: Sequence[str]) -> tuple[list, dict]:
+    """What :func:`backprop_lab.train.log_hparams` writes for a separate run: the HParams tab's records and
+    ``hparams/*`` scalars (the latter returned as metrics)."""
+    from torch.utils.tensorboard.summary import hparams
+
+    every = flat_hparams(cfg)
+    first = [o.split("=", 1)[0].lstrip("+~") for o in overrides if "=" in o]
+    params = {k: every[k] for k in first if k in every}
+    params["model"] = cfg.model._target_.rsplit(".", 1)[-1]
+    params["status"] = result.status
+    params.update((k, v) for k, v in every.items() if k not in params)
+    params = {k: v if isinstance(v, (int, float, str, bool)) else str(v) for k, v in params.items()}
+    metrics = {
+        "hparams/final_loss": result.final_loss,
+        "hparams/best_loss": result.best_loss,
+        "hparams/steps": float(result.steps),
+    }
+    return [*hparams(params, metrics)], metrics
+
+
+def train_group(
+    cfgs: Sequence[DictConfig], run_dirs: Sequence[Path], overrides: Sequence[Sequence[str]]
+) -> list[TrainResult]:
+    """Train the jobs ``cfgs`` (equal but for the batchable keys) as one program; each logs to its run dir."""
+    from torch.utils.tensorboard.summary import custom_scalars, text
+
+    from backprop_lab.monitors import custom_scalars_layout
+
+    started = time.perf_counter()
+    cfg = cfgs[0]
+    L.seed_everything(cfg.seed, workers=True, verbose=False)
+    data = instantiate(cfg.data, seed=cfg.seed)
+    data.setup()
+    optim = [c.optim for c in cfgs]
+    module = BatchedModule(
+        build_net(cfgs),
+        lrs=[float(o.lr) for o in optim],
+        momenta=[float(o.get("momentum", 0.0)) for o in optim],
+        weight_decays=[float(o.get("weight_decay", 0.0)) for o in optim],
+        tol=float(cfg.tol),
+        gradients=bool(cfg.monitor.gradients),
+    )
+    copies = CopiesLogger(run_dirs)
+    for k, c in enumerate(cfgs):  # the Text tab and the Custom Scalars layout, as a separate run writes them
+        config = "\n".join("    " + line for line in OmegaConf.to_yaml(c, resolve=False).splitlines())
+        copies.log_copy_summaries(k, [text("config", config), custom_scalars(custom_scalars_layout())])
+    trainer = L.Trainer(
+        accelerator=cfg.trainer.accelerator,
+        devices=1,
+        precision=cfg.trainer.precision,
+        deterministic=cfg.trainer.deterministic,
+        max_steps=cfg.trainer.max_steps,
+        max_epochs=-1,
+        log_every_n_steps=1,
+        logger=copies,
+        callbacks=[],
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        default_root_dir=str(run_dirs[0]),
+    )
+    with expected_warnings():
+        trainer.fit(module, datamodule=data)
+    wall = time.perf_counter() - started
+    results = []
+    for k, (c, run_dir) in enumerate(zip(cfgs, run_dirs)):
+        result = TrainResult(
+            status=module.status(k, cfg.trainer.max_steps),
+            final_loss=float(module.final_loss[k]),
+            best_loss=float(module.best_loss[k]),
+            steps=int(module.steps[k]),
+            log_dir=str(run_dir),
+            diverged_at=module.diverged_at[k],
+            wall_time_s=wall,
+        )
+        summaries, metrics = hparams_summaries(c, result, overrides[k])
+        copies.log_copy_summaries(k, summaries)
+        copies.log_copy_metrics({k: metrics}, 0)
+        results.append(result)
+    copies.finalize("success")
+    return results
