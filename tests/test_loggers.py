@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
+import json
+import struct
+from pathlib import Path
+
+import pytest
 import torch
+import yaml
 from lightning.pytorch.loggers import TensorBoardLogger as LightningTensorBoardLogger
 from tensorboard.backend.event_processing.event_file_loader import LegacyEventFileLoader
 
 from backprop_lab.loggers import TensorBoardLogger
 
-from conftest import event_files, read_scalars
+from conftest import event_files, read_csv_metrics, read_scalars, train_run
 
 CALLS = [({"train/loss": 1.25, "grad_norm/w1": torch.tensor(0.5)}, 0), ({"train/loss": 1.0, "relu/h": 0.0}, 1)]
 
@@ -47,3 +53,109 @@ def test_each_call_is_one_event(tmp_path):
 def test_a_prefix_takes_lightnings_own_path(tmp_path):
     _log(TensorBoardLogger, tmp_path, prefix="run")
     assert set(read_scalars(tmp_path)) == {"run-train/loss", "run-grad_norm/w1", "run-relu/h"}
+
+
+# --- logger=[tensorboard,csv,mlflow,wandb]: the same values read back by each one's own client -------------
+
+WANDB_BLOCK = 32768  # the .wandb file: LevelDB's log format, 32 KiB blocks of records with 7-byte headers
+WANDB_FULL, WANDB_LAST = 1, 4  # a whole record, the last piece of a record cut across blocks
+
+
+def wandb_records(path: Path) -> list:
+    """The records of an offline W&B run file, parsed with W&B's published protobuf schema."""
+    from wandb.proto import wandb_internal_pb2
+
+    data = path.read_bytes()
+    assert data[:4] == b":W&B"
+    records, piece, pos = [], b"", 7  # ":W&B", a 2-byte magic number and a version byte
+    while pos + 7 <= len(data):
+        left = WANDB_BLOCK - pos % WANDB_BLOCK
+        _crc, length, kind = struct.unpack("<IHB", data[pos : pos + 7])
+        if left < 7 or (kind == 0 and length == 0):  # the zero padding at a block's end
+            pos += left
+            continue
+        piece += data[pos + 7 : pos + 7 + length]
+        pos += 7 + length
+        if kind in (WANDB_FULL, WANDB_LAST):
+            record = wandb_internal_pb2.Record()
+            record.ParseFromString(piece)
+            records.append(record)
+            piece = b""
+    return records
+
+
+def wandb_key(item) -> str:
+    """An item's key: ``key``, or its ``nested_key`` parts (a key with a ``/`` is written as its parts)."""
+    return item.key or "/".join(item.nested_key)
+
+
+def wandb_values(run_dir: Path) -> tuple[dict[str, dict[int, float]], dict, str]:
+    """``({tag: {step: value}}, config, run name)`` of the one offline W&B run in ``run_dir``."""
+    (path,) = run_dir.glob("wandb/offline-run-*/run-*.wandb")
+    records = wandb_records(path)
+    values: dict[str, dict[int, float]] = {}
+    config, name = {}, None
+    for record in records:
+        kind = record.WhichOneof("record_type")
+        if kind == "history":
+            items = {wandb_key(item): json.loads(item.value_json) for item in record.history.item}
+            step = items.pop("trainer/global_step")
+            for key, value in items.items():
+                if not key.startswith("_"):
+                    values.setdefault(key, {})[int(step)] = float(value)
+        elif kind == "config":
+            config.update({wandb_key(item): json.loads(item.value_json) for item in record.config.update})
+        elif kind == "run":
+            name = record.run.display_name
+    return values, config, name
+
+
+def mlflow_values(run_dir: Path) -> tuple[dict[str, dict[int, float]], dict, object]:
+    """``({tag: {step: value}}, params, run info)`` of the one MLflow run in ``<run_dir>/mlruns``."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=(run_dir / "mlruns").absolute().as_uri())
+    experiment = client.get_experiment_by_name("backprop-lab")
+    (run,) = client.search_runs([experiment.experiment_id])
+    values = {
+        key: {m.step: m.value for m in client.get_metric_history(run.info.run_id, key)} for key in run.data.metrics
+    }
+    return values, run.data.params, run.info
+
+
+@pytest.mark.slow
+def test_four_loggers_get_the_same_values(tmp_path, monkeypatch):
+    monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")  # what the logger sets for its store; kept to this test
+    monkeypatch.delenv("WANDB_MODE", raising=False)
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    run_dir = tmp_path / "relu_run"
+    result, tensorboard = train_run(
+        run_dir, "model=relu", "trainer.max_steps=12", "monitor.pictures=[]", "logger=[tensorboard,csv,mlflow,wandb]"
+    )
+    csv_values = read_csv_metrics(run_dir / "metrics.csv")
+    mlflow, params, info = mlflow_values(run_dir)
+    wandb, config, name = wandb_values(run_dir)
+
+    # every scalar of the run, at every step, in each of the four (TensorBoard stores float32)
+    final = {"hparams/final_loss", "hparams/best_loss", "hparams/steps", "hparams/final_dead_fraction"}
+    tags = set(tensorboard) - final
+    assert len(tags) > 10 and "train/loss" in tags and "grads/w1" in tags
+    for other in (csv_values, mlflow, wandb):
+        assert set(other) == tags | final
+        for tag in tags:
+            assert other[tag].keys() == tensorboard[tag].keys(), tag
+            for step, value in tensorboard[tag].items():
+                assert other[tag][step] == pytest.approx(value, rel=1e-6, abs=1e-7), (tag, step)
+    assert set(tensorboard["train/loss"]) == set(range(13))  # the loss before each update and after the last
+
+    # the final metrics and status reach every one of them; the run named after its directory
+    for other in (csv_values, mlflow, wandb):
+        assert other["hparams/final_loss"] == {result.steps: pytest.approx(result.final_loss)}
+        assert other["hparams/steps"] == {result.steps: 12.0}
+    assert tensorboard["hparams/final_loss"][0] == pytest.approx(result.final_loss)
+    assert params["status"] == config["status"] == result.status == "finished"
+    assert params["model"] == config["model"] == "ReLUNet"
+    assert info.run_name == name == "relu_run"
+    assert info.status == "FINISHED"
+    hparams = yaml.safe_load((run_dir / "hparams.yaml").read_text())
+    assert hparams["status"] == "finished" and hparams["optim.lr"] == 0.1

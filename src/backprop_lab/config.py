@@ -220,8 +220,14 @@ LOGGERS = {
     "CometLogger": ("comet_ml", "comet-ml"),
 }
 # the package's own (backprop_lab.loggers): Lightning's TensorBoardLogger writing a step's scalars as one event,
-# and its CSVLogger keeping the rows of a resumed run
-OWN_LOGGERS = ("backprop_lab.loggers.TensorBoardLogger", "backprop_lab.loggers.CSVLogger")
+# its CSVLogger keeping the rows of a resumed run, its MLFlowLogger and WandbLogger safe with no server or
+# account (logger=mlflow, logger=wandb; each needs what Lightning's of the same name needs)
+OWN_LOGGERS = (
+    "backprop_lab.loggers.TensorBoardLogger",
+    "backprop_lab.loggers.CSVLogger",
+    "backprop_lab.loggers.MLFlowLogger",
+    "backprop_lab.loggers.WandbLogger",
+)
 # Lightning's callbacks that a config can build (lightning.pytorch.callbacks.<name>), with the module each needs
 # beyond this package's dependencies and its pip name. Not the base classes, nor those a run of this package
 # cannot use: LambdaCallback and ThroughputMonitor take functions, BackboneFinetuning needs a module with a
@@ -504,7 +510,7 @@ def _check_entry(key: str, entry: Any, module: str, classes: dict, example: str,
         target,
         f"use {' or '.join(own + (f'{module}<name>',))} with <name> one of {', '.join(classes)}",
     )
-    needs = classes.get(name)
+    needs = classes.get(name if name is not None else target.rsplit(".", 1)[-1])  # the package's: as Lightning's
     if needs is not None and importlib.util.find_spec(needs[0]) is None:
         raise ConfigError(
             f"{key}._target_={target!r} is not accepted here: it needs {needs[0]} (pip install {needs[1]})"

@@ -10,17 +10,25 @@ Everything else (the writer, hparams, the directory layout) is Lightning's, unch
 
 CSV: a resumed run keeps the rows its run wrote before the step it resumes from (Lightning's CSVLogger
 deletes a ``metrics.csv`` it finds), as TensorBoard keeps the events before its ``purge_step``.
+
+MLflow and W&B (``logger=mlflow``, ``logger=wandb``; ``pip install 'backprop-lab[loggers]'``): Lightning's
+loggers, safe on a machine with no server and no account. MLflow writes to a file store in the run
+directory (``<run dir>/mlruns``) unless ``tracking_uri`` is given; W&B runs offline (``<run dir>/wandb``)
+unless ``offline=false`` or ``WANDB_MODE`` says otherwise. Each names its run after the run directory.
 """
 
 from __future__ import annotations
 
 import csv
+import os
 import warnings
 from collections.abc import Mapping
 from pathlib import Path
 
 from lightning.pytorch.loggers import CSVLogger as LightningCSVLogger
+from lightning.pytorch.loggers import MLFlowLogger as LightningMLFlowLogger
 from lightning.pytorch.loggers import TensorBoardLogger as LightningTensorBoardLogger
+from lightning.pytorch.loggers import WandbLogger as LightningWandbLogger
 from lightning.pytorch.utilities import rank_zero_only
 from tensorboard.compat.proto.summary_pb2 import Summary
 from torch import Tensor
@@ -57,12 +65,19 @@ class CSVLogger(LightningCSVLogger):
         if purge_step is None:
             return
         kept = rows_before(Path(self.log_dir) / METRICS_FILE, purge_step)  # read before Lightning deletes it
-        with warnings.catch_warnings():  # "previous log files … will be deleted": their rows are kept, here
-            warnings.filterwarnings("ignore", ".*Previous log files in this directory will be deleted.*")
-            writer = self.experiment
+        writer = self.experiment
         for step, values in kept:
             writer.log_metrics(values, step)
         self.save()
+
+    @property
+    def experiment(self):
+        # Lightning warns "previous log files in this directory will be deleted" whenever its directory holds
+        # any file: here it is the run directory, which holds the run's other logs, and a resumed run's rows
+        # before its step are kept (above). Only metrics.csv is ever replaced.
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", ".*Previous log files in this directory will be deleted.*")
+            return super().experiment
 
 
 def rows_before(path: Path, step: int) -> list[tuple[int, dict[str, float]]]:
@@ -85,3 +100,82 @@ def _number(text: str) -> int | float:
         return int(text)
     except ValueError:
         return float(text)
+
+
+# --- MLflow and W&B: Lightning's loggers with defaults for a machine with no server and no account ----------
+
+EXPERIMENT = "backprop-lab"  # MLflow's experiment and W&B's project, unless the config names another
+
+
+class MLFlowLogger(LightningMLFlowLogger):
+    """``lightning.pytorch.loggers.MLFlowLogger``; without ``tracking_uri``, a file store in ``<save_dir>/mlruns``
+    (``save_dir`` is the run directory), and the run named after the run directory unless ``run_name`` is given.
+
+    MLflow 3 opens a file store only with ``MLFLOW_ALLOW_FILE_STORE=true``: it is set for this store, unless the
+    environment says otherwise. The experiment is made here when the store lacks it (Lightning would warn that
+    it was "not found")."""
+
+    def __init__(
+        self,
+        experiment_name: str = EXPERIMENT,
+        run_name: str | None = None,
+        tracking_uri: str | None = None,
+        save_dir: str = ".",
+        artifact_location: str | None = None,
+        **kwargs,
+    ):
+        if tracking_uri is None:
+            store = Path(save_dir).absolute() / "mlruns"
+            tracking_uri = store.as_uri()
+            os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")
+        super().__init__(
+            experiment_name=experiment_name,
+            run_name=run_name or Path(save_dir).absolute().name,
+            tracking_uri=tracking_uri,
+            save_dir=save_dir,
+            artifact_location=artifact_location,
+            **kwargs,
+        )
+        self.make_experiment(experiment_name, tracking_uri, artifact_location)
+
+    @staticmethod
+    @rank_zero_only
+    def make_experiment(name: str, tracking_uri: str, artifact_location: str | None) -> None:
+        from mlflow.tracking import MlflowClient
+
+        client = MlflowClient(tracking_uri)
+        if client.get_experiment_by_name(name) is None:
+            client.create_experiment(name, artifact_location=artifact_location)
+
+
+def wandb_offline() -> bool:
+    """Whether a W&B run goes offline by default: unless ``WANDB_MODE`` or an API key in the environment
+    says the user set W&B up."""
+    return "WANDB_MODE" not in os.environ and "WANDB_API_KEY" not in os.environ
+
+
+class WandbLogger(LightningWandbLogger):
+    """``lightning.pytorch.loggers.WandbLogger``; offline unless configured (``offline=false``, ``WANDB_MODE``,
+    ``WANDB_API_KEY``), in ``<save_dir>/wandb`` (the run directory), the run named after the run directory
+    and the project ``backprop-lab`` unless given. :meth:`finish` ends the W&B run, so that the next run of the
+    same process (a notebook's) starts its own."""
+
+    def __init__(
+        self,
+        name: str | None = None,
+        save_dir: str = ".",
+        offline: bool | None = None,
+        project: str | None = None,
+        **kwargs,
+    ):
+        super().__init__(
+            name=name or Path(save_dir).absolute().name,
+            save_dir=save_dir,
+            offline=wandb_offline() if offline is None else offline,
+            project=project or os.environ.get("WANDB_PROJECT", EXPERIMENT),
+            **kwargs,
+        )
+
+    @rank_zero_only
+    def finish(self) -> None:
+        self.experiment.finish()

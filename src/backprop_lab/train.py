@@ -20,7 +20,7 @@ from pathlib import Path
 
 import lightning as L
 from hydra.utils import get_class, instantiate
-from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.callbacks import Callback, ProgressBar
 from lightning.pytorch.loggers import Logger, TensorBoardLogger
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf
@@ -28,7 +28,7 @@ from omegaconf import DictConfig, OmegaConf
 from backprop_lab.checks import CHECKPOINT, check_run_dir
 from backprop_lab.diagnoses import Diagnosis, diagnose, divergence_without_history
 from backprop_lab.interrupts import GracefulStop, SignalNotes
-from backprop_lab.loggers import CSVLogger
+from backprop_lab.loggers import CSVLogger, WandbLogger
 from backprop_lab.module import LOSS_BY_TASK, BackpropModule
 from backprop_lab.monitors import (
     BackpropViewMonitor,
@@ -182,8 +182,8 @@ def build_run(
 
     callbacks = [*monitors(cfg.monitor), *extra_callbacks(cfg.callbacks), *callbacks]
     callbacks.append(GracefulStop(notes))
-    if cfg.trainer.enable_progress_bar:
-        callbacks.append(StepProgressBar(refresh_rate=cfg.progress_every_n_steps))
+    if cfg.trainer.enable_progress_bar and not any(isinstance(c, ProgressBar) for c in callbacks):
+        callbacks.append(StepProgressBar(refresh_rate=cfg.progress_every_n_steps))  # a bar of the user's own wins
     if cfg.trainer.enable_checkpointing:
         callbacks.append(checkpoint_callback(run_dir, cfg.checkpoint.every_n_steps))
     loggers = [make_logger(logger_cfg, run_dir, resume_step) for logger_cfg in cfg.logger.values()]
@@ -352,7 +352,8 @@ def flat_hparams(cfg: DictConfig) -> dict[str, float | int | str | bool]:
 
 
 def log_hparams(loggers: list[Logger], cfg: DictConfig, result: TrainResult, overrides: Sequence[str] = ()) -> None:
-    """One hparams record per run with its final metrics (TensorBoard's HParams tab); the config elsewhere."""
+    """One hparams record per run with its final metrics and status, to every logger (TensorBoard's HParams tab;
+    CSV's hparams.yaml and a last row; MLflow's params and metrics; W&B's config and summary)."""
     # What tells runs apart first (TensorBoard's HParams tab shows the first columns): the overrides'
     # keys, the model, the status; then every other key.
     every = flat_hparams(cfg)
@@ -369,10 +370,13 @@ def log_hparams(loggers: list[Logger], cfg: DictConfig, result: TrainResult, ove
     if result.final_dead_fraction is not None:
         metrics["hparams/final_dead_fraction"] = result.final_dead_fraction
     for logger in loggers:
-        if isinstance(logger, TensorBoardLogger):
+        if isinstance(logger, TensorBoardLogger):  # the HParams tab: the params and these metrics in one record
             logger.log_hyperparams(params, metrics)
-        else:
+        else:  # CSV, MLflow, W&B, any other: the params (status among them), then the metrics at the last step
             logger.log_hyperparams(params)
+            logger.log_metrics(metrics, step=result.steps)
+        if isinstance(logger, WandbLogger):  # ended here, so that the next run of this process starts its own
+            logger.finish()
 
 
 def logs_hint(log_dir: Path, tensorboard: bool) -> str:
