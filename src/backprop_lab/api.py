@@ -140,10 +140,13 @@ def _write_record(full: DictConfig, job: DictConfig, overrides: list[str], run_d
 
 @contextlib.contextmanager
 def _package_log(run_dir: Path, job_name: str) -> Iterator[None]:
-    """The package's log lines (the closing lines among them) printed and kept in ``<run dir>/<job>.log``,
-    as the command line's logging config does, for the length of one run."""
+    """The package's log lines (the closing lines among them) printed and kept in ``<run dir>/<job>.log``, and
+    Lightning's warnings only (not its "GPU available" and tip lines), as the command line's logging config
+    does (configs/hydra/job_logging/backprop_lab.yaml), for the length of one run."""
     from backprop_lab.run_lock import run_dir_locked
 
+    lightning = {name: logging.getLogger(name) for name in ("lightning.pytorch", "lightning.fabric")}
+    lightning_levels = {name: logger.level for name, logger in lightning.items()}
     package = logging.getLogger("backprop_lab")
     with run_dir_locked(run_dir, "run_dir"):  # taken before the log file is made in it
         console = logging.StreamHandler(sys.stdout)
@@ -154,9 +157,13 @@ def _package_log(run_dir: Path, job_name: str) -> Iterator[None]:
         package.setLevel(logging.INFO)
         package.addHandler(console)
         package.addHandler(file)
+        for logger in lightning.values():
+            logger.setLevel(logging.WARNING)
         try:
             yield
         finally:
+            for name, logger in lightning.items():
+                logger.setLevel(lightning_levels[name])
             package.removeHandler(console)
             package.removeHandler(file)
             file.close()
