@@ -13,6 +13,7 @@ import logging
 import os
 import signal
 import time
+import urllib.parse
 import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field, fields
@@ -384,6 +385,23 @@ def logs_hint(log_dir: Path, tensorboard: bool) -> str:
     return f"TensorBoard logs: {shown}  (open with: tensorboard --logdir {shown})" if tensorboard else f"logs: {shown}"
 
 
+TENSORBOARD_URL = "http://localhost:6006/"  # where `tensorboard --logdir ...` serves, by default
+
+
+def backprop_tab_hint(log_dir: Path, diagnoses: list[Diagnosis] | None) -> str:
+    """The Backprop tab at the step worth opening, as an address that opens it (docs/backprop_view.md): where
+    the first diagnosis starts (the backward pass, where a dead or saturated unit stops the gradient; the
+    forward pass of a diverged step), else the post's step 0."""
+    first = next(iter(diagnoses or []), None)
+    step, phase = (0, "all") if first is None else (first.step, "forward" if first.kind == "divergence" else "backward")
+    what = "" if first is None else f" ({' '.join(filter(None, (first.kind.replace('_', ' '), first.where)))})"
+    # the tab reads the run by its name or its path's last part, and the first run where neither matches
+    # (with --logdir <run dir>, TensorBoard names the one run ".")
+    run = urllib.parse.quote(Path(log_dir).name, safe=",=+:@")
+    fragment = f"#backprop&p.backprop.run={run}&p.backprop.step={step}&p.backprop.phase={phase}"
+    return f"then the Backprop tab at step {step}{what}: {TENSORBOARD_URL}{fragment}"
+
+
 def relative_to_cwd(path: Path) -> str:
     """``path`` as the user would type it from where they ran the command."""
     path = Path(path).resolve()
@@ -404,4 +422,7 @@ def closing_lines(
     ]
     if diagnoses is None and result.status == "diverged":  # nothing recorded: the step and η are all there is
         diagnoses = [divergence_without_history(result.diverged_at, float(cfg.optim.lr))]
-    return [*lines, *(d.text for d in diagnoses or []), logs_hint(Path(result.log_dir), tensorboard)]
+    lines += [*(d.text for d in diagnoses or []), logs_hint(Path(result.log_dir), tensorboard)]
+    if tensorboard and cfg.monitor.backprop_view:
+        lines.append(backprop_tab_hint(Path(result.log_dir), diagnoses))
+    return lines
