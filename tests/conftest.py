@@ -111,6 +111,27 @@ def run_cli(
     )
 
 
+def start_cli(*args: str, cwd: Path, stderr=subprocess.STDOUT, new_session: bool = False) -> subprocess.Popen:
+    """``scripts/train.py`` started as a user would, not waited for (to be signalled): output as text on
+    ``stdout`` (stderr merged unless given), with the terminal's default SIGINT disposition — a shell's
+    background job (CI may be one) ignores SIGINT, and a child would inherit that. ``new_session``: its own
+    process group, as a scheduler's job has."""
+    import signal
+
+    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+    env.pop("HYDRA_FULL_ERROR", None)
+    return subprocess.Popen(
+        [sys.executable, str(TRAIN_SCRIPT), *args],
+        cwd=cwd,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=stderr,
+        text=True,
+        start_new_session=new_session,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
+
+
 # --- a LightningModule and data with nothing of backprop-lab in them, for the monitors -----------------
 
 

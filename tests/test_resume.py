@@ -25,7 +25,7 @@ from backprop_lab.config import ConfigError, validate
 from backprop_lab.resume import REQUIRED, check_resumable, hydra_quoted, resume_command
 from backprop_lab.run_lock import LOCK_FILE
 
-from conftest import TRAIN_SCRIPT, compose_config, read_csv_metrics, read_scalars, run_cli, train_run
+from conftest import compose_config, read_csv_metrics, read_scalars, run_cli, start_cli, train_run
 
 # A batched network whose data set is 8 batches an epoch: 28 steps stop in the middle of epoch 3.
 MLP = ("model=mlp", "optim.momentum=0.9", "monitor.pictures=[]", "monitor.backprop_view=false")
@@ -303,7 +303,7 @@ def test_the_printed_resume_command_works_when_pasted_into_a_shell(tmp_path):
         "logger=[tensorboard,csv]",
         "trainer.max_steps=1000000",
     ]
-    first = _start_cli(tmp_path, *overrides, "checkpoint.every_n_steps=20", "trainer.enable_progress_bar=false")
+    first = start_cli(*overrides, "checkpoint.every_n_steps=20", "trainer.enable_progress_bar=false", cwd=tmp_path)
     (run,) = _wait_for_checkpoint(tmp_path, first)
     assert "[" not in run.name and "]" not in run.name and "model.hidden=4+4,optim.lr=0.05" in run.name
     first.send_signal(signal.SIGINT)
@@ -328,20 +328,6 @@ def test_the_printed_resume_command_works_when_pasted_into_a_shell(tmp_path):
     assert "Traceback" not in out and "mismatched input" not in out
     assert [p.name for p in (tmp_path / "outputs" / "runs").iterdir()] == [run.name]  # continued in place
     assert json.loads((run / "summary.json").read_text())["steps"] > done
-
-
-def _start_cli(cwd: Path, *overrides: str) -> subprocess.Popen:
-    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
-    env.pop("HYDRA_FULL_ERROR", None)
-    return subprocess.Popen(
-        [sys.executable, str(TRAIN_SCRIPT), *overrides],
-        cwd=cwd,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),  # a background CI job ignores SIGINT
-    )
 
 
 def _wait_for_checkpoint(cwd: Path, proc: subprocess.Popen) -> list[Path]:

@@ -6,7 +6,6 @@ The truth here is the file system after the fact: which files exist where, and w
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -19,7 +18,7 @@ from backprop_lab.checks import CHECKPOINT
 from backprop_lab.config import ConfigError
 from backprop_lab.run_lock import LOCK_FILE, is_secondary_rank, lock_run_dir, run_dir_locked, unlock_run_dir
 
-from conftest import TRAIN_SCRIPT, compose_config, run_cli, train_run
+from conftest import compose_config, run_cli, start_cli, train_run
 
 
 def _tree(root: Path) -> dict[str, bytes]:
@@ -98,18 +97,7 @@ def test_only_rank_zero_takes_the_lock(tmp_path, monkeypatch, env, secondary):
 @pytest.mark.slow
 def test_two_runs_started_together_into_one_directory_one_runs_the_other_is_refused(tmp_path):
     overrides = ("model=relu", "trainer.max_steps=400", "trainer.enable_progress_bar=false", "hydra.run.dir=run")
-    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
-    procs = [
-        subprocess.Popen(
-            [sys.executable, str(TRAIN_SCRIPT), *overrides],
-            cwd=tmp_path,
-            env=env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        for _ in range(2)
-    ]
+    procs = [start_cli(*overrides, cwd=tmp_path, stderr=subprocess.PIPE) for _ in range(2)]
     outs = [p.communicate(timeout=300) for p in procs]
     codes = sorted(p.returncode for p in procs)
     assert codes == [0, 2], outs
@@ -226,11 +214,9 @@ def test_sweep_subdirs_that_escape_or_collide_are_refused_before_the_first_job(t
 
 @pytest.mark.slow
 def test_a_killed_run_leaves_no_stale_lock(tmp_path):
-    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
-    proc = subprocess.Popen(
-        [sys.executable, str(TRAIN_SCRIPT), "model=relu", "trainer.max_steps=1000000", "hydra.run.dir=run",
-         "checkpoint.every_n_steps=10", "trainer.enable_progress_bar=false"],
-        cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    proc = start_cli(
+        "model=relu", "trainer.max_steps=1000000", "hydra.run.dir=run", "checkpoint.every_n_steps=10",
+        "trainer.enable_progress_bar=false", cwd=tmp_path,
     )  # fmt: skip
     deadline = time.monotonic() + 120
     while not (tmp_path / "run" / CHECKPOINT).exists():

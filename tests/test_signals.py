@@ -22,7 +22,7 @@ import pytest
 
 from backprop_lab.checks import CHECKPOINT
 
-from conftest import TRAIN_SCRIPT, compose_config, event_accumulator, read_images, read_scalars, train_run
+from conftest import TRAIN_SCRIPT, compose_config, event_accumulator, read_images, read_scalars, start_cli, train_run
 
 pytestmark = pytest.mark.slow
 
@@ -30,19 +30,7 @@ LONG = ("trainer.max_steps=1000000", "trainer.enable_progress_bar=false", "check
 
 
 def _start(run_dir: Path, *overrides: str) -> subprocess.Popen:
-    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
-    env.pop("HYDRA_FULL_ERROR", None)
-    return subprocess.Popen(
-        [sys.executable, str(TRAIN_SCRIPT), *overrides, f"hydra.run.dir={run_dir}"],
-        cwd=run_dir.parent,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        # A shell's background job (CI may be one) ignores SIGINT, and a child inherits that: Python then
-        # installs no Ctrl-C handler. The user at a terminal has the default, so the test gives it that.
-        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
-    )
+    return start_cli(*overrides, f"hydra.run.dir={run_dir}", cwd=run_dir.parent)
 
 
 def _wait_for(path: Path, proc: subprocess.Popen, timeout: float = 90) -> None:
@@ -194,15 +182,7 @@ def test_ddp_signalled_during_start_up_stops_every_rank_and_can_be_resumed(tmp_p
     run = tmp_path / "run"
     run.mkdir()
     overrides = ("trainer=ddp", "trainer.accelerator=cpu", "model=mlp", "data=moons", "monitor.pictures=[]", *LONG)
-    proc = subprocess.Popen(
-        [sys.executable, str(TRAIN_SCRIPT), *overrides, f"hydra.run.dir={run}"],
-        cwd=tmp_path,
-        env={**os.environ, "PYTHONWARNINGS": "ignore"},
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        start_new_session=True,  # its own process group, as a scheduler's job has
-    )
+    proc = start_cli(*overrides, f"hydra.run.dir={run}", cwd=tmp_path, new_session=True)
     # Rank 1 has started its job (Hydra opened its log): both ranks are starting, neither has trained.
     _wait_for(run / "train_ddp_process_1.log", proc, timeout=150)
     rank1 = next(pid for pid in _ranks(run) if int(pid) != proc.pid)
