@@ -12,7 +12,7 @@ import torch
 from benchmarks import functions, training
 from benchmarks.functions import bench_calls, bench_functions, bench_scaling
 from benchmarks.timing import MODES, find, fmt, machine
-from benchmarks.training import bench_startup, bench_sweep, bench_training
+from benchmarks.training import bench_startup, bench_sweep, bench_threads, bench_training
 
 
 def targets(res: dict) -> list[dict]:
@@ -28,7 +28,7 @@ def targets(res: dict) -> list[dict]:
     return out
 
 
-SECTIONS = ("calls", "functions", "scaling", "training", "startup", "sweep")
+SECTIONS = ("calls", "functions", "scaling", "training", "threads", "startup", "sweep")
 
 
 def run(quick: bool = False, sections: tuple[str, ...] = SECTIONS, log: Callable[[str], None] = print) -> dict:
@@ -55,6 +55,9 @@ def run(quick: bool = False, sections: tuple[str, ...] = SECTIONS, log: Callable
     if "training" in sections:
         log("training: package vs bare Lightning vs plain loop")
         res["training"], res["training_ratios"] = bench_training(cfg, quick)
+    if "threads" in sections:
+        log(f"threads: the package's step with 1 intra-op thread and with torch's default ({torch.get_num_threads()})")
+        res["threads"], res["threads_ratios"] = bench_threads(cfg, quick)
     if "startup" in sections:
         log("startup: whole processes")
         res["startup"] = bench_startup(cfg, quick)

@@ -64,6 +64,13 @@ class BareModule(L.LightningModule):
         return torch.optim.SGD(self.net.parameters(), lr=self.lr)
 
 
+# Every monitor off, the pictures too: with any of them on, the step record (their one recorder) runs.
+MONITORS_OFF = (
+    "monitor.gradients=false",
+    "monitor.dead_relu=false",
+    "monitor.backprop_view=false",
+    "monitor.pictures=[]",
+)
 MLP_OVERRIDES = ("model=mlp", "model.hidden=[256,256]", "data=moons", "data.n_samples=8192", "data.batch_size=1024")
 
 
@@ -228,8 +235,7 @@ def _bench_model(model: str, cfg: dict, quick: bool, tmp: str) -> tuple[list[dic
     # --quick draws no pictures: they cost seconds per run, at the end, off the clock.
     extra = ["monitor.pictures=[]"] if quick else []
     default = compose_train_config(model, n, *extra)
-    off = ("monitor.gradients=false", "monitor.dead_relu=false", "monitor.backprop_view=false")
-    no_monitors = compose_train_config(model, n, *off, *extra)
+    no_monitors = compose_train_config(model, n, *MONITORS_OFF)
     pictures: list[float] = []
     runners = {
         "package_default": functools.partial(_fit_package, default, picture_s=pictures),
@@ -267,6 +273,60 @@ def _bench_model(model: str, cfg: dict, quick: bool, tmp: str) -> tuple[list[dic
         "monitoring_overhead_range": spread("package_default", "package_no_monitors", 1.0),
         "picture_s": statistics.median(pictures) if pictures else None,
     }
+    return rows, ratios
+
+
+# --- intra-op threads: one against torch's default --------------------------------------------------
+
+
+def bench_threads(cfg: dict, quick: bool) -> tuple[list[dict], list[dict]]:
+    """µs per step of the package's run, monitors on and off, with one intra-op thread and with torch's
+    default (``torch.get_num_threads()`` at start), per model, interleaved over rounds (order flipped each
+    round); the monitoring overhead at each thread count and the one-thread / default ratio. The thread
+    count is restored afterwards."""
+    import logging
+
+    logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
+    default = torch.get_num_threads()
+    counts = sorted({1, default})
+    rounds = 1 if quick else max(3, cfg["train_rounds"] // 2)
+    rows, ratios = [], []
+    with tempfile.TemporaryDirectory(prefix="bench-threads-") as tmp:
+        try:
+            for model in TRAIN_MODELS:
+                # the MLP's windows shorter than in `training`: with two threads on a busy 2-core machine a
+                # step can take 20× longer (the point of this section), and every case runs every round
+                n = min(cfg["mlp_train_steps"], 152) if model.startswith("mlp") else cfg["train_steps"]
+                on = compose_train_config(model, n, "monitor.pictures=[]")
+                off = compose_train_config(model, n, *MONITORS_OFF)
+                cases = [(t, runner, c) for t in counts for runner, c in (("monitors_on", on), ("monitors_off", off))]
+                samples: list[dict] = []
+                for rnd in range(rounds):
+                    sample = {}
+                    for t, runner, c in cases if rnd % 2 == 0 else reversed(cases):
+                        torch.set_num_threads(t)
+                        gc.collect()
+                        sample[(t, runner)] = _fit_package(c, tempfile.mkdtemp(dir=tmp))
+                    samples.append(sample)
+                for t, runner, _ in cases:
+                    us = statistics.median(s[(t, runner)] for s in samples) * 1e6
+                    rows.append({"model": model, "threads": t, "runner": runner, "us_per_step": us, "steps": n})
+                for t in counts:
+                    overhead = [s[(t, "monitors_on")] / s[(t, "monitors_off")] - 1 for s in samples]
+                    ratios.append(
+                        {
+                            "model": model,
+                            "threads": t,
+                            "monitoring_overhead": statistics.median(overhead),
+                            "monitoring_overhead_range": [min(overhead), max(overhead)],
+                            "one_thread_vs_default": statistics.median(
+                                s[(1, "monitors_on")] / s[(default, "monitors_on")] for s in samples
+                            ),
+                            "rounds": rounds,
+                        }
+                    )
+        finally:
+            torch.set_num_threads(default)
     return rows, ratios
 
 
@@ -374,6 +434,9 @@ def targets(res: dict, add) -> None:
     for r in ratios:
         if not r["model"].startswith("post"):
             add(f"monitoring overhead, {r['model']}", r["monitoring_overhead"], 0.10)
+    for r in res.get("threads_ratios", []):
+        if not r["model"].startswith("post"):
+            add(f"monitoring overhead, {r['model']}, {r['threads']} thread(s)", r["monitoring_overhead"], 0.10)
     wall = {r["name"]: r["wall_s"] for r in startup}
     add("--help wall time (s)", wall.get("--help"), 0.5)
     add("refused override wall time (s)", wall.get("refused override optim.lr=-1"), 0.5)
@@ -404,6 +467,27 @@ def render(res: dict, table, console) -> None:
         ]
         title = f"Training step ratios (median of per-round ratios, {res['training_ratios'][0]['rounds']} rounds; picture_s: one drawing at the end)"
         table(title, ["model", *keys], [[r["model"], *[r[k] for k in keys]] for r in res["training_ratios"]])
+    if res.get("threads"):
+        table(
+            "Intra-op threads: package step, µs (CPU), monitors on / off",
+            ["model", "threads", "monitors on", "monitors off", "overhead", "1 thread / default"],
+            [
+                [
+                    r["model"],
+                    r["threads"],
+                    *[
+                        next(x["us_per_step"] for x in res["threads"] if (x["model"], x["threads"], x["runner"]) == key)
+                        for key in (
+                            (r["model"], r["threads"], "monitors_on"),
+                            (r["model"], r["threads"], "monitors_off"),
+                        )
+                    ],
+                    r["monitoring_overhead"],
+                    r["one_thread_vs_default"],
+                ]
+                for r in res["threads_ratios"]
+            ],
+        )
     if "startup" in res:
         table(
             "Start-up (whole process, s)",

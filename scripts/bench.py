@@ -4,6 +4,7 @@
     python scripts/bench.py --quick              # CI smoke run (~30 s): fewer rounds, smaller cases, no sweep
     python scripts/bench.py --json out.json      # where the JSON goes (keys: docs/performance.md)
     python scripts/bench.py --only functions,training   # some sections only
+    python scripts/bench.py --only training,threads     # monitoring overhead, at torch's default threads and at one
 
 Contenders run side by side in one process, interleaved, medians of several rounds: run it on an
 otherwise idle machine, since the ratios are what it is for.

@@ -53,6 +53,8 @@ def test_quick_benchmark_writes_the_documented_json(tmp_path):
         "scaling",
         "training",
         "training_ratios",
+        "threads",
+        "threads_ratios",
         "startup",
         "targets",
     }
@@ -85,6 +87,9 @@ def test_quick_benchmark_writes_the_documented_json(tmp_path):
         low, high = r["package_vs_bare_lightning_range"]
         assert low == high == r["package_vs_bare_lightning"]  # one round: its ratio is the median
         assert r["picture_s"] is None  # --quick draws no pictures
+    # one intra-op thread and torch's default, monitors on and off, for every model; the count is restored
+    assert {(r["threads"], r["runner"]) for r in res["threads"]} >= {(1, "monitors_on"), (1, "monitors_off")}
+    assert {r["model"] for r in res["threads_ratios"]} == {r["model"] for r in res["training_ratios"]}
     startup = {r["name"]: r["rc"] for r in res["startup"]}
     assert startup == {"--help": 0, "refused override optim.lr=-1": 2}
     assert not list(tmp_path.glob("outputs")), "the benchmark must not write runs into its working directory"
