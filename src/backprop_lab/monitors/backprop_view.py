@@ -40,6 +40,7 @@ from torch import nn
 
 from backprop_lab import models
 from backprop_lab.diagnoses import History
+from backprop_lab.monitors.common import is_log_step
 from backprop_lab.monitors.record import ACTIVATION_KINDS, SATURATING, StepRecord, StepRecorder
 
 PLUGIN_NAME = "backprop"
@@ -119,7 +120,7 @@ class BackpropViewMonitor(Callback):
 
     def on_train_batch_end(self, trainer: Trainer, pl_module: LightningModule, outputs, batch, batch_idx: int) -> None:
         record = self.recorder.batch_end(trainer, pl_module, outputs, batch, batch_idx)
-        if record is not None and (record.step == 0 or (record.step + 1) % self._every == 0):
+        if record is not None and (record.step == 0 or is_log_step(trainer, self._every, record.step)):
             self._write_record(trainer, record)
 
     def on_train_end(self, trainer: Trainer, pl_module: LightningModule) -> None:

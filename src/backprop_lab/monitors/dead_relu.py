@@ -9,7 +9,7 @@ from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor, nn
 
 from backprop_lab import models
-from backprop_lab.monitors.common import log_metrics, probe_set
+from backprop_lab.monitors.common import is_log_step, log_metrics, probe_set
 from backprop_lab.monitors.record import RELU_KINDS, StepRecord, StepRecorder, local_derivative
 
 # Leaky ReLU layers are watched too: with a slope a > 0 no unit is ever dead (its derivative is a, never 0).
@@ -113,8 +113,7 @@ class DeadReLUMonitor(Callback):
         if step is None or trainer.global_step == step:
             return  # another micro-batch of this step follows
         self._step = None
-        every = self.log_every_n_steps or trainer.log_every_n_steps
-        if record is None or record.step != step or ((step + 1) % every != 0 and not trainer.should_stop):
+        if record is None or record.step != step or not is_log_step(trainer, self.log_every_n_steps, step):
             return
         # At the step a layer dies or revives, the probe set too, right after this update (so at step
         # k + 1): the unit-activity picture shows the event where it happens.

@@ -8,7 +8,7 @@ import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
 from torch import Tensor
 
-from backprop_lab.monitors.common import log_metrics, tensorboard_writers
+from backprop_lab.monitors.common import is_log_step, log_metrics, tensorboard_writers
 from backprop_lab.monitors.record import StepRecorder
 
 HISTOGRAM_BINS = 64  # equal-width bins between the smallest and the largest value
@@ -102,8 +102,7 @@ class GradientMonitor(Callback):
             self._histogram_step = None
         if record is None or not record.backward:
             return
-        every = self.log_every_n_steps or trainer.log_every_n_steps
-        if (record.step + 1) % every != 0 and not trainer.should_stop:
+        if not is_log_step(trainer, self.log_every_n_steps, record.step):
             return
         metrics: dict[str, float] = {}
         for n, s in record.params.items():

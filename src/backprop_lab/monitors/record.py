@@ -59,6 +59,7 @@ from torch.overrides import TorchFunctionMode
 
 from backprop_lab import models
 from backprop_lab.diagnoses import SATURATION_THRESHOLD
+from backprop_lab.monitors.common import is_log_step
 
 # SATURATION_THRESHOLD (σ′ < 1e-3 where |z| > 6.9, tanh′ where |z| > 3.8) is the diagnoses' own: one number for both.
 
@@ -472,7 +473,7 @@ class StepRecorder(Callback):
     def wants(self, trainer: Trainer, step: int) -> bool:
         """Whether ``step`` is recorded: step 0, Lightning's log cadence and the readers' intervals."""
         every = {self.every_n_steps or trainer.log_every_n_steps, *self._intervals}
-        return step == 0 or any((step + 1) % n == 0 for n in every) or trainer.should_stop
+        return step == 0 or any(is_log_step(trainer, n, step) for n in every)
 
     # --- the training step, driven by each reader's hooks (each part runs once per step) ------------------
 
@@ -671,10 +672,17 @@ class StepRecorder(Callback):
         if c is None:
             c = self._counts[key] = _Counts(h.shape[dim] if h.dim() else 1)
         c.numel += h.numel()
-        if self._armed:  # the zero fraction, on recorded steps only
-            c.nonzero = _acc(c.nonzero, _nonzero(h, nonnegative=kind == "relu"), torch.add)
-        # Every step (no sync): whether each unit passed a gradient, for "dead from step s on".
-        top = max_derivative(kind, zd, h, at_zero, slope, over, prime)
+        if self._armed and kind == "relu" and not at_zero and over:
+            # ReLU′ = sign(h) (ReLU′(0) = 0, h ≥ 0): its per-unit sums give both the zero count and, as their
+            # sign, the largest derivative, in two passes over h instead of three
+            positive = h.sign().sum(dim=over, dtype=torch.float32 if h.numel() < 2**24 else torch.float64)
+            c.nonzero = _acc(c.nonzero, positive.sum(), torch.add)
+            top = positive.sign().to(h.dtype)
+        else:
+            if self._armed:  # the zero fraction, on recorded steps only
+                c.nonzero = _acc(c.nonzero, _nonzero(h), torch.add)
+            # Every step (no sync): whether each unit passed a gradient, for "dead from step s on".
+            top = max_derivative(kind, zd, h, at_zero, slope, over, prime)
         if top is not None:
             c.max_prime = _acc(c.max_prime, top, torch.maximum)
         if self._armed and self._detail:
@@ -723,15 +731,20 @@ class StepRecorder(Callback):
     def _finish(self, step: int, loss, backward: bool) -> StepRecord:
         self._new_pass()
         parts: list[Tensor] = []
-        names: list[str] = []
+        spans: dict[str, tuple[int, int]] = {}
+        size = 0
 
         def add(name: str, t: Tensor) -> None:
-            names.append(name)
-            parts.append(t.detach().reshape(-1).to(torch.float64))
+            nonlocal size
+            t = t.reshape(-1)
+            spans[name] = (size, size + t.numel())
+            size += t.numel()
+            parts.append(t)
 
         if isinstance(loss, Tensor):
             add("loss", loss.detach().float().mean())
         params = self._named_params
+        updated = backward and self._before is not None
         with torch.no_grad():
             if params:
                 if self._before is not None:
@@ -742,60 +755,55 @@ class StepRecorder(Callback):
                     rates = [math.nan] * len(params)
                 add("values", values)
                 add("grads_backprop", grads)
-                if backward and self._before is not None:
-                    if self._grads_change:
-                        add("grads", torch.stack([_number(p.grad, p) for _, p in params]))
-                    ones = [p for _, p in params if p.numel() == 1]
-                    if ones:
-                        add("values_new", torch.cat([p.detach().reshape(1) for p in ones]))
-            entries = [k for k in self._order if k in self._counts]
-            thr = self.saturation_threshold
-            for key in entries:
-                c = self._counts[key]
-                e = f"{key[0]}\x00{key[1]}"
+                if updated and self._grads_change:
+                    add("grads", torch.stack([_number(p.grad, p) for _, p in params]))
+                ones = [p for _, p in params if p.numel() == 1]
+                if updated and ones:
+                    add("values_new", torch.cat([p.detach().reshape(1) for p in ones]))
+            for key in self._order:
+                c = self._counts.get(key)
+                if c is None:
+                    continue
                 if c.nonzero is not None:
-                    add(f"{e}\x00zero", (c.numel - c.nonzero).double() / max(c.numel, 1))
+                    add(f"{key}zero", c.nonzero)
                 if c.max_prime is not None:
-                    add(f"{e}\x00dead", (c.max_prime == 0).sum())
-                    if self._kinds.get(key[0]) in SATURATING:
-                        add(f"{e}\x00saturated", (c.max_prime < thr).sum())
-                for what, t in {**c.sums, **c.grads}.items():
-                    add(f"{e}\x00{what}", t)
+                    add(f"{key}top", c.max_prime)  # per unit: counted on the host, no more device ops
+                for what, t in (*c.sums.items(), *c.grads.items()):
+                    add(f"{key}{what}", t)
             for what, t in self._out.items():
                 if isinstance(t, Tensor):
-                    add(f"out\x00{what}", t)
+                    add(f"out{what}", t)
             # The one host copy of the step (on a GPU, its one device sync).
-            host = torch.cat(parts).tolist() if parts else []
-        flat: dict[str, list[float]] = {}
-        i = 0
-        for name, t in zip(names, parts):
-            flat[name] = host[i : i + t.numel()]
-            i += t.numel()
+            host = torch.cat(parts).to(torch.float64).cpu().numpy() if parts else np.empty(0)
+
+        def get(name: str) -> np.ndarray | None:
+            span = spans.get(name)
+            return host[span[0] : span[1]] if span is not None else None
+
+        grads_seen = get("grads") if get("grads") is not None else get("grads_backprop")
         record = StepRecord(
             step=step,
-            backward=backward
-            and self._before is not None
-            and any(math.isfinite(g) for g in flat.get("grads", flat.get("grads_backprop", []))),
+            backward=updated and grads_seen is not None and bool(np.isfinite(grads_seen).any()),
             batch=self._samples,
-            loss=flat["loss"][0] if "loss" in flat else math.nan,
+            loss=float(host[spans["loss"][0]]) if "loss" in spans else math.nan,
         )
         if params:
-            k = len(params)
-            nan = [math.nan] * k
-            rates = self._before[2] if self._before is not None else nan
-            news = flat.get("values_new", [])
-            applied = flat.get("grads", flat["grads_backprop"] if backward and self._before is not None else nan)
-            new = iter(news)
+            values, grads_backprop = get("values").tolist(), get("grads_backprop").tolist()
+            applied = get("grads").tolist() if "grads" in spans else grads_backprop if updated else None
+            rates = self._before[2] if self._before is not None else [math.nan] * len(params)
+            new = iter(get("values_new").tolist() if "values_new" in spans else ())
             for j, (n, p) in enumerate(params):
+                one = p.numel() == 1
                 record.params[n] = ParamStats(
-                    value=flat["values"][j],
-                    grad_backprop=flat["grads_backprop"][j],
-                    grad=applied[j],
-                    value_new=next(new) if p.numel() == 1 and news else math.nan,
+                    value=values[j],
+                    grad_backprop=grads_backprop[j],
+                    grad=applied[j] if applied is not None else math.nan,
+                    value_new=next(new, math.nan) if one else math.nan,
                     lr=rates[j],
                     numel=p.numel(),
                     module=self._param_module.get(n, ""),
                 )
+        thr = self.saturation_threshold
         seen: set[str] = set()
         for key in self._order:  # layers with a weight once, at their first call; activations at every call
             module = self._modules.get(key[0])
@@ -814,28 +822,28 @@ class StepRecorder(Callback):
             c = self._counts.get(key)
             if c is None:
                 continue
-            e = f"{key[0]}\x00{key[1]}"
-            units = c.units
             stats = LayerStats(module=key[0], type=kind, kind=kind, unit_dim=self._unit_dims.get(f"{key[0]}#{key[1]}"))
-            stats.units = units
-            stats.zero_fraction = flat.get(f"{e}\x00zero", [math.nan])[0]
-            if f"{e}\x00dead" in flat and units:
-                stats.dead_fraction = flat[f"{e}\x00dead"][0] / units
-            if f"{e}\x00saturated" in flat and units:
-                stats.saturation = flat[f"{e}\x00saturated"][0] / units
+            stats.units = units = c.units
+            zero, top = get(f"{key}zero"), get(f"{key}top")
+            if zero is not None:
+                stats.zero_fraction = (c.numel - float(zero[0])) / max(c.numel, 1)
+            if top is not None and units:
+                stats.dead_fraction = int(np.count_nonzero(top == 0)) / units
+                if kind in SATURATING:
+                    stats.saturation = int(np.count_nonzero(top < thr)) / units
             n_h = max(c.numel, 1)
             for what in ("z", "h", "prime"):
-                if f"{e}\x00{what}" in flat:
-                    setattr(stats, what, flat[f"{e}\x00{what}"][0] / n_h)
+                if f"{key}{what}" in spans:
+                    setattr(stats, what, float(get(f"{key}{what}")[0]) / n_h)
             for what in ("dL_dh", "dL_dz"):
-                if f"{e}\x00{what}" in flat:
-                    setattr(stats, what, flat[f"{e}\x00{what}"][0])
+                if f"{key}{what}" in spans:
+                    setattr(stats, what, float(get(f"{key}{what}")[0]))
             record.layers[self.entry_name(key)] = stats
         for what in ("x", "y", "y_hat"):
-            if f"out\x00{what}" in flat:
-                setattr(record, what, flat[f"out\x00{what}"][0] / max(self._out.get(f"{what}#n", 1), 1))
-        if "out\x00dL_dy_hat" in flat:
-            record.dL_dy_hat = flat["out\x00dL_dy_hat"][0]
+            if f"out{what}" in spans:
+                setattr(record, what, float(get(f"out{what}")[0]) / max(self._out.get(f"{what}#n", 1), 1))
+        if "outdL_dy_hat" in spans:
+            record.dL_dy_hat = float(get("outdL_dy_hat")[0])
         self.history.append(record)
         _pack_row(record, self._segments)
         return record
@@ -914,11 +922,10 @@ class StepRecorder(Callback):
             )
 
 
-def _nonzero(h: Tensor, nonnegative: bool = False) -> Tensor:
+def _nonzero(h: Tensor) -> Tensor:
     """The number of non-zero entries of ``h``, as a 0-d float tensor (no sync): |sign(h)| summed, about a
     thirtieth of ``count_nonzero``'s time on a CPU; in float32 (exact below 2²⁴ entries) where it fits."""
-    signs = h.sign() if nonnegative else h.sign().abs_()
-    return signs.sum(dtype=torch.float32 if h.numel() < 2**24 else torch.float64)
+    return h.sign().abs_().sum(dtype=torch.float32 if h.numel() < 2**24 else torch.float64)
 
 
 def _pair(batch) -> tuple[Tensor | None, Tensor | None]:
