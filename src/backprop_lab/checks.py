@@ -440,11 +440,13 @@ def _command_line_parser() -> Any:
         parser.add_argument(*flags, action="store_true")
     for flags in (("--multirun", "-m"), ("--shell-completion", "-sc")):
         parser.add_argument(*flags, action="store_true")
-    for flags in (("--cfg", "-c"), ("--package", "-p"), ("--config-path", "-cp"), ("--config-name", "-cn")):
+    parser.add_argument("--cfg", "-c", choices=["job", "hydra", "all"])
+    for flags in (("--package", "-p"), ("--config-path", "-cp"), ("--config-name", "-cn")):
         parser.add_argument(*flags)
     parser.add_argument("--config-dir", "-cd")
     parser.add_argument("--experimental-rerun")
-    parser.add_argument("--info", "-i", nargs="?", const="all")
+    info = ["all", "config", "defaults", "defaults-tree", "plugins", "searchpath"]
+    parser.add_argument("--info", "-i", nargs="?", const="all", choices=info)
     parser.add_argument("overrides", nargs="*")
     return parser
 
@@ -458,9 +460,13 @@ def check_command_line(argv: list[str], config_name: str = "train") -> None:
     with the user's command line and its own ``hydra.run.dir`` (and more) after it, once rank 0 has passed."""
     if is_secondary_rank():
         return
+    import argparse
+
     try:
         args = _command_line_parser().parse_args(argv)
-    except Exception:  # noqa: BLE001 (a command line argparse refuses: Hydra's parser reports it)
+    except (ValueError, argparse.ArgumentError) as error:  # Hydra's parser would print its usage and this: one line
+        refuse_and_exit(ConfigError(f"{error}; the flags are Hydra's: backprop-lab --hydra-help lists them"))
+    except Exception:  # noqa: BLE001 (anything else argparse refuses: Hydra's parser reports it)
         return
     try:
         if args.experimental_rerun is not None:
