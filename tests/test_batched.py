@@ -1,0 +1,241 @@
+"""Batched sweeps (hydra/launcher=batched): the pieces checked against independent references, and whole sweeps
+against the basic launcher's runs of the same jobs (the reference: each job trained alone).
+
+Reference numbers: the post's sigmoid net (x = 1, y = 0.5, w1 = 0.5, w2 = −1) has L = (w2·σ(w1·x) − y)²,
+∂L/∂w2 = 2(ŷ − y)·h and ∂L/∂w1 = 2(ŷ − y)·w2·h(1 − h)·x, computed below in float64 by hand. The linear net
+(w = 3, x = 2, y = 10) is stable iff η < 1/x² = 0.25: η = 0.26 and above diverge.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from hydra import compose, initialize_config_module
+from hydra.core.global_hydra import GlobalHydra
+from omegaconf import OmegaConf
+
+from backprop_lab import functions as F
+from backprop_lab.batched.events import masked_crc32c_rows
+from backprop_lab.batched.functions import stacked_linear, stacked_mse_loss
+from backprop_lab.batched.program import StackedSGD
+
+from conftest import read_scalars, run_cli
+
+QUIET = "trainer.enable_progress_bar=false"
+
+
+# --- the parts -------------------------------------------------------------------------------------------
+
+
+def test_record_checksums_equal_tensorboards_own():
+    from tensorboard.compat.tensorflow_stub.pywrap_tensorflow import masked_crc32c
+
+    rng = np.random.default_rng(0)
+    for length in (0, 1, 7, 8, 64, 207):
+        rows = rng.integers(0, 256, size=(5, length), dtype=np.uint8)
+        assert masked_crc32c_rows(rows).tolist() == [masked_crc32c(row.tobytes()) for row in rows]
+
+
+def _post_sigmoid_grads(w1: np.ndarray, w2: np.ndarray, x=1.0, y=0.5):
+    """(L, ∂L/∂w1, ∂L/∂w2) of the post's sigmoid net, by hand, in float64."""
+    h = 1 / (1 + np.exp(-w1 * x))
+    y_hat = w2 * h
+    d = 2 * (y_hat - y)
+    return (y_hat - y) ** 2, d * w2 * h * (1 - h) * x, d * h
+
+
+def test_vmap_of_the_functions_then_backward_when_x_needs_no_gradient():
+    # Issue 18: LinearFunction saved None for backward where save_for_forward saw a batched W, and backward
+    # under the generated vmap rule failed (_add_batch_dim(None, ...)).
+    w1 = torch.tensor([0.5, -1.0, 2.0, 0.1], dtype=torch.float64).reshape(4, 1, 1).requires_grad_()
+    w2 = torch.tensor([-1.0, 0.3, 1.5, -2.0], dtype=torch.float64).reshape(4, 1, 1).requires_grad_()
+    x, y = torch.ones(1, 1, dtype=torch.float64), torch.full((1, 1), 0.5, dtype=torch.float64)
+    assert not x.requires_grad
+
+    def loss(w1, w2):
+        return F.mse_loss(F.linear(F.sigmoid(F.linear(x, w1)), w2), y)
+
+    losses = torch.func.vmap(loss)(w1, w2)
+    losses.sum().backward()
+    L, g1, g2 = _post_sigmoid_grads(w1.detach().numpy().ravel(), w2.detach().numpy().ravel())
+    np.testing.assert_allclose(losses.detach().numpy(), L, rtol=1e-12)
+    np.testing.assert_allclose(w1.grad.numpy().ravel(), g1, rtol=1e-12)
+    np.testing.assert_allclose(w2.grad.numpy().ravel(), g2, rtol=1e-12)
+
+
+def test_stacked_forms_give_each_copy_the_gradient_of_its_own_loss():
+    w1 = torch.tensor([0.5, -1.0, 2.0], dtype=torch.float64).reshape(3, 1, 1).requires_grad_()
+    w2 = torch.tensor([-1.0, 0.3, 1.5], dtype=torch.float64).reshape(3, 1, 1).requires_grad_()
+    x, y = torch.ones(1, 1, dtype=torch.float64), torch.full((1, 1), 0.5, dtype=torch.float64)
+    losses = stacked_mse_loss(stacked_linear(F.sigmoid(stacked_linear(x, w1)), w2), y)
+    losses.sum().backward()
+    L, g1, g2 = _post_sigmoid_grads(w1.detach().numpy().ravel(), w2.detach().numpy().ravel())
+    np.testing.assert_allclose(losses.detach().numpy(), L, rtol=1e-12)
+    np.testing.assert_allclose(w1.grad.numpy().ravel(), g1, rtol=1e-12)
+    np.testing.assert_allclose(w2.grad.numpy().ravel(), g2, rtol=1e-12)
+
+
+def test_stacked_forms_pass_gradcheck_with_batches_and_widths():
+    d = dict(dtype=torch.float64, requires_grad=True)
+    x, w = torch.randn(1, 5, 3, **d), torch.randn(4, 2, 3, **d)  # x shared by 4 copies
+    assert torch.autograd.gradcheck(stacked_linear, (x, w))
+    y_hat, y = torch.randn(4, 5, 2, **d), torch.randn(5, 2, dtype=torch.float64)
+    assert torch.autograd.gradcheck(lambda a: stacked_mse_loss(a, y), (y_hat,))
+
+
+def test_stacked_sgd_is_torch_sgd_per_copy_bit_for_bit():
+    """Each copy's η, momentum and weight decay as K separate torch.optim.SGD runs; frozen copies stay put."""
+    gen = torch.Generator().manual_seed(3)
+    lrs, momenta, decays = [0.1, 1.0, 0.003, 2.5], [0.0, 0.9, 0.5, 0.0], [0.0, 0.01, 0.0, 0.2]
+    start = torch.randn(4, 1, 1, generator=gen)
+    grads = [torch.randn(4, 1, 1, generator=gen) * 3 for _ in range(6)]
+    stacked = torch.nn.Parameter(start.clone())
+    opt = StackedSGD([stacked], torch.tensor(lrs, dtype=torch.float64), torch.tensor(momenta), torch.tensor(decays))
+    for step, g in enumerate(grads):
+        stacked.grad = g.clone()
+        opt.active = torch.tensor([True, True, step < 3, True])  # copy 2 frozen from step 3 on
+        opt.step()
+    for k in range(4):
+        alone = torch.nn.Parameter(start[k].clone())
+        ref = torch.optim.SGD([alone], lr=lrs[k], momentum=momenta[k], weight_decay=decays[k])
+        for g in grads[: 3 if k == 2 else None]:
+            alone.grad = g[k].clone()
+            ref.step()
+        assert torch.equal(stacked.detach()[k], alone.detach()), k
+
+
+def _hydra_configs(*overrides_per_job):
+    """The master config of a batched multirun and the Hydra config loader (as a sweep sees them)."""
+    import backprop_lab.cli  # noqa: F401 — registers the schemas, resolvers and the launcher
+
+    GlobalHydra.instance().clear()
+    initialize_config_module("backprop_lab.configs", version_base="1.3")
+    master = compose("train", overrides=["hydra/launcher=batched"], return_hydra_config=True)
+    return master, GlobalHydra.instance().config_loader()
+
+
+def test_derived_job_configs_equal_what_hydra_composes():
+    from hydra_plugins.backprop_lab_batched.batched_launcher import derive_config, group_overrides
+
+    jobs = [
+        ["model=sigmoid", "optim.lr=0.001", "seed=1"],
+        ["model=sigmoid", "optim.lr=1", "seed=2"],  # an int where the schema wants a float
+        ["model=sigmoid", "optim.lr=100", "seed=3", "model.w1=-2.5"],  # another key: its own group
+        ["model=sigmoid", "optim.lr=0.5", "seed=7"],
+        ["model=linear", "optim.lr=0.5", "seed=7"],
+    ]
+    try:
+        master, loader = _hydra_configs()
+        assert group_overrides(loader, jobs) == [[0, 1, 3], [2], [4]]
+        first = loader.load_sweep_config(master, jobs[0])
+        for i in (1, 3):
+            derived = derive_config(first, master, jobs[i], loader, i)
+            composed = loader.load_sweep_config(master, jobs[i])
+            composed.hydra.job.id = composed.hydra.job.num = i
+            assert OmegaConf.to_container(derived, resolve=False) == OmegaConf.to_container(composed, resolve=False)
+            assert derived.hydra.sweep.subdir == composed.hydra.sweep.subdir  # the job's directory name
+            assert derived.optim.lr == float(jobs[i][1].split("=")[1]) and isinstance(derived.optim.lr, float)
+    finally:
+        GlobalHydra.instance().clear()
+
+
+# --- whole sweeps against the basic launcher -------------------------------------------------------------
+
+
+def _runs(sweep: Path) -> dict[str, Path]:
+    return {p.parent.name: p.parent for p in sweep.glob("*/summary.json")}
+
+
+def _csv(path: Path) -> dict[str, dict]:
+    with path.open() as f:
+        return {row["run"]: row for row in csv.DictReader(f)}
+
+
+def _compare_sweeps(basic: Path, batched: Path, chaotic: set[str] = frozenset()) -> None:
+    """Every run of ``batched`` against the run of the same name in ``basic``: the .hydra record, every scalar tag
+    at every step (rtol 1e-5; NaN and inf where the reference has them), summary.json and summary.csv."""
+    runs, ref_runs = _runs(batched), _runs(basic)
+    assert sorted(runs) == sorted(ref_runs)
+    for name, run in runs.items():
+        ref = ref_runs[name]
+        for record in ("config.yaml", "overrides.yaml"):
+            assert (run / ".hydra" / record).read_text() == (ref / ".hydra" / record).read_text(), (name, record)
+        got, want = read_scalars(run), read_scalars(ref)
+        assert sorted(got) == sorted(want), name
+        for tag in want:
+            assert sorted(got[tag]) == sorted(want[tag]), (name, tag)  # the same steps
+            if name in chaotic:
+                continue
+            steps = sorted(want[tag])
+            np.testing.assert_allclose(
+                [got[tag][s] for s in steps], [want[tag][s] for s in steps], rtol=1e-5, err_msg=f"{name} {tag}"
+            )
+        summary, ref_summary = (json.loads((r / "summary.json").read_text()) for r in (run, ref))
+        for key in ("overrides", "status", "steps", "diverged_at", "log_dir"):
+            value = summary[key] if key != "log_dir" else Path(summary[key]).name
+            assert value == (ref_summary[key] if key != "log_dir" else Path(ref_summary[key]).name), (name, key)
+        if name not in chaotic:
+            for key in ("final_loss", "best_loss"):
+                assert math.isclose(float(summary[key]), float(ref_summary[key]), rel_tol=1e-5), (name, key)
+    rows, ref_rows = _csv(batched / "summary.csv"), _csv(basic / "summary.csv")
+    assert sorted(rows) == sorted(ref_rows)
+    for name, row in rows.items():
+        assert {k: v for k, v in row.items() if k not in ("wall_time_s", "final_loss", "best_loss")} == {
+            k: v for k, v in ref_rows[name].items() if k not in ("wall_time_s", "final_loss", "best_loss")
+        }
+
+
+def _sweep(tmp_path: Path, name: str, *args: str) -> Path:
+    result = run_cli("-m", *args, QUIET, f"hydra.sweep.dir={name}", cwd=tmp_path, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return tmp_path / name
+
+
+SIGMOID_LRS = ",".join(f"{v:.4g}" for v in np.logspace(-3, 2, 16))  # 0.001 … 100
+
+
+@pytest.mark.slow
+def test_batched_sigmoid_lr_sweep_writes_the_basic_launchers_runs(tmp_path):
+    """16 values of η from 0.001 to 100 on the post's sigmoid net: one program, 16 runs equal to the basic
+    launcher's (all of them: no copy of this sweep is chaotic, and on this machine they agree bit for bit)."""
+    basic = _sweep(tmp_path, "basic", "model=sigmoid", f"optim.lr={SIGMOID_LRS}")
+    batched = _sweep(tmp_path, "batched", "hydra/launcher=batched", "model=sigmoid", f"optim.lr={SIGMOID_LRS}")
+    _compare_sweeps(basic, batched)
+    assert len(_runs(batched)) == 16
+    statuses = {r["status"] for r in _csv(batched / "summary.csv").values()}
+    assert statuses == {"converged", "finished"}
+    assert (batched / "sweep_summary").is_dir()  # the sweep's picture, from the summaries
+    for run in _runs(batched).values():
+        assert "run " in (run / "train.log").read_text()  # its closing lines
+
+
+@pytest.mark.slow
+def test_batched_linear_sweep_with_momentum_freezes_diverging_copies_as_separate_runs_stop(tmp_path):
+    """η × momentum on the linear net (stable iff η < 0.25 without momentum): converged, finished and diverged
+    copies in one program, each stopping at the step its separate run stops."""
+    args = ("model=linear", "optim.lr=0.01,0.1,0.24,0.26,1,10", "optim.momentum=0,0.5")
+    basic = _sweep(tmp_path, "basic", *args)
+    batched = _sweep(tmp_path, "batched", "hydra/launcher=batched", *args)
+    _compare_sweeps(basic, batched)
+    statuses = {r["status"] for r in _csv(batched / "summary.csv").values()}
+    assert statuses == {"converged", "finished", "diverged"}
+
+
+@pytest.mark.slow
+def test_jobs_that_cannot_be_copies_run_one_at_a_time_and_say_why(tmp_path):
+    result = run_cli(
+        "-m", "hydra/launcher=batched", "model=linear", "optim.lr=0.01,0.1", "logger=csv", QUIET,
+        "hydra.sweep.dir=s", cwd=tmp_path, timeout=300,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    out = result.stdout + result.stderr
+    assert "run one at a time: logger=csv (batched copies log to TensorBoard only) is not batched" in out
+    assert len(_runs(tmp_path / "s")) == 2
+    for run in _runs(tmp_path / "s").values():
+        assert (run / "metrics.csv").is_file()
