@@ -81,3 +81,14 @@ def test_every_custom_scalars_chart_matches_the_tags_a_run_logs(tmp_path):
     _, post = train_run(tmp_path / "post", "model=sigmoid", "trainer.max_steps=1", "monitor.pictures=[]")
     params = {tag for tag in post for r in charts["parameters w, w1, w2"] if re.fullmatch(r, tag)}
     assert params == {"params/w1", "params/w2"}
+
+
+def test_the_monitors_import_no_hydra_and_no_omegaconf():
+    # A practitioner's script imports the monitors only: torch, Lightning and TensorBoard, not the app.
+    import subprocess
+    import sys
+
+    check = "import backprop_lab.monitors, sys; print(sorted(m for m in ('hydra', 'omegaconf') if m in sys.modules))"
+    done = subprocess.run([sys.executable, "-c", check], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip() == "[]"
