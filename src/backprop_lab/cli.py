@@ -67,7 +67,8 @@ def run(cfg: DictConfig) -> float:
     hydra_cfg = HydraConfig.get()
     try:
         check_run_dir_guarded(hydra_cfg)
-        check_config_once(cfg)  # the run's callback (or the sweep's) checked it already: not twice
+        if not is_secondary_rank():  # DDP's other ranks: their callback validated it, rank 0 checked the rest
+            check_config_once(cfg)  # the run's callback (or the sweep's) checked it already: not twice
         check_multirun_trainer(cfg, hydra_cfg.mode, hydra_cfg.launcher._target_)
     except ConfigError as error:
         refuse(error)
