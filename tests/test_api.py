@@ -116,3 +116,34 @@ def test_python_dash_m_is_the_command(tmp_path):
     assert refused.stderr.strip().splitlines() == [
         "error: optim.lr=-1.0 is not accepted: use a positive learning rate, e.g. optim.lr=0.1."
     ]
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("modle=relu", "modle is not accepted: the config has no such key; did you mean model?"),
+        ("max_steps=5", "max_steps is not accepted: the config has no such key; did you mean trainer.max_steps?"),
+        ("lr=0.1", "lr is not accepted: the config has no such key; did you mean optim.lr?"),
+    ],
+)
+def test_an_unknown_top_level_key_gets_the_nearest_key_not_hydras_plus_hint(override, message):
+    with pytest.raises(ConfigError) as error:
+        backprop_lab.compose([override])
+    assert str(error.value) == message
+
+
+@pytest.mark.slow
+def test_the_command_line_says_did_you_mean_and_help_names_files_the_package_has(tmp_path):
+    proc = run_cli("modle=relu", cwd=tmp_path)
+    assert proc.returncode == 1
+    assert (
+        proc.stderr.splitlines()[0] == "error: modle is not accepted: the config has no such key; did you mean model?"
+    )
+    assert "+modle" not in proc.stderr
+    helped = run_cli("--help", cwd=tmp_path)
+    assert helped.returncode == 0
+    (where,) = re.findall(r'^\s+(python -c ".*")$', helped.stdout, re.M)
+    path = subprocess.run(where, shell=True, capture_output=True, text=True, check=True, cwd=tmp_path).stdout.strip()
+    assert (Path(path) / "train.yaml").is_file() and (Path(path) / "model" / "relu.yaml").is_file()
+    assert "docs/configuration.md" not in helped.stdout.split("python -m backprop_lab")[0]  # not as the only source
+    assert not (tmp_path / "outputs").exists()

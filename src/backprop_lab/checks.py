@@ -32,7 +32,7 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf, read_write
 from omegaconf.errors import OmegaConfBaseException
 
-from backprop_lab.config import ConfigError, validate
+from backprop_lab.config import ConfigError, unknown_top_level_key, validate
 from backprop_lab.preflight import check_instantiable
 from backprop_lab.run_lock import LOCK_FILE, is_secondary_rank, lock_run_dir, unlock_run_dir
 from backprop_lab.summary import SUMMARY_FILE
@@ -379,6 +379,9 @@ def hydra_error_message(error: BaseException, argv: list[str]) -> str | None:
     text = str(error)
     if isinstance(error.__cause__, OmegaConfBaseException) and str(error.__cause__) not in text:
         text += "\n" + str(error.__cause__)
+    unknown = re.search(r"Could not override '(\w+)'\.[\s\S]*Key '\1' not in 'TrainConfig'", text)
+    if unknown:  # a top-level key the config lacks: the nearest valid key, not Hydra's "+key" hint
+        return str(unknown_top_level_key(unknown[1]))
     message = _one_line(text)
     override = getattr(error, "override", None)  # OverrideParseException: the override it could not parse
     if override and override not in message:

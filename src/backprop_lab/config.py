@@ -442,6 +442,16 @@ def _closed(node: DictConfig, prefix: str, allowed: list[str], where: str) -> No
         raise ConfigError(f"{full} is not accepted: {where} has no such key; {hint}")
 
 
+def unknown_top_level_key(key: str) -> ConfigError:
+    """The refusal of a top-level key the schema lacks, as :func:`validate` words ``+key=...``: Hydra's own
+    report of ``key=...`` (``modle=relu``) suggests ``+modle=relu``, which cannot work either."""
+    try:
+        _closed(OmegaConf.create({key: None}), "", [*_names(TrainConfig), "hydra"], "the config")
+    except ConfigError as error:
+        return error
+    raise ValueError(f"{key} is a key of the config")
+
+
 def _present(node: DictConfig, prefix: str, names: list[str]) -> None:
     """Every key of the schema is there: ``~seed`` or ``~trainer.max_steps`` deletes one the run needs."""
     for name in names:
