@@ -143,7 +143,9 @@ def test_the_command_line_says_did_you_mean_and_help_names_files_the_package_has
     helped = run_cli("--help", cwd=tmp_path)
     assert helped.returncode == 0
     (where,) = re.findall(r'^\s+(python -c ".*")$', helped.stdout, re.M)
-    path = subprocess.run(where, shell=True, capture_output=True, text=True, check=True, cwd=tmp_path).stdout.strip()
+    code = where.removeprefix('python -c "').removesuffix('"')  # with this interpreter, whatever PATH says
+    path = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=tmp_path)
+    path = path.stdout.strip()
     assert (Path(path) / "train.yaml").is_file() and (Path(path) / "model" / "relu.yaml").is_file()
     assert "docs/configuration.md" not in helped.stdout.split("python -m backprop_lab")[0]  # not as the only source
     assert not (tmp_path / "outputs").exists()
