@@ -121,7 +121,7 @@ def _hydra_configs(*overrides_per_job):
 
 
 def test_derived_job_configs_equal_what_hydra_composes():
-    from hydra_plugins.backprop_lab_batched.batched_launcher import derive_config, group_overrides
+    from backprop_lab.batched.groups import JobConfigs, derive_config, group_overrides
 
     jobs = [
         ["model=sigmoid", "optim.lr=0.001", "seed=1"],
@@ -141,6 +141,13 @@ def test_derived_job_configs_equal_what_hydra_composes():
             assert OmegaConf.to_container(derived, resolve=False) == OmegaConf.to_container(composed, resolve=False)
             assert derived.hydra.sweep.subdir == composed.hydra.sweep.subdir  # the job's directory name
             assert derived.optim.lr == float(jobs[i][1].split("=")[1]) and isinstance(derived.optim.lr, float)
+        job_config = JobConfigs(master, loader)  # what the launcher and the check before the sweep use
+        for i, job in enumerate(jobs):
+            composed = loader.load_sweep_config(master, job)
+            composed.hydra.job.id = composed.hydra.job.num = i
+            got = OmegaConf.to_container(job_config(job, i), resolve=False)
+            assert got == OmegaConf.to_container(composed, resolve=False), i
+        assert len(job_config.firsts) == 3  # one composition per group
     finally:
         GlobalHydra.instance().clear()
 
@@ -224,7 +231,8 @@ def test_batched_linear_sweep_with_momentum_freezes_diverging_copies_as_separate
     batched = _sweep(tmp_path, "batched", "hydra/launcher=batched", *args)
     _compare_sweeps(basic, batched)
     statuses = {r["status"] for r in _csv(batched / "summary.csv").values()}
-    assert statuses == {"converged", "finished", "diverged"}
+    # "stopped": below tol at one step, above it at the final pass (momentum overshoots), as its separate run
+    assert statuses == {"converged", "finished", "diverged", "stopped"}
 
 
 @pytest.mark.slow

@@ -29,6 +29,7 @@ from hydra.experimental.callback import Callback
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf, open_dict
 
+from backprop_lab.batched.groups import JobConfigs
 from backprop_lab.checks import check_sweep_subdir, check_written_inside
 from backprop_lab.config import ConfigError, validate
 from backprop_lab.summary import read_summaries
@@ -181,9 +182,11 @@ def check_sweep(config: DictConfig) -> int:
     loader = GlobalHydra.instance().config_loader()
     jobs = job_overrides(config, loader)
     seen: dict[Path, int] = {}
+    # hydra/launcher=batched: one composition per group of copies, the others derived from it (the same configs)
+    batched = JobConfigs(config, loader) if launcher.endswith(".BatchedLauncher") else None
     for num, overrides in enumerate(jobs):
         try:
-            job_cfg = loader.load_sweep_config(config, overrides)
+            job_cfg = batched(overrides, num) if batched else loader.load_sweep_config(config, overrides)
             validate(job_cfg)
             _check_not_resumed(job_cfg)
             check_multirun_trainer(job_cfg, RunMode.MULTIRUN, launcher)

@@ -9,11 +9,9 @@ config, Hydra config and overrides, ``train.log``, the callbacks' ``on_job_start
 of one, runs as the basic launcher runs it, and the launcher says so in one line.
 """
 
-import copy
 import logging
 import math
 import os
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -46,12 +44,13 @@ class BatchedLauncher(Launcher):
         self.config, self.hydra_context, self.task_function = config, hydra_context, task_function
 
     def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
-        from backprop_lab.batched.groups import why_not_batched
+        from backprop_lab.batched.groups import JobConfigs, group_overrides, why_not_batched
 
         setup_globals()
         configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose)
         Path(str(self.config.hydra.sweep.dir)).mkdir(parents=True, exist_ok=True)
         groups = group_overrides(self.hydra_context.config_loader, job_overrides)
+        job_config = JobConfigs(self.config, self.hydra_context.config_loader)
         batched = [g for g in groups if len(g) > 1]
         n_batched = sum(map(len, batched))
         log.info(
@@ -60,7 +59,7 @@ class BatchedLauncher(Launcher):
         )
         returns: list[JobReturn | None] = [None] * len(job_overrides)
         for group in groups:
-            first = self._compose(job_overrides[group[0]], initial_job_idx + group[0])
+            first = job_config(job_overrides[group[0]], initial_job_idx + group[0])
             why = why_not_batched(first) if len(group) > 1 else None
             if why is not None:
                 log.info(
@@ -68,7 +67,7 @@ class BatchedLauncher(Launcher):
                 )
             if len(group) == 1 or why is not None:
                 for i in group:
-                    config = first if i == group[0] else self._compose(job_overrides[i], initial_job_idx + i)
+                    config = first if i == group[0] else job_config(job_overrides[i], initial_job_idx + i)
                     log.info(f"\t#{initial_job_idx + i} : {' '.join(filter_overrides(job_overrides[i]))}")
                     returns[i] = run_job(
                         hydra_context=self.hydra_context,
@@ -79,24 +78,11 @@ class BatchedLauncher(Launcher):
                     )
                     configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose)
                 continue
-            configs = [first] + [
-                derive_config(
-                    first, self.config, job_overrides[i], self.hydra_context.config_loader, initial_job_idx + i
-                )
-                for i in group[1:]
-            ]
+            configs = [first] + [job_config(job_overrides[i], initial_job_idx + i) for i in group[1:]]
             for i, ret in zip(group, self._run_group(configs)):
                 returns[i] = ret
             configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose)
         return returns
-
-    def _compose(self, overrides: Sequence[str], idx: int) -> DictConfig:
-        """The job's config as the basic launcher composes it."""
-        config = self.hydra_context.config_loader.load_sweep_config(self.config, list(overrides))
-        with open_dict(config):
-            config.hydra.job.id = idx
-            config.hydra.job.num = idx
-        return config
 
     def _run_group(self, configs: list[DictConfig]) -> list[JobReturn]:
         """The jobs ``configs`` as copies of one program: each job's directory, record and callbacks as
@@ -115,13 +101,13 @@ class BatchedLauncher(Launcher):
             log.info(f"\t#{config.hydra.job.num} : {' '.join(filter_overrides(config.hydra.overrides.task))}")
         try:
             for config in configs:
-                HydraConfig.instance().set_config(config)
-                output_dir = os.path.join(str(config.hydra.sweep.dir), str(config.hydra.sweep.subdir))
-                with read_write(config.hydra.runtime), open_dict(config.hydra.runtime):
-                    config.hydra.runtime.output_dir = os.path.abspath(output_dir)
-                HydraConfig.instance().set_config(config)
+                HydraConfig.instance().set_config(config)  # the subdir may read ${hydra:...}
+                hydra_cfg = HydraConfig.instance().cfg  # a copy of config's hydra node, made by set_config
+                output_dir = os.path.abspath(os.path.join(str(config.hydra.sweep.dir), str(config.hydra.sweep.subdir)))
+                for node in (config, hydra_cfg):
+                    with read_write(node.hydra.runtime), open_dict(node.hydra.runtime):
+                        node.hydra.runtime.output_dir = output_dir
                 task_cfg = OmegaConf.masked_copy(config, [k for k in config if k != "hydra"])
-                hydra_cfg = OmegaConf.create({"hydra": HydraConfig.instance().cfg.hydra})
                 overrides = OmegaConf.to_container(config.hydra.overrides.task, resolve=False)
                 run_dir = Path(config.hydra.runtime.output_dir)
                 check_run_dir("run_dir", run_dir, None)
@@ -135,7 +121,6 @@ class BatchedLauncher(Launcher):
                         ("overrides.yaml", config.hydra.overrides.task),
                     ):
                         (record / name).write_text(OmegaConf.to_yaml(node), encoding="utf-8")
-                configure_log(config.hydra.job_logging, config.hydra.verbose)  # creates its train.log
                 callbacks.on_job_start(config=config, task_function=self.task_function)
                 jobs.append((config, task_cfg, hydra_cfg, overrides, run_dir))
             configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose)
@@ -144,7 +129,8 @@ class BatchedLauncher(Launcher):
             for (config, task_cfg, hydra_cfg, overrides, run_dir), result in zip(jobs, results):
                 HydraConfig.instance().set_config(config)
                 write_summary(run_dir, {"overrides": list(overrides), **result.to_dict()})
-                configure_log(config.hydra.job_logging, config.hydra.verbose)  # the closing lines into its train.log
+                # its train.log (made here: nothing is logged to one copy alone before) and its closing lines
+                configure_log(config.hydra.job_logging, config.hydra.verbose)
                 for line in closing_lines(task_cfg, result, None, True, None):
                     logging.getLogger("backprop_lab").info(line)
                 ret = JobReturn(overrides=overrides, cfg=task_cfg, hydra_cfg=hydra_cfg, working_dir=os.getcwd())
@@ -158,66 +144,3 @@ class BatchedLauncher(Launcher):
             for job in jobs:
                 unlock_run_dir(job[4])
             HydraConfig.instance().cfg = original
-
-
-# --- which jobs go together, and their configs --------------------------------------------------------------
-
-
-def _batchable(override) -> bool:
-    from hydra.core.override_parser.types import OverrideType, ValueType
-
-    from backprop_lab.batched.groups import BATCHABLE_KEYS
-
-    return (
-        override.key_or_group in BATCHABLE_KEYS
-        and override.package is None
-        and override.type == OverrideType.CHANGE
-        and override.value_type == ValueType.ELEMENT
-    )
-
-
-def group_overrides(config_loader, job_overrides: Sequence[Sequence[str]]) -> list[list[int]]:
-    """The jobs (by index, in order of their first job) whose overrides name the same keys in the same order
-    and differ only in the values of batchable keys (plain ``key=value``)."""
-    from hydra.core.override_parser.overrides_parser import OverridesParser
-
-    parser = OverridesParser.create(config_loader=config_loader)
-    groups: dict[tuple, list[int]] = {}
-    for i, overrides in enumerate(job_overrides):
-        parsed = parser.parse_overrides(list(overrides))
-        signature = tuple((o.key_or_group, None if _batchable(o) else o.input_line) for o in parsed)
-        groups.setdefault(signature, []).append(i)
-    return list(groups.values())
-
-
-def overrides_dirname(overrides, exclude_keys, item_sep: str, kv_sep: str) -> str:
-    """``hydra.job.override_dirname`` as Hydra 1.3 computes it: the overrides not excluded, sorted, joined."""
-    lines = sorted(o.input_line for o in overrides if o.key_or_group not in exclude_keys)
-    return re.sub("[=]", kv_sep, item_sep.join(lines))
-
-
-def derive_config(
-    first: DictConfig, master: DictConfig, overrides: Sequence[str], config_loader, idx: int
-) -> DictConfig:
-    """The config Hydra would compose for ``overrides``, from ``first``'s (a job of the same group): the same
-    composition with the batchable values set as Hydra sets an override (``OmegaConf.update(..., merge=True)``
-    under the schema's types), and the job's own record (``hydra.overrides.task``, ``override_dirname``, id and
-    num). Composing each job costs ~0.2 s here; this ~5 ms (tests/test_batched.py checks both are equal)."""
-    from hydra.core.override_parser.overrides_parser import OverridesParser
-
-    parsed = OverridesParser.create(config_loader=config_loader).parse_overrides(list(overrides))
-    parsed = [o for o in parsed if not o.is_hydra_override()]  # as Hydra records a job's task overrides
-    config = copy.deepcopy(first)
-    for override in parsed:
-        if _batchable(override):
-            OmegaConf.update(config, override.key_or_group, override.value(), merge=True)
-    dirname = config.hydra.job.config.override_dirname
-    with open_dict(config):
-        config.hydra.overrides.task = [o.input_line for o in parsed]
-        config.hydra.job.override_dirname = overrides_dirname(
-            parsed, dirname.exclude_keys, dirname.item_sep, dirname.kv_sep
-        )
-        config.hydra.job.id = idx
-        config.hydra.job.num = idx
-    OmegaConf.copy_cache(from_config=master, to_config=config)
-    return config
