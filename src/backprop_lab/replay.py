@@ -347,6 +347,7 @@ def print_replay(r: Replay, fmt: str = "table") -> None:
 
 
 def _print_rich(r: Replay) -> None:
+    from rich.cells import cell_len
     from rich.console import Console
     from rich.table import Table
     from rich.text import Text
@@ -365,7 +366,32 @@ def _print_rich(r: Replay) -> None:
             *(Text(c, style="bold red" if marked and j == len(cells) - 1 else "") for j, c in enumerate(cells))
         )
     console = Console()
+    columns = list(zip(_header(r), *_table_rows(r)))
+    width = sum(max(cell_len(c) for c in column) for column in columns) + 3 * len(columns) + 1  # cells, padding, rules
+    if width > console.width:  # the table would wrap or cut its cells: one row a line instead
+        _print_stacked(console, r)
+        return
     console.print(table)
+    for note in r.notes:
+        console.print(Text(note, style="yellow"))
+    console.print(Text(r.summary, style="bold"))
+
+
+def _print_stacked(console, r: Replay) -> None:
+    """The table for a terminal too narrow for it: each row one line, its cells apart by " │ ", under its
+    phase. A line longer than the terminal wraps at a space, so no number is ever cut or split."""
+    from rich.text import Text
+
+    console.print(Text(_title(r), style="bold"))
+    console.print(Text(" │ ".join(["quantity", "formula", "with values", "exact", *(["post", "check"] if r.post_column else [])]), style="dim"))  # fmt: skip
+    for phase, rows in groupby(r.rows, key=lambda row: row.phase):
+        console.print(Text(phase, style="bold"))
+        for row in rows:
+            line = Text("  " + " │ ".join([row.quantity, row.formula, row.with_values, exact(row.value)]))
+            if r.post_column and row.post is not None:
+                line.append(f" │ {row.post.figure} │ ")
+                line.append(_check(row), style="bold red" if row.post.marked else "")
+            console.print(line, overflow="fold")
     for note in r.notes:
         console.print(Text(note, style="yellow"))
     console.print(Text(r.summary, style="bold"))
