@@ -78,6 +78,7 @@ class GradientMonitor(Callback):
         self.recorder = recorder
         self._given = recorder
         self._histogram_step: int | None = None
+        self._tags: dict[str, tuple[str, ...]] = {}  # per parameter: its four tags, formatted once
 
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
         self.recorder = StepRecorder.attach(trainer, pl_module, self.root, self._given)
@@ -105,14 +106,19 @@ class GradientMonitor(Callback):
         if not is_log_step(trainer, self.log_every_n_steps, record.step):
             return
         metrics: dict[str, float] = {}
+        tags = self._tags
         for n, s in record.params.items():
             if not math.isfinite(s.grad):
                 continue
+            t = tags.get(n) or tags.setdefault(
+                n, tuple(f"{k}/{n}" for k in ("params", "grads", "grad_norm", "update_ratio"))
+            )
             if s.numel == 1:
-                metrics[f"params/{n}"], metrics[f"grads/{n}"] = s.value, s.grad
-            metrics[f"grad_norm/{n}"] = abs(s.grad)
-            if math.isfinite(s.update_ratio):
-                metrics[f"update_ratio/{n}"] = s.update_ratio
+                metrics[t[0]], metrics[t[1]] = s.value, s.grad
+            metrics[t[2]] = abs(s.grad)
+            ratio = s.update_ratio
+            if math.isfinite(ratio):
+                metrics[t[3]] = ratio
         log_metrics(trainer, metrics, record.step)
 
     def _larger(self, what) -> list[tuple[str, Tensor]]:

@@ -49,6 +49,7 @@ import math
 import weakref
 from array import array
 from dataclasses import dataclass, field
+from operator import attrgetter
 
 import numpy as np
 import torch
@@ -250,6 +251,9 @@ _LAYER_NUMBERS = (
     "dL_dh",
     "dL_dz",
 )
+_RECORD_GET, _PARAM_GET, _LAYER_GET = (
+    attrgetter(*names) for names in (_RECORD_NUMBERS, _PARAM_NUMBERS, _LAYER_NUMBERS)
+)
 
 
 def _pack_row(r: StepRecord, segments: list[dict]) -> None:
@@ -260,11 +264,12 @@ def _pack_row(r: StepRecord, segments: list[dict]) -> None:
     if not segments or segments[-1]["params"] != params or segments[-1]["layers"] != layers:
         segments.append({"params": params, "layers": layers, "rows": array("d")})
     row = segments[-1]["rows"]
-    row.extend(float(getattr(r, k)) for k in _RECORD_NUMBERS)
-    row.extend(float(getattr(p, k)) for p in r.params.values() for k in _PARAM_NUMBERS)
-    row.extend(
-        math.nan if getattr(s, k) is None else float(getattr(s, k)) for s in r.layers.values() for k in _LAYER_NUMBERS
-    )
+    row.extend(_RECORD_GET(r))
+    for p in r.params.values():
+        row.extend(_PARAM_GET(p))
+    for s in r.layers.values():
+        values = _LAYER_GET(s)
+        row.extend(values if None not in values else [math.nan if v is None else v for v in values])
 
 
 def _width(seg: dict) -> int:
@@ -731,10 +736,10 @@ class StepRecorder(Callback):
     def _finish(self, step: int, loss, backward: bool) -> StepRecord:
         self._new_pass()
         parts: list[Tensor] = []
-        spans: dict[str, tuple[int, int]] = {}
+        spans: dict = {}  # name (or (entry, what)) -> its slice of the host copy
         size = 0
 
-        def add(name: str, t: Tensor) -> None:
+        def add(name, t: Tensor) -> None:
             nonlocal size
             t = t.reshape(-1)
             spans[name] = (size, size + t.numel())
@@ -765,18 +770,18 @@ class StepRecorder(Callback):
                 if c is None:
                     continue
                 if c.nonzero is not None:
-                    add(f"{key}zero", c.nonzero)
+                    add((key, "zero"), c.nonzero)
                 if c.max_prime is not None:
-                    add(f"{key}top", c.max_prime)  # per unit: counted on the host, no more device ops
+                    add((key, "top"), c.max_prime)  # per unit: counted on the host, no more device ops
                 for what, t in (*c.sums.items(), *c.grads.items()):
-                    add(f"{key}{what}", t)
+                    add((key, what), t)
             for what, t in self._out.items():
                 if isinstance(t, Tensor):
                     add(f"out{what}", t)
             # The one host copy of the step (on a GPU, its one device sync).
             host = torch.cat(parts).to(torch.float64).cpu().numpy() if parts else np.empty(0)
 
-        def get(name: str) -> np.ndarray | None:
+        def get(name) -> np.ndarray | None:
             span = spans.get(name)
             return host[span[0] : span[1]] if span is not None else None
 
@@ -824,7 +829,7 @@ class StepRecorder(Callback):
                 continue
             stats = LayerStats(module=key[0], type=kind, kind=kind, unit_dim=self._unit_dims.get(f"{key[0]}#{key[1]}"))
             stats.units = units = c.units
-            zero, top = get(f"{key}zero"), get(f"{key}top")
+            zero, top = get((key, "zero")), get((key, "top"))
             if zero is not None:
                 stats.zero_fraction = (c.numel - float(zero[0])) / max(c.numel, 1)
             if top is not None and units:
@@ -833,11 +838,11 @@ class StepRecorder(Callback):
                     stats.saturation = int(np.count_nonzero(top < thr)) / units
             n_h = max(c.numel, 1)
             for what in ("z", "h", "prime"):
-                if f"{key}{what}" in spans:
-                    setattr(stats, what, float(get(f"{key}{what}")[0]) / n_h)
+                if (key, what) in spans:
+                    setattr(stats, what, float(get((key, what))[0]) / n_h)
             for what in ("dL_dh", "dL_dz"):
-                if f"{key}{what}" in spans:
-                    setattr(stats, what, float(get(f"{key}{what}")[0]))
+                if (key, what) in spans:
+                    setattr(stats, what, float(get((key, what))[0]))
             record.layers[self.entry_name(key)] = stats
         for what in ("x", "y", "y_hat"):
             if f"out{what}" in spans:
