@@ -9,7 +9,7 @@ from collections.abc import Callable
 
 import torch
 
-from benchmarks import functions, training
+from benchmarks import batched, functions, training
 from benchmarks.functions import bench_calls, bench_functions, bench_scaling
 from benchmarks.timing import MODES, find, fmt, machine
 from benchmarks.training import bench_startup, bench_sweep, bench_threads, bench_training
@@ -25,10 +25,11 @@ def targets(res: dict) -> list[dict]:
 
     functions.targets(res, add)
     training.targets(res, add)
+    batched.targets(res, add)
     return out
 
 
-SECTIONS = ("calls", "functions", "scaling", "training", "threads", "startup", "sweep")
+SECTIONS = ("calls", "functions", "scaling", "training", "threads", "startup", "sweep", "sweep_batched")
 
 
 def run(quick: bool = False, sections: tuple[str, ...] = SECTIONS, log: Callable[[str], None] = print) -> dict:
@@ -68,6 +69,12 @@ def run(quick: bool = False, sections: tuple[str, ...] = SECTIONS, log: Callable
     elif "sweep" in sections:
         res["sweep"] = None
         res["notes"].append("sweep skipped in --quick mode (8 jobs of >= 10 s each; run the full benchmark)")
+    if "sweep_batched" in sections and not quick:
+        log("sweep_batched: hydra/launcher=batched vs the basic launcher, whole processes (takes ~5-10 min)")
+        res["sweep_batched"] = batched.bench_batched_sweep(log=log)
+    elif "sweep_batched" in sections:
+        res["sweep_batched"] = None
+        res["notes"].append("sweep_batched skipped in --quick mode (whole sweeps of 16 to 1024 jobs)")
     res["targets"] = targets(res)
     res["load_after"] = os.getloadavg()[0]
     res["wall_s"] = time.perf_counter() - started
@@ -96,6 +103,7 @@ def render(res: dict, console=None) -> None:
 
     functions.render(res, table)
     training.render(res, table, console)
+    batched.render(res, table)
     rows = [
         [
             t["target"],
