@@ -14,7 +14,7 @@ from tensorboard.backend.event_processing.event_file_loader import LegacyEventFi
 
 from backprop_lab.loggers import TensorBoardLogger
 
-from conftest import event_files, read_csv_metrics, read_scalars, train_run
+from conftest import event_files, read_csv_metrics, read_scalars, run_cli, train_run
 
 CALLS = [({"train/loss": 1.25, "grad_norm/w1": torch.tensor(0.5)}, 0), ({"train/loss": 1.0, "relu/h": 0.0}, 1)]
 
@@ -159,3 +159,22 @@ def test_four_loggers_get_the_same_values(tmp_path, monkeypatch):
     assert info.status == "FINISHED"
     hparams = yaml.safe_load((run_dir / "hparams.yaml").read_text())
     assert hparams["status"] == "finished" and hparams["optim.lr"] == 0.1
+
+
+@pytest.mark.slow
+def test_the_presets_from_the_command_line_with_no_server_no_account_and_no_stray_warning(tmp_path, monkeypatch):
+    run_dir = tmp_path / "run"
+    monkeypatch.delenv("MLFLOW_ALLOW_FILE_STORE", raising=False)  # as on a fresh machine
+    proc = run_cli(
+        "model=sigmoid", "trainer.max_steps=3", "logger=[csv,mlflow]", f"hydra.run.dir={run_dir}", cwd=tmp_path
+    )
+    assert proc.returncode == 0, proc.stderr
+    out = proc.stdout + proc.stderr
+    for stray in ("Previous log files", "not found. Creating it", "Warning", "Invalid experiment"):
+        assert stray not in out, stray
+    monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")
+    values, params, info = mlflow_values(run_dir)
+    csv_values = read_csv_metrics(run_dir / "metrics.csv")
+    assert values["train/loss"] == pytest.approx(csv_values["train/loss"])
+    assert values["train/loss"][0] == pytest.approx(1.2599149502, abs=1e-6)  # the post's first loss, in float32
+    assert info.run_name == "run" and info.status == "FINISHED" and params["status"] == "finished"
