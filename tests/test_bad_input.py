@@ -741,8 +741,18 @@ class ForkedCLI:
         self.server.wait(timeout=30)
 
 
+class PlainCLI:
+    """Where there is no fork (Windows): one fresh interpreter per case, as run_cli starts it."""
+
+    def run(self, argv: list[str], cwd: Path, timeout: float = 60):
+        return run_cli(*argv, cwd=cwd, timeout=timeout)
+
+
 @pytest.fixture(scope="module")
 def forked_cli(tmp_path_factory):
+    if not hasattr(os, "fork"):
+        yield PlainCLI()
+        return
     cli = ForkedCLI(tmp_path_factory.mktemp("forked_cli"))
     yield cli
     cli.close()
