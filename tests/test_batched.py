@@ -25,7 +25,7 @@ from backprop_lab.batched.events import masked_crc32c_rows
 from backprop_lab.batched.functions import stacked_linear, stacked_mse_loss
 from backprop_lab.batched.program import StackedSGD
 
-from conftest import read_scalars, run_cli
+from conftest import compose_config, event_accumulator, read_scalars, run_cli
 
 QUIET = "trainer.enable_progress_bar=false"
 
@@ -152,6 +152,29 @@ def test_derived_job_configs_equal_what_hydra_composes():
         GlobalHydra.instance().clear()
 
 
+def test_stability_edge_draws_the_linear_bound_and_marks_diverged_runs():
+    from backprop_lab.batched.edge import edge_rows, stability_edge_figure
+
+    summaries = [
+        (["model=linear", "optim.lr=0.1"], {"status": "converged", "final_loss": 1e-9}),
+        (["model=linear", "optim.lr=0.01"], {"status": "finished", "final_loss": 0.5}),
+        (["model=linear", "optim.lr=0.3"], {"status": "diverged", "final_loss": math.inf}),
+        (["model=linear", "optim.lr=0.01", "optim.momentum=0.5"], {"status": "finished", "final_loss": 0.2}),
+    ]
+    jobs = [(compose_config(*overrides), summary, overrides) for overrides, summary in summaries]
+    rows = edge_rows(jobs)
+    assert [r["bound"] for r in rows] == [0.25, 0.25, 0.25, None]  # 1/x² at x = 2; none with momentum
+    assert {r["curve"] for r in rows} == {"model=linear", "model=linear optim.momentum=0.5"}
+    fig = stability_edge_figure(rows)
+    ax = fig.axes[0]
+    assert ax.get_xscale() == "log"
+    lines = {line.get_label(): line for line in ax.get_lines()}
+    assert list(lines["η = 1/x² = 0.25"].get_xdata()) == [0.25, 0.25]
+    crosses = [line for line in ax.get_lines() if line.get_marker() == "x" and len(line.get_xdata())]
+    assert [list(line.get_xdata()) for line in crosses] == [[0.3]]
+    assert list(lines["model=linear"].get_xdata()) == [0.01, 0.1]  # finite final losses, by η
+
+
 # --- whole sweeps against the basic launcher -------------------------------------------------------------
 
 
@@ -230,6 +253,12 @@ def test_batched_linear_sweep_with_momentum_freezes_diverging_copies_as_separate
     basic = _sweep(tmp_path, "basic", *args)
     batched = _sweep(tmp_path, "batched", "hydra/launcher=batched", *args)
     _compare_sweeps(basic, batched)
+    # the stability edge: without momentum, exactly the copies with η > 1/x² = 0.25 diverged
+    rows = _csv(batched / "summary.csv")
+    plain = {float(r["optim.lr"]): r["status"] for r in rows.values() if float(r["optim.momentum"]) == 0}
+    assert {lr for lr, status in plain.items() if status == "diverged"} == {lr for lr in plain if lr > 0.25}
+    assert (batched / "stability_edge.png").is_file()
+    assert event_accumulator(batched / "stability_edge").Tags()["images"] == ["sweep/stability_edge"]
     statuses = {r["status"] for r in _csv(batched / "summary.csv").values()}
     # "stopped": below tol at one step, above it at the final pass (momentum overshoots), as its separate run
     assert statuses == {"converged", "finished", "diverged", "stopped"}

@@ -281,8 +281,12 @@ def train_group(
         enable_model_summary=False,
         default_root_dir=str(run_dirs[0]),
     )
-    with expected_warnings():
-        trainer.fit(module, datamodule=data)
+    try:
+        with expected_warnings():
+            trainer.fit(module, datamodule=data)
+    except BaseException:  # interrupted or failed: what the copies logged so far stays readable
+        copies.finalize("failed")
+        raise
     wall = time.perf_counter() - started
     results = []
     for k, (c, run_dir) in enumerate(zip(cfgs, run_dirs)):

@@ -39,6 +39,7 @@ class BatchedLauncher(Launcher):
         self.config: DictConfig | None = None
         self.task_function: TaskFunction | None = None
         self.hydra_context: HydraContext | None = None
+        self._edge_jobs: list[JobReturn] = []  # every job launched so far (a sweeper may launch several batches)
 
     def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig) -> None:
         self.config, self.hydra_context, self.task_function = config, hydra_context, task_function
@@ -82,7 +83,27 @@ class BatchedLauncher(Launcher):
             for i, ret in zip(group, self._run_group(configs)):
                 returns[i] = ret
             configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose)
+        self._edge_jobs.extend(returns)
+        self._stability_edge()
         return returns
+
+    def _stability_edge(self) -> None:
+        """The sweep's stability-edge figure (:mod:`backprop_lab.batched.edge`), from every job so far."""
+        from backprop_lab.batched.edge import edge_rows, write_stability_edge
+        from backprop_lab.summary import read_summary
+
+        jobs = []
+        for ret in self._edge_jobs:
+            summary = read_summary(Path(ret.hydra_cfg.hydra.runtime.output_dir)) if ret.hydra_cfg else None
+            if summary is not None:
+                jobs.append((ret.cfg, summary, ret.overrides))
+        try:
+            path = write_stability_edge(Path(str(self.config.hydra.sweep.dir)), edge_rows(jobs))
+        except Exception as error:  # noqa: BLE001 — a picture never fails a sweep that trained
+            log.warning(f"batched launcher: no stability-edge figure ({error})")
+            return
+        if path is not None:
+            log.info(f"stability edge: {path}")
 
     def _run_group(self, configs: list[DictConfig]) -> list[JobReturn]:
         """The jobs ``configs`` as copies of one program: each job's directory, record and callbacks as
