@@ -127,6 +127,7 @@ NO_MPS = skip_unless(not _has_mps(), "this machine has MPS")
 NO_XLA = skip_unless(not _installed("torch_xla"), "torch_xla is installed")
 NO_DEEPSPEED = skip_unless(not _installed("deepspeed"), "deepspeed is installed")
 NO_TE = skip_unless(not _installed("transformer_engine"), "transformer_engine is installed")
+MLFLOW = skip_unless(_installed("mlflow"), "mlflow is not installed")
 OPTUNA = skip_unless(_installed("hydra_plugins.hydra_optuna_sweeper"), "Hydra's Optuna sweeper is not installed")
 
 # One row per bad command line. {tmp} is the case's own directory (the CLI's cwd); {tmp}/afile is a file,
@@ -525,6 +526,8 @@ CASES = [
     ours("logger=csv +logger.csv.bogus=1", "logger.csv is not accepted: CSVLogger.__init__() got an unexpected keyword argument 'bogus'"),
     ours("logger=[tensorboard,csv] +logger.csv.bogus=1", "logger.csv is not accepted"),
     ours("+logger.extra._target_=lightning.pytorch.loggers.CSVLogger +logger.extra.flush_logs_every_n_steps=abc", "logger.extra is not accepted: unsupported operand"),
+    ours("logger=csv +logger.csv.flush_logs_every_n_steps=0", "logger.csv is not accepted: integer modulo by zero"),
+    ours("logger=mlflow +logger.mlflow.bogus=1", "logger.mlflow is not accepted: MLFlowLogger.__init__() got an unexpected keyword argument 'bogus'", MLFLOW),
     # --- float32 overflow: the update lr·gradient ---
     ours("model=linear optim.lr=1e39", "optim.lr=1e+39 is not accepted: the update lr·gradient becomes inf in float32"),
     ours("optim.lr=3.5e38", "optim.lr=3.5e+38 is not accepted"),
