@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import logging
+import urllib.parse
 
 import pytest
 from hydra.utils import instantiate
@@ -100,12 +102,19 @@ def test_the_closing_lines_say_how_the_run_ended_why_the_unit_died_and_where_the
     # Backprop tab's diagnosis (backprop_lab.diagnoses), word for word
     assert lines[1].startswith("The ReLU unit h is dead since step 4: z1 = w1 · x = -0.03812 ≤ 0 on every sample")
     assert "What helps: a smaller learning rate η" in lines[1]
-    assert lines[-2] == "TensorBoard logs: outputs/runs/r  (open with: tensorboard --logdir outputs/runs/r)"
+    assert lines[-3] == "TensorBoard logs: outputs/runs/r  (open with: tensorboard --logdir outputs/runs/r)"
     # the Backprop tab where the unit died, as an address that opens it there (docs/backprop_view.md)
-    assert lines[-1] == (
+    assert lines[-2] == (
         "then the Backprop tab at step 4 (dead unit h): "
         "http://localhost:6006/#backprop&p.backprop.run=r&p.backprop.step=4&p.backprop.phase=backward"
     )
+    # TensorBoard's Time Series on the loss, weights and gradients, smoothing off (its address's query)
+    story = urllib.parse.urlsplit(lines[-1].split(": ", 1)[1])
+    assert story.fragment == "timeseries"
+    query = urllib.parse.parse_qs(story.query)
+    assert query["smoothing"] == ["0"]
+    pinned = ["train/loss", "params/w1", "grads/w1", "params/w2", "grads/w2"]
+    assert json.loads(query["pinnedCards"][0]) == [{"plugin": "scalars", "tag": tag} for tag in pinned]
 
 
 def test_without_the_view_and_tensorboard_the_closing_lines_carry_the_same_diagnosis(tmp_path, caplog, monkeypatch):

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import inspect
+import json
 import logging
 import os
 import signal
@@ -402,6 +403,25 @@ def backprop_tab_hint(log_dir: Path, diagnoses: list[Diagnosis] | None) -> str:
     return f"then the Backprop tab at step {step}{what}: {TENSORBOARD_URL}{fragment}"
 
 
+# The post's story in TensorBoard's Time Series: the loss, the weights, their gradients, unsmoothed (the
+# post's single-step jumps are the point). TensorBoard reads both from its address: ``smoothing`` and
+# ``pinnedCards`` (JSON), the cards it shows first; a pinned tag a run lacks is left out.
+POST_WEIGHTS = ("w", "w1", "w2")  # the post's networks' parameters, where the network is not at hand
+MAX_PINNED = 9  # the loss and the first weights of a larger network: a screenful
+
+
+def story_hint(net=None) -> str:
+    """TensorBoard's Time Series opened on the loss, each weight and its gradient (``params/*``, ``grads/*``
+    of a one-number weight, ``grad_norm/*`` of a larger one: :class:`GradientMonitor`'s tags), smoothing off."""
+    tags = ["train/loss"]
+    named = [(name, p.numel()) for name, p in net.named_parameters()] if net is not None else []
+    for name, size in named or [(w, 1) for w in POST_WEIGHTS]:
+        tags += [f"params/{name}", f"grads/{name}"] if size == 1 else [f"grad_norm/{name}"]
+    pinned = [{"plugin": "scalars", "tag": tag} for tag in tags[:MAX_PINNED]]
+    query = urllib.parse.urlencode({"smoothing": 0, "pinnedCards": json.dumps(pinned, separators=(",", ":"))})
+    return f"and the loss, weights and gradients unsmoothed: {TENSORBOARD_URL}?{query}#timeseries"
+
+
 def relative_to_cwd(path: Path) -> str:
     """``path`` as the user would type it from where they ran the command."""
     path = Path(path).resolve()
@@ -425,4 +445,6 @@ def closing_lines(
     lines += [*(d.text for d in diagnoses or []), logs_hint(Path(result.log_dir), tensorboard)]
     if tensorboard and cfg.monitor.backprop_view:
         lines.append(backprop_tab_hint(Path(result.log_dir), diagnoses))
+    if tensorboard:
+        lines.append(story_hint(net))
     return lines
