@@ -157,6 +157,15 @@ def test_a_run_into_a_directory_that_holds_another_is_refused_whatever_hydra_out
     assert _tree(tmp_path) == before
 
 
+def test_a_run_directory_inside_another_runs_directory_is_refused(tmp_path):
+    train_run(tmp_path / "r", "model=relu", "trainer.max_steps=2")
+    before = _tree(tmp_path)
+    for inner in ("r/checkpoints/inner", "r/sub"):
+        done = run_cli("model=relu", "trainer.max_steps=2", f"hydra.run.dir={inner}", cwd=tmp_path)
+        assert done.returncode == 2 and "lies inside the directory of another run" in done.stderr, done.stderr
+    assert _tree(tmp_path) == before
+
+
 @pytest.mark.slow
 def test_every_file_a_run_writes_lies_inside_its_directory(tmp_path):
     done = run_cli(

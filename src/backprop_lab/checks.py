@@ -110,6 +110,14 @@ def check_run_dir(key: str, value: Any, resume: str | None) -> None:
         check_writable_dir(key, value)
         return
     run_dir = check_writable_dir(key, value)
+    outer = next(
+        (p for p in run_dir.resolve().parents if (p / SUMMARY_FILE).is_file() or (p / CHECKPOINT).is_file()), None
+    )
+    if outer is not None:
+        raise ConfigError(
+            f"{key}={str(value)!r} is not accepted: it lies inside the directory of another run ({outer}); "
+            "give a directory of its own"
+        )
     found = previous_run(run_dir)
     if found is not None:
         raise ConfigError(
@@ -262,8 +270,9 @@ class ConfigChecks(Callback):
             validate(config)
             if not self.checks_run_dir or is_secondary_rank():  # DDP's other ranks: rank 0 checked and holds it
                 return
-            run_dir = Path(str(hydra_value(config, "hydra.run.dir")))
-            check_run_dir("hydra.run.dir", run_dir, config.get("resume"))
+            value = hydra_value(config, "hydra.run.dir")
+            check_run_dir("hydra.run.dir", value, config.get("resume"))  # as given: '' is refused, not '.'
+            run_dir = Path(str(value))
             check_written_inside(config, run_dir)
             check_instantiable(config)  # what torch and Lightning decide, before the directory is made
             if config.get("resume") is not None:
@@ -286,8 +295,7 @@ class ConfigChecks(Callback):
 
         composed()
         try:
-            sweep_dir = Path(str(hydra_value(config, "hydra.sweep.dir")))
-            check_writable_dir("hydra.sweep.dir", sweep_dir, "the sweep")
+            sweep_dir = check_writable_dir("hydra.sweep.dir", hydra_value(config, "hydra.sweep.dir"), "the sweep")
             check_new_sweep_dir(sweep_dir)
             check_sweep(config)
             lock_run_dir(sweep_dir, "hydra.sweep.dir")
