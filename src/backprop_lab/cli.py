@@ -149,5 +149,9 @@ def _replay_main(cfg: DictConfig) -> None:
         from backprop_lab.replay import print_replay, replay
 
         print_replay(replay(cfg), cfg.replay.format)
+        sys.stdout.flush()
     except ConfigError as error:
         refuse(error)
+    except BrokenPipeError:  # the reader left early (| head): nothing more to say. Python's own recipe:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # the exit's flush then fails no more
+        sys.exit(0)
