@@ -352,3 +352,15 @@ def test_log_replay_skips_a_network_that_is_not_the_posts():
         loggers = property(lambda self: pytest.fail("log_replay wrote for a network that is not the post's"))
 
     log_replay(Trainer(), compose_config("model=sigmoid"), torch.nn.Linear(1, 1))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("fmt", ["table", "markdown", "json"])
+def test_the_replay_into_a_pipe_that_closes_early_prints_no_traceback(tmp_path, fmt):
+    import subprocess
+    import sys
+
+    line = f"{sys.executable} {REPLAY_SCRIPT} model=relu replay.format={fmt} | head -c 40"
+    proc = subprocess.run(["bash", "-c", line], cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0 and len(proc.stdout.encode()) == 40  # bytes: "§" is two
+    assert "Traceback" not in proc.stderr and "BrokenPipe" not in proc.stderr, proc.stderr
