@@ -14,7 +14,7 @@ from tensorboard.backend.event_processing.event_file_loader import LegacyEventFi
 
 from backprop_lab.loggers import TensorBoardLogger
 
-from conftest import event_files, read_csv_metrics, read_scalars, run_cli, train_run
+from conftest import event_accumulator, event_files, read_csv_metrics, read_scalars, run_cli, train_run
 
 CALLS = [({"train/loss": 1.25, "grad_norm/w1": torch.tensor(0.5)}, 0), ({"train/loss": 1.0, "relu/h": 0.0}, 1)]
 
@@ -136,12 +136,12 @@ def test_four_loggers_get_the_same_values(tmp_path, monkeypatch):
     mlflow, params, info = mlflow_values(run_dir)
     wandb, config, name = wandb_values(run_dir)
 
-    # every scalar of the run, at every step, in each of the four (TensorBoard stores float32)
-    final = {"hparams/final_loss", "hparams/best_loss", "hparams/steps", "hparams/final_dead_fraction"}
-    tags = set(tensorboard) - final
-    assert len(tags) > 10 and "train/loss" in tags and "grads/w1" in tags
+    # every scalar of the run, at every step, in each of the four (TensorBoard stores float32), the final
+    # metrics among them
+    tags = set(tensorboard)
+    assert len(tags) > 10 and {"train/loss", "grads/w1", "hparams/final_loss"} <= tags
     for other in (csv_values, mlflow, wandb):
-        assert set(other) == tags | final
+        assert set(other) == tags
         for tag in tags:
             assert other[tag].keys() == tensorboard[tag].keys(), tag
             for step, value in tensorboard[tag].items():
@@ -149,10 +149,9 @@ def test_four_loggers_get_the_same_values(tmp_path, monkeypatch):
     assert set(tensorboard["train/loss"]) == set(range(13))  # the loss before each update and after the last
 
     # the final metrics and status reach every one of them; the run named after its directory
-    for other in (csv_values, mlflow, wandb):
+    for other in (tensorboard, csv_values, mlflow, wandb):
         assert other["hparams/final_loss"] == {result.steps: pytest.approx(result.final_loss)}
         assert other["hparams/steps"] == {result.steps: 12.0}
-    assert tensorboard["hparams/final_loss"][0] == pytest.approx(result.final_loss)
     assert params["status"] == config["status"] == result.status == "finished"
     assert params["model"] == config["model"] == "ReLUNet"
     assert info.run_name == name == "relu_run"
@@ -178,3 +177,33 @@ def test_the_presets_from_the_command_line_with_no_server_no_account_and_no_stra
     assert values["train/loss"] == pytest.approx(csv_values["train/loss"])
     assert values["train/loss"][0] == pytest.approx(1.2599149502, abs=1e-6)  # the post's first loss, in float32
     assert info.run_name == "run" and info.status == "FINISHED" and params["status"] == "finished"
+
+
+# --- TensorBoard's HParams tab: the trial named by its overrides, the headline columns first ---------------
+
+
+def hparams_record(run_dir: Path) -> tuple:
+    """``(experiment, session start info)`` of a run's HParams record, parsed with TensorBoard's hparams plugin."""
+    from tensorboard.plugins.hparams import metadata
+
+    acc = event_accumulator(run_dir)
+    contents = {tag: acc.SummaryMetadata(tag).plugin_data.content for tag in acc.Tags()["tensors"]}
+    experiment = metadata.parse_experiment_plugin_data(contents[metadata.EXPERIMENT_TAG])
+    start = metadata.parse_session_start_info_plugin_data(contents[metadata.SESSION_START_INFO_TAG])
+    return experiment, start
+
+
+@pytest.mark.slow
+def test_the_hparams_trial_is_named_by_its_overrides_with_model_lr_and_status_first(tmp_path):
+    run_dir = tmp_path / "2026-12-04_19-27-57.371407_relu,optim.lr=0.5"  # as the command line names a run
+    result, scalars = train_run(run_dir, "model=relu", "optim.lr=0.5", "trainer.max_steps=6", "monitor.pictures=[]")
+    experiment, start = hparams_record(run_dir)
+    assert start.group_name == "relu,optim.lr=0.5"  # the Trial ID: the overrides, not the time
+    shown = [(info.name, info.display_name) for info in experiment.hparam_infos]
+    assert shown[:3] == [("1. model", "model"), ("2. optim.lr", "optim.lr"), ("3. status", "status")]
+    assert shown[:3] == sorted(shown)[:3]  # TensorBoard's own order (by name) keeps them first
+    assert [m.name.tag for m in experiment.metric_infos][:2] == ["hparams/final_loss", "hparams/best_loss"]
+    values = {k: v.WhichOneof("kind") and getattr(v, v.WhichOneof("kind")) for k, v in start.hparams.items()}
+    assert values["1. model"] == "ReLUNet" and values["2. optim.lr"] == 0.5 and values["3. status"] == result.status
+    assert values["trainer.max_steps"] == 6
+    assert scalars["hparams/final_loss"] == {6: pytest.approx(result.final_loss)}

@@ -132,14 +132,20 @@ def test_tensorboard_serves_the_runs_scalars_histograms_images_hparams_and_layou
 
         experiment = post(url + "/data/plugin/hparams/experiment", {"experimentName": ""})
         hparams = {h["name"] for h in experiment["hparamInfos"]}
-        assert {"status", "optim.lr", "model.activation", "monitor.picture_every_n_steps"} <= hparams
+        # the headline first (TensorBoard orders columns by name), each shown by its own name
+        assert [(h["name"], h["displayName"]) for h in experiment["hparamInfos"][:3]] == [
+            ("1. model", "model"),
+            ("2. optim.lr", "optim.lr"),
+            ("3. status", "status"),
+        ]
+        assert {"model.activation", "monitor.picture_every_n_steps"} <= hparams
         metrics = {m["name"]["tag"] for m in experiment["metricInfos"]}
         assert {"hparams/final_loss", "hparams/best_loss", "hparams/final_dead_fraction"} <= metrics
         assert "hp_metric" not in metrics
 
         # The dashboard's own query: which columns, which session statuses.
         columns = [
-            {"hparam": "status", "includeInResult": True},
+            {"hparam": "3. status", "includeInResult": True},
             {"hparam": "trainer.max_steps", "includeInResult": True},
         ]
         columns.append({"metric": {"tag": "hparams/steps", "group": ""}, "includeInResult": True})
@@ -152,6 +158,7 @@ def test_tensorboard_serves_the_runs_scalars_histograms_images_hparams_and_layou
             "colParams": columns,
         }
         (group,) = post(url + "/data/plugin/hparams/session_groups", query)["sessionGroups"]
-        assert group["hparams"] == {"status": "finished", "trainer.max_steps": 6}
+        assert group["hparams"] == {"3. status": "finished", "trainer.max_steps": 6}
+        assert group["name"] == "relu"  # the Trial ID: the run's name less the time a CLI run's name starts with
         assert {m["name"]["tag"]: m["value"] for m in group["metricValues"]}["hparams/steps"] == 6.0
         assert group["sessions"][0]["status"] == "STATUS_SUCCESS"

@@ -82,9 +82,9 @@ def test_monitor_keys_choose_the_callbacks_and_their_intervals():
 
 def test_hparams_record_the_runs_final_metrics_and_its_config(tmp_path):
     result, s = train_run(tmp_path, "model=relu", "trainer.max_steps=10", NO_PICTURES)
-    # Dead from step 4: the loss stays at (0.5 − 0)² = 0.25, the best of the run.
-    assert s["hparams/final_loss"] == {0: 0.25} and s["hparams/best_loss"] == {0: 0.25}
-    assert s["hparams/steps"] == {0: 10.0} and s["hparams/final_dead_fraction"] == {0: 1.0}
+    # Dead from step 4: the loss stays at (0.5 − 0)² = 0.25, the best of the run; logged at the run's last step
+    assert s["hparams/final_loss"] == {10: 0.25} and s["hparams/best_loss"] == {10: 0.25}
+    assert s["hparams/steps"] == {10: 10.0} and s["hparams/final_dead_fraction"] == {10: 1.0}
     params = flat_hparams(compose_config("model=mlp"))
     assert params["optim.lr"] == 0.1 and params["model.hidden"] == "[16, 16]" and params["model.activation"] == "relu"
     assert not any(key.split(".")[-1].startswith("_") for key in params)  # no _target_, _partial_

@@ -21,9 +21,11 @@ from __future__ import annotations
 
 import csv
 import os
+import time
 import warnings
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 from lightning.pytorch.loggers import CSVLogger as LightningCSVLogger
 from lightning.pytorch.loggers import MLFlowLogger as LightningMLFlowLogger
@@ -31,6 +33,7 @@ from lightning.pytorch.loggers import TensorBoardLogger as LightningTensorBoardL
 from lightning.pytorch.loggers import WandbLogger as LightningWandbLogger
 from lightning.pytorch.utilities import rank_zero_only
 from tensorboard.compat.proto.summary_pb2 import Summary
+from tensorboard.plugins.hparams import api_pb2, metadata, plugin_data_pb2
 from torch import Tensor
 
 
@@ -51,6 +54,62 @@ class TensorBoardLogger(LightningTensorBoardLogger):
             for k, v in metrics.items()
         ]
         writer.add_summary(Summary(value=values), global_step=step)
+
+    @rank_zero_only
+    def log_hparams_record(
+        self,
+        params: Mapping[str, Any],
+        metrics: Mapping[str, float],
+        trial: str,
+        first: Sequence[str] = (),
+        step: int = 0,
+    ) -> None:
+        """The run's record in TensorBoard's HParams tab: ``params`` (also to ``hparams.yaml``, as Lightning
+        keeps them), ``metrics`` at ``step`` as its metric columns, in this order, and the trial named ``trial``.
+
+        TensorBoard orders the HParams columns by name: the keys of ``first`` are named ``1. <key>``,
+        ``2. <key>`` … so that they come first, each shown by its own name (its display name)."""
+        super().log_hyperparams(params)  # hparams.yaml only: with no metrics (and no hp_metric) nothing else
+        self.log_metrics(metrics, step)  # also opens the writer again, where the fit closed it
+        names = {key: f"{i}. {key}" for i, key in enumerate(first, start=1)}
+        infos = [
+            api_pb2.HParamInfo(name=names.get(k, k), display_name=k, type=HPARAM_TYPES.get(type(v), STRING))
+            for k, v in sorted(params.items(), key=lambda kv: names.get(kv[0], kv[0]))
+        ]
+        start = plugin_data_pb2.SessionStartInfo(group_name=trial, start_time_secs=time.time())
+        for key, value in params.items():
+            field = (
+                "bool_value"
+                if isinstance(value, bool)
+                else "number_value"
+                if isinstance(value, (int, float))
+                else "string_value"
+            )
+            setattr(start.hparams[names.get(key, key)], field, value if field != "string_value" else str(value))
+        records = {
+            metadata.EXPERIMENT_TAG: plugin_data_pb2.HParamsPluginData(
+                experiment=api_pb2.Experiment(
+                    hparam_infos=infos,
+                    metric_infos=[api_pb2.MetricInfo(name=api_pb2.MetricName(tag=t), display_name=t) for t in metrics],
+                )
+            ),
+            metadata.SESSION_START_INFO_TAG: plugin_data_pb2.HParamsPluginData(session_start_info=start),
+            metadata.SESSION_END_INFO_TAG: plugin_data_pb2.HParamsPluginData(
+                session_end_info=plugin_data_pb2.SessionEndInfo(
+                    status=api_pb2.STATUS_SUCCESS, end_time_secs=time.time()
+                )
+            ),
+        }
+        writer = self.experiment.file_writer
+        for tag, data in records.items():
+            summary = Summary()
+            summary.value.add(tag=tag, metadata=metadata.create_summary_metadata(data), tensor=metadata.NULL_TENSOR)
+            writer.add_summary(summary, global_step=step)
+        writer.flush()
+
+
+STRING = api_pb2.DATA_TYPE_STRING
+HPARAM_TYPES = {bool: api_pb2.DATA_TYPE_BOOL, int: api_pb2.DATA_TYPE_FLOAT64, float: api_pb2.DATA_TYPE_FLOAT64}
 
 
 METRICS_FILE = "metrics.csv"  # Lightning's CSVLogger writes its rows here, in its log_dir

@@ -12,6 +12,7 @@ import inspect
 import json
 import logging
 import os
+import re
 import signal
 import time
 import urllib.parse
@@ -31,6 +32,7 @@ from backprop_lab.checks import CHECKPOINT, check_run_dir
 from backprop_lab.diagnoses import Diagnosis, diagnose, divergence_without_history
 from backprop_lab.interrupts import GracefulStop, SignalNotes
 from backprop_lab.loggers import CSVLogger, WandbLogger
+from backprop_lab.loggers import TensorBoardLogger as OwnTensorBoardLogger
 from backprop_lab.module import LOSS_BY_TASK, BackpropModule
 from backprop_lab.monitors import (
     BackpropViewMonitor,
@@ -353,16 +355,26 @@ def flat_hparams(cfg: DictConfig) -> dict[str, float | int | str | bool]:
     return out
 
 
+HEADLINE = ("model", "optim.lr", "status")  # the HParams tab's first columns, before the final metrics
+RUN_TIME = re.compile(r"^\d{4}-\d\d-\d\d_\d\d-\d\d-\d\d(\.\d+)?_")  # the time a CLI run's name starts with
+
+
+def trial_name(run_dir: Path) -> str:
+    """A run's name in the HParams tab: its directory's name without the time it starts with, i.e. the model
+    (or experiment) and the overrides that differ from the defaults (runs of the same overrides, which train
+    the same, are one trial)."""
+    return RUN_TIME.sub("", run_dir.name) or run_dir.name
+
+
 def log_hparams(loggers: list[Logger], cfg: DictConfig, result: TrainResult, overrides: Sequence[str] = ()) -> None:
     """One hparams record per run with its final metrics and status, to every logger (TensorBoard's HParams tab;
     CSV's hparams.yaml and a last row; MLflow's params and metrics; W&B's config and summary)."""
-    # What tells runs apart first (TensorBoard's HParams tab shows the first columns): the overrides'
-    # keys, the model, the status; then every other key.
+    # What tells runs apart first: the model, the learning rate, the status (HEADLINE), the overrides' keys;
+    # then every other key.
     every = flat_hparams(cfg)
+    params = {"model": cfg.model._target_.rsplit(".", 1)[-1], "optim.lr": every["optim.lr"], "status": result.status}
     first = [o.split("=", 1)[0].lstrip("+~") for o in overrides if "=" in o]
-    params = {k: every[k] for k in first if k in every}
-    params["model"] = cfg.model._target_.rsplit(".", 1)[-1]
-    params["status"] = result.status
+    params.update((k, every[k]) for k in first if k in every and k not in params)
     params.update((k, v) for k, v in every.items() if k not in params)
     metrics = {
         "hparams/final_loss": result.final_loss,
@@ -372,8 +384,10 @@ def log_hparams(loggers: list[Logger], cfg: DictConfig, result: TrainResult, ove
     if result.final_dead_fraction is not None:
         metrics["hparams/final_dead_fraction"] = result.final_dead_fraction
     for logger in loggers:
-        if isinstance(logger, TensorBoardLogger):  # the HParams tab: the params and these metrics in one record
-            logger.log_hyperparams(params, metrics)
+        if isinstance(logger, OwnTensorBoardLogger):  # the HParams tab: the trial named, the headline first
+            logger.log_hparams_record(params, metrics, trial_name(Path(result.log_dir)), HEADLINE, result.steps)
+        elif isinstance(logger, TensorBoardLogger):  # Lightning's own: the params and metrics in one record
+            logger.log_hyperparams(params, metrics, step=result.steps)
         else:  # CSV, MLflow, W&B, any other: the params (status among them), then the metrics at the last step
             logger.log_hyperparams(params)
             logger.log_metrics(metrics, step=result.steps)
