@@ -11,7 +11,8 @@ of a separate run (:class:`backprop_lab.module.BackpropModule`), step for step:
 
 Each copy logs to its own run directory through :class:`~backprop_lab.batched.events.CopiesLogger` the
 scalars a separate run logs (``train/loss``, ``epoch``, ``params/*``, ``grads/*``, ``grad_norm/*``,
-``update_ratio/*``, ``hparams/*``) at the same steps, and the config text and Custom Scalars layout.
+``update_ratio/*``) at the same steps, the config text and Custom Scalars layout; the HParams record and
+``hparams/*`` come from :func:`backprop_lab.train.log_hparams` through the job's own TensorBoard logger.
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ from backprop_lab import functions as F
 from backprop_lab.batched.events import CopiesLogger
 from backprop_lab.batched.functions import stacked_linear, stacked_mse_loss
 from backprop_lab.batched.groups import POST_NETS
-from backprop_lab.train import TrainResult, expected_warnings, flat_hparams
+from backprop_lab.train import TrainResult, expected_warnings, log_hparams, make_logger
 
 # --- the network and its optimizer ---------------------------------------------------------------------
 
@@ -220,26 +221,6 @@ def build_net(cfgs: Sequence[DictConfig]) -> StackedPostNet:
     return StackedPostNet(kind, weights, cfgs[0].model.get("relu_grad_at_zero", 0))
 
 
-def hparams_summaries(cfg: DictConfig, result: TrainResult, overrides: Sequence[str]) -> tuple[list, dict]:
-    """What :func:`backprop_lab.train.log_hparams` writes for a separate run: the HParams tab's records and
-    ``hparams/*`` scalars (the latter returned as metrics)."""
-    from torch.utils.tensorboard.summary import hparams
-
-    every = flat_hparams(cfg)
-    first = [o.split("=", 1)[0].lstrip("+~") for o in overrides if "=" in o]
-    params = {k: every[k] for k in first if k in every}
-    params["model"] = cfg.model._target_.rsplit(".", 1)[-1]
-    params["status"] = result.status
-    params.update((k, v) for k, v in every.items() if k not in params)
-    params = {k: v if isinstance(v, (int, float, str, bool)) else str(v) for k, v in params.items()}
-    metrics = {
-        "hparams/final_loss": result.final_loss,
-        "hparams/best_loss": result.best_loss,
-        "hparams/steps": float(result.steps),
-    }
-    return [*hparams(params, metrics)], metrics
-
-
 def train_group(
     cfgs: Sequence[DictConfig], run_dirs: Sequence[Path], overrides: Sequence[Sequence[str]]
 ) -> list[TrainResult]:
@@ -299,9 +280,12 @@ def train_group(
             diverged_at=module.diverged_at[k],
             wall_time_s=wall,
         )
-        summaries, metrics = hparams_summaries(c, result, overrides[k])
-        copies.log_copy_summaries(k, summaries)
-        copies.log_copy_metrics({k: metrics}, 0)
+        # The HParams record and hparams/* scalars exactly as a separate run writes them: the run's own
+        # function, through the job's own logger (a second event file in the copy's directory).
+        loggers = [make_logger(logger_cfg, run_dir, None) for logger_cfg in c.logger.values()]
+        log_hparams(loggers, c, result, overrides[k])
+        for logger in loggers:
+            logger.finalize("success")
         results.append(result)
     copies.finalize("success")
     return results
