@@ -61,7 +61,7 @@ def test_quick_benchmark_writes_the_documented_json(tmp_path):
     res = json.loads(out.read_text())
     assert set(res) == top
     assert res["mode"] == "quick"
-    assert res["sweep"] is None  # --quick skips the sweep and says so
+    assert res["sweep"] is None and res["sweep_batched"] is None  # --quick skips the sweeps and says so
     assert any("sweep skipped" in n for n in res["notes"])
     for section, keys in row_keys.items():
         assert res[section], section
