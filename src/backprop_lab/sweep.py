@@ -190,7 +190,8 @@ def check_sweep(config: DictConfig) -> int:
             validate(job_cfg)
             _check_not_resumed(job_cfg)
             check_multirun_trainer(job_cfg, RunMode.MULTIRUN, launcher)
-            check_instantiable(job_cfg)
+            if batched is None or batched.composed:  # derived jobs differ only in keys it does not read
+                check_instantiable(job_cfg)
         except (ConfigError, HydraException, OmegaConfBaseException) as error:
             cause = error.__cause__ if not isinstance(error, ConfigError) else None  # ours name their cause
             cause = f" ({str(cause).splitlines()[0]})" if cause else ""
