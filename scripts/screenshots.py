@@ -43,7 +43,6 @@ PAGES = {
     "scalars": "#scalars&tagFilter=relu%2Fdead_fraction%7Cgrad_norm%2Ffc1.weight%7Cgrad_norm%2Fout.weight",
     "custom_scalars": "#custom_scalars",
     "images": "#images&tagFilter=unit_activity%7Closs_surface",
-    "hparams": "#hparams",
     # the Backprop tab (docs/backprop_view.md): run, step and phase in the hash, read by the tab's frame
     "backprop_relu_step0": "#backprop&run=post_relu&step=0",
     "backprop_relu_step4": "#backprop&run=post_relu&step=4",
@@ -52,6 +51,28 @@ PAGES = {
     "backprop_sigmoid_step0": "#backprop&run=post_sigmoid&step=0",
     "backprop_vanishing_sigmoid": "#backprop&run=vanishing_sigmoid&step=100",
 }
+
+
+# The HParams tab and the landing view (the Time Series address the closing lines print), from runs named as
+# the command line names them (outputs/runs/<time>_<model and overrides>), in a logdir of their own.
+NAMED_RUNS = [
+    ["model=linear"],
+    ["model=sigmoid"],
+    ["model=relu"],
+    ["model=relu", "optim.lr=0.05"],
+    ["experiment=leaky_fix"],
+]
+NAMED_PAGES = {"hparams": "#hparams", "timeseries": ""}  # timeseries: the closing lines' address (story_hint)
+
+
+def train_named_runs(where: Path) -> Path:
+    """The NAMED_RUNS by the real CLI in ``where``; returns their logdir, ``where/outputs``."""
+    for overrides in NAMED_RUNS:
+        # no picture interval: it would be part of each run's name
+        cmd = [sys.executable, str(ROOT / "scripts" / "train.py"), *overrides, "trainer.enable_progress_bar=false"]
+        print("run:", " ".join(cmd[1:]))
+        subprocess.run(cmd, cwd=where, check=True, capture_output=True, timeout=600)
+    return where / "outputs"
 
 
 def runs_shown(page: str) -> set[str]:
@@ -138,13 +159,19 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--keep", type=Path, help="train into this directory and keep it")
     parser.add_argument("--chromium", default=shutil.which("chromium") or "/usr/bin/chromium")
-    parser.add_argument("--only", help="comma-separated page names or prefixes, e.g. backprop (default: every page)")
+    parser.add_argument(
+        "--only", help="comma-separated page names or prefixes, e.g. backprop or hparams (default: every page)"
+    )
     args = parser.parse_args()
     wanted = [w.strip() for w in args.only.split(",")] if args.only else [""]
     pages = {name: page for name, page in PAGES.items() if any(name.startswith(w) for w in wanted)}
-    if not pages:
+    if not pages and not any(name.startswith(w) for name in NAMED_PAGES for w in wanted):
         parser.error(f"--only {args.only}: no such page; pages: {', '.join(PAGES)}")
     names = set().union(*(runs_shown(page) for page in pages.values()))
+    if not pages:  # only the pages of the default-named runs
+        with tempfile.TemporaryDirectory() as tmp:
+            shoot_named(args.chromium, [n for n in NAMED_PAGES if any(n.startswith(w) for w in wanted)], Path(tmp))
+        return
 
     with tempfile.TemporaryDirectory() as tmp:
         logdir = args.keep or Path(tmp) / "runs"
@@ -165,6 +192,29 @@ def main() -> None:
         finally:
             server.terminate()
             server.wait(timeout=10)
+        named = [name for name in NAMED_PAGES if any(name.startswith(w) for w in wanted)]
+        if named:
+            shoot_named(args.chromium, named, Path(tmp))
+
+
+def shoot_named(chromium: str, names: list[str], tmp: Path) -> None:
+    from backprop_lab.train import TENSORBOARD_URL, story_hint
+
+    (tmp / "named").mkdir()
+    logdir = train_named_runs(tmp / "named")
+    port = free_port()
+    cmd = [sys.executable, "-m", "tensorboard.main", "--logdir", str(logdir), "--port", str(port)]
+    server = subprocess.Popen([*cmd, "--host", "127.0.0.1"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        url = f"http://127.0.0.1:{port}"
+        wait_for_runs(url, len(NAMED_RUNS))
+        landing = story_hint().split(TENSORBOARD_URL, 1)[1]  # the address the closing lines print
+        for name in names:
+            page = NAMED_PAGES[name] or landing
+            shoot(chromium, f"{url}/{page}", OUT / f"{name}.png", tmp / "chromium-named")
+    finally:
+        server.terminate()
+        server.wait(timeout=10)
 
 
 if __name__ == "__main__":
