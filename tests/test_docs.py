@@ -297,7 +297,7 @@ def test_readme_bash_commands_exist():
         if program in ("python", "python3") and words[1:] and words[1].endswith(".py"):
             assert (ROOT / words[1]).is_file(), f"README runs {words[1]}, which does not exist"
         if program in ("python", "python3") and words[1:2] == ["-m"]:
-            assert words[2] in ("pytest", "venv", "tensorboard"), f"README runs python -m {words[2]}"
+            assert words[2] in ("pytest", "venv", "tensorboard", "backprop_lab"), f"README runs python -m {words[2]}"
 
 
 if __name__ == "__main__":
