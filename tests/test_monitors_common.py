@@ -67,7 +67,7 @@ def test_the_monitors_log_at_the_steps_lightning_logs_the_loss(tmp_path):
 
 
 def test_every_custom_scalars_chart_matches_the_tags_a_run_logs(tmp_path):
-    _, s = train_run(tmp_path, "model=mlp", "model.hidden=[4,4]", "trainer.max_steps=2", "monitor.pictures=[]")
+    _, s = train_run(tmp_path / "mlp", "model=mlp", "model.hidden=[4,4]", "trainer.max_steps=2", "monitor.pictures=[]")
     charts = {
         title: regexes for category in custom_scalars_layout().values() for title, (_, regexes) in category.items()
     }

@@ -619,6 +619,9 @@ class StepRecorder(Callback):
     def on_train_end(self, trainer, pl_module):
         self.train_end(trainer, pl_module)
 
+    def on_exception(self, trainer, pl_module, exception):
+        self._stop_discovery()  # a step that failed in its first forward pass leaves no mode behind
+
     # --- the hooks ----------------------------------------------------------------------------------------
 
     def _hook(self, name: str):
