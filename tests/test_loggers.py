@@ -207,3 +207,20 @@ def test_the_hparams_trial_is_named_by_its_overrides_with_model_lr_and_status_fi
     assert values["1. model"] == "ReLUNet" and values["2. optim.lr"] == 0.5 and values["3. status"] == result.status
     assert values["trainer.max_steps"] == 6
     assert scalars["hparams/final_loss"] == {6: pytest.approx(result.final_loss)}
+
+
+@pytest.mark.slow
+def test_lightnings_own_mlflow_logger_by_target_gets_a_store_of_its_own(tmp_path, monkeypatch):
+    from mlflow.tracking import MlflowClient
+
+    monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")  # MLflow 3's switch for file stores, as its message says
+    run_dir = tmp_path / "run"
+    result, tensorboard = train_run(
+        run_dir, "model=relu", "trainer.max_steps=3", "+logger.ml._target_=lightning.pytorch.loggers.MLFlowLogger"
+    )
+    client = MlflowClient(tracking_uri=(run_dir / "mlruns").as_uri())  # not the run directory itself
+    (experiment,) = [e for e in client.search_experiments() if e.name == "lightning_logs"]
+    (run,) = client.search_runs([experiment.experiment_id])
+    history = {m.step: m.value for m in client.get_metric_history(run.info.run_id, "train/loss")}
+    assert history == pytest.approx(tensorboard["train/loss"])
+    assert run.data.params["status"] == result.status

@@ -24,7 +24,7 @@ from pathlib import Path
 import lightning as L
 from hydra.utils import get_class, instantiate
 from lightning.pytorch.callbacks import Callback, ProgressBar
-from lightning.pytorch.loggers import Logger, TensorBoardLogger
+from lightning.pytorch.loggers import Logger, MLFlowLogger, TensorBoardLogger
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf
 
@@ -32,6 +32,7 @@ from backprop_lab.checks import CHECKPOINT, check_run_dir
 from backprop_lab.diagnoses import Diagnosis, diagnose, divergence_without_history
 from backprop_lab.interrupts import GracefulStop, SignalNotes
 from backprop_lab.loggers import CSVLogger, WandbLogger
+from backprop_lab.loggers import MLFlowLogger as OwnMLFlowLogger
 from backprop_lab.loggers import TensorBoardLogger as OwnTensorBoardLogger
 from backprop_lab.module import LOSS_BY_TASK, BackpropModule
 from backprop_lab.monitors import (
@@ -222,7 +223,10 @@ def make_logger(logger_cfg: DictConfig, run_dir: Path, resume_step: int | None) 
         extra["purge_step"] = resume_step
     if resume_step is not None and issubclass(target, TensorBoardLogger):
         after_last_event_file(run_dir)
-    return instantiate(logger_cfg, save_dir=str(run_dir), **extra)
+    save_dir = run_dir
+    if issubclass(target, MLFlowLogger) and not issubclass(target, OwnMLFlowLogger):
+        save_dir = run_dir / "mlruns"  # Lightning's takes save_dir as its file store: not the run's own files
+    return instantiate(logger_cfg, save_dir=str(save_dir), **extra)
 
 
 def after_last_event_file(run_dir: Path) -> None:
