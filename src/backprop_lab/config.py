@@ -669,6 +669,13 @@ def _validate_monitor(monitor: DictConfig) -> None:
     _require(
         not twice, "monitor.pictures", pictures, f"name each picture once; given more than once: {', '.join(twice)}"
     )
+    threshold = monitor.saturation_threshold
+    _require(
+        0 < threshold <= 1 and math.isfinite(threshold),
+        "monitor.saturation_threshold",
+        threshold,
+        "use a number with 0 < threshold <= 1 (a sigmoid's derivative is at most 0.25, a tanh's 1)",
+    )
 
 
 # --- memory ---------------------------------------------------------------------------------------------------
