@@ -11,6 +11,8 @@ from __future__ import annotations
 import csv
 import json
 import math
+import os
+import signal
 from pathlib import Path
 
 import numpy as np
@@ -18,12 +20,14 @@ import pytest
 import torch
 from hydra import compose, initialize_config_module
 from hydra.core.global_hydra import GlobalHydra
+from lightning.pytorch.callbacks import Callback
 from omegaconf import OmegaConf
 
 from backprop_lab import functions as F
 from backprop_lab.batched.events import masked_crc32c_rows
 from backprop_lab.batched.functions import stacked_linear, stacked_mse_loss
 from backprop_lab.batched.program import StackedSGD
+from backprop_lab.config import validate
 
 from conftest import compose_config, event_accumulator, read_scalars, run_cli
 
@@ -292,3 +296,46 @@ def test_a_bad_value_in_a_batched_sweep_is_refused_as_the_basic_launcher_refuses
         refusals.append(result.stderr.strip().splitlines())
         assert not list((tmp_path / name).glob("*/summary.json"))  # nothing trained
     assert refusals[0] == refusals[1] and len(refusals[1]) == 1 and "job #1" in refusals[1][0]
+
+
+class _SignalAt(Callback):
+    """Sends this process SIGINT at the end of update ``step`` (as Ctrl-C during that update)."""
+
+    def __init__(self, step: int):
+        self.step = step
+
+    def on_train_batch_end(self, trainer, *args):
+        if trainer.global_step == self.step + 1:
+            os.kill(os.getpid(), signal.SIGINT)
+
+
+def test_a_signal_stops_a_batched_program_as_it_stops_each_separate_run(tmp_path):
+    """Ctrl-C in update 12: the copies still running end interrupted after that update, with the logs and summary
+    their separate runs (train(), the same signal at the same update) end with; a copy converged before keeps
+    its status."""
+    from backprop_lab.batched.program import train_group
+    from backprop_lab.train import train
+
+    lrs = ["0.01", "0.5", "1.0"]  # η = 1.0 converges in 10 steps on the sigmoid net, the others go on
+    cfgs = [compose_config("trainer.accelerator=cpu", "model=sigmoid", f"optim.lr={lr}") for lr in lrs]
+    for cfg in cfgs:
+        validate(cfg)
+    refs = []
+    for lr, cfg in zip(lrs, cfgs):
+        try:
+            train(cfg, run_dir=tmp_path / "ref" / lr, callbacks=[_SignalAt(12)])
+        except SystemExit as stop:  # the separate run, stopped, ends the process with the shell's status
+            assert stop.code == 128 + signal.SIGINT
+        refs.append(json.loads((tmp_path / "ref" / lr / "summary.json").read_text()))
+    dirs = [tmp_path / "batched" / lr for lr in lrs]
+    for d in dirs:
+        d.mkdir(parents=True)
+    results, signum = train_group(cfgs, dirs, [[f"optim.lr={lr}"] for lr in lrs], callbacks=[_SignalAt(12)])
+    assert signum == signal.SIGINT
+    assert [(r["status"], r["steps"]) for r in refs] == [("interrupted", 13), ("interrupted", 13), ("converged", 10)]
+    for lr, result, ref in zip(lrs, results, refs):
+        assert (result.status, result.steps) == (ref["status"], ref["steps"]), lr
+        assert result.final_loss == ref["final_loss"], lr
+        got, want = read_scalars(tmp_path / "batched" / lr), read_scalars(tmp_path / "ref" / lr)
+        for tag in ("train/loss", "params/w1", "params/w2", "grads/w1", "grads/w2", "epoch"):
+            assert got[tag] == want[tag], (lr, tag)

@@ -26,6 +26,7 @@ import lightning as L
 import numpy as np
 import torch
 from hydra.utils import instantiate
+from lightning.pytorch.callbacks import Callback
 from omegaconf import DictConfig, OmegaConf
 from torch import Tensor, nn
 
@@ -33,6 +34,8 @@ from backprop_lab import functions as F
 from backprop_lab.batched.events import CopiesLogger
 from backprop_lab.batched.functions import stacked_linear, stacked_mse_loss
 from backprop_lab.batched.groups import POST_NETS
+from backprop_lab.interrupts import GracefulStop
+from backprop_lab.signal_notes import SignalNotes
 from backprop_lab.train import TrainResult, expected_warnings, log_hparams, make_logger
 
 # --- the network and its optimizer ---------------------------------------------------------------------
@@ -113,6 +116,8 @@ class BatchedModule(L.LightningModule):
         self.final_loss = np.full(k, math.nan)
         self.best_loss = np.full(k, math.inf)
         self.steps = np.zeros(k, dtype=np.int64)
+        self.interrupted = np.zeros(k, dtype=bool)
+        self.interrupted_by: int | None = None  # the signal that stopped the program (GracefulStop sets it)
         self._batch: tuple[Tensor, Tensor] | None = None
 
     @property
@@ -201,6 +206,14 @@ class BatchedModule(L.LightningModule):
         """The final pass of every copy still running, at the step training ended."""
         if not self.running.any() or self._batch is None:
             return
+        if self.interrupted_by is not None:  # as a separate run: no final pass, its parameters at this step
+            which = self.running.copy()
+            self.interrupted[which], self.steps[which], self.running[which] = True, self.global_step, False
+            if self.gradients:
+                params = self._params(which)
+                ok = {k: p for k, p in params.items() if all(math.isfinite(v) for v in p.values())}
+                self.copies.log_copy_metrics(ok, self.global_step)
+            return
         x, y = self._batch
         with torch.no_grad():
             losses = stacked_mse_loss(self.net(x), y).cpu().double().numpy()
@@ -209,6 +222,8 @@ class BatchedModule(L.LightningModule):
     def status(self, k: int, max_steps: int) -> str:
         if self.diverged_at[k] is not None:
             return "diverged"
+        if self.interrupted[k]:
+            return "interrupted"
         if self.tol > 0 and self.final_loss[k] < self.tol:
             return "converged"
         return "stopped" if max_steps > 0 and self.steps[k] < max_steps else "finished"
@@ -222,9 +237,16 @@ def build_net(cfgs: Sequence[DictConfig]) -> StackedPostNet:
 
 
 def train_group(
-    cfgs: Sequence[DictConfig], run_dirs: Sequence[Path], overrides: Sequence[Sequence[str]]
-) -> list[TrainResult]:
-    """Train the jobs ``cfgs`` (equal but for the batchable keys) as one program; each logs to its run dir."""
+    cfgs: Sequence[DictConfig],
+    run_dirs: Sequence[Path],
+    overrides: Sequence[Sequence[str]],
+    callbacks: Sequence[Callback] = (),
+) -> tuple[list[TrainResult], int | None]:
+    """Train the jobs ``cfgs`` (equal but for the batchable keys) as one program; each logs to its run dir.
+
+    Returns each job's result and the signal (SIGINT, SIGTERM) that stopped the program, if one did: as a
+    separate run, the program then stops after the update in which it came (:class:`GracefulStop`), and the
+    copies still running end ``interrupted``. ``callbacks``: Lightning callbacks of the caller's own."""
     from torch.utils.tensorboard.summary import custom_scalars, text
 
     from backprop_lab.monitors import custom_scalars_layout
@@ -247,6 +269,7 @@ def train_group(
     for k, c in enumerate(cfgs):  # the Text tab and the Custom Scalars layout, as a separate run writes them
         config = "\n".join("    " + line for line in OmegaConf.to_yaml(c, resolve=False).splitlines())
         copies.log_copy_summaries(k, [text("config", config), custom_scalars(custom_scalars_layout())])
+    notes = SignalNotes().__enter__()  # from here a signal is noted; the program stops after that update
     trainer = L.Trainer(
         accelerator=cfg.trainer.accelerator,
         devices=1,
@@ -256,7 +279,7 @@ def train_group(
         max_epochs=-1,
         log_every_n_steps=1,
         logger=copies,
-        callbacks=[],
+        callbacks=[*callbacks, GracefulStop(notes)],  # in build_run's order: the stop comes last
         enable_checkpointing=False,
         enable_progress_bar=False,
         enable_model_summary=False,
@@ -265,9 +288,11 @@ def train_group(
     try:
         with expected_warnings():
             trainer.fit(module, datamodule=data)
-    except BaseException:  # interrupted or failed: what the copies logged so far stays readable
+    except BaseException:  # failed: what the copies logged so far stays readable
         copies.finalize("failed")
         raise
+    finally:
+        notes.__exit__(None, None, None)
     wall = time.perf_counter() - started
     results = []
     for k, (c, run_dir) in enumerate(zip(cfgs, run_dirs)):
@@ -288,4 +313,4 @@ def train_group(
             logger.finalize("success")
         results.append(result)
     copies.finalize("success")
-    return results
+    return results, notes.signum

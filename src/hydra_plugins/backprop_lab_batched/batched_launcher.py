@@ -145,7 +145,7 @@ class BatchedLauncher(Launcher):
                 callbacks.on_job_start(config=config, task_function=self.task_function)
                 jobs.append((config, task_cfg, hydra_cfg, overrides, run_dir))
             configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose)
-            results = train_group([j[1] for j in jobs], [j[4] for j in jobs], [j[3] for j in jobs])
+            results, signum = train_group([j[1] for j in jobs], [j[4] for j in jobs], [j[3] for j in jobs])
             returns = []
             for (config, task_cfg, hydra_cfg, overrides, run_dir), result in zip(jobs, results):
                 HydraConfig.instance().set_config(config)
@@ -160,6 +160,8 @@ class BatchedLauncher(Launcher):
                 ret.task_name = str(config.hydra.job.name)
                 callbacks.on_job_end(config=config, job_return=ret)
                 returns.append(ret)
+            if signum is not None:  # as a separate run: the record complete, then the shell's status for it
+                raise SystemExit(128 + signum)
             return returns
         finally:
             for job in jobs:
