@@ -179,6 +179,30 @@ def test_stability_edge_draws_the_linear_bound_and_marks_diverged_runs():
     assert list(lines["model=linear"].get_xdata()) == [0.01, 0.1]  # finite final losses, by η
 
 
+@pytest.mark.parametrize("model", ["linear", "sigmoid", "relu"])
+def test_sharpness_at_the_start_is_the_largest_eigenvalue_of_the_loss_hessian(model):
+    """λ_max through the hand-written Functions against stock PyTorch's Hessian of the same loss in float64."""
+    from backprop_lab.batched.program import sharpness_at_start, stability_bound
+
+    cfg = compose_config(f"model={model}")
+    x, y = float(cfg.data.x), float(cfg.data.y)
+    act = {"linear": None, "sigmoid": torch.sigmoid, "relu": torch.relu}[model]
+
+    def loss(w):
+        return (w[0] * x - y) ** 2 if act is None else (w[1] * act(w[0] * x) - y) ** 2
+
+    names = ("w",) if model == "linear" else ("w1", "w2")
+    w0 = torch.tensor([float(cfg.model[n]) for n in names], dtype=torch.float64)
+    want = float(torch.linalg.eigvalsh(torch.autograd.functional.hessian(loss, w0)).max())
+    assert sharpness_at_start(cfg) == pytest.approx(want, rel=1e-12)
+    bound, label = stability_bound(cfg)
+    if model == "linear":  # λ_max = 2x² = 8: 2/λ_max is the exact bound 1/x² = 0.25
+        assert (bound, label) == (0.25, "η = 1/x²") and want == pytest.approx(8.0)
+    else:
+        assert bound == pytest.approx(2 / want) and "λ_max" in label
+    assert stability_bound(compose_config(f"model={model}", "optim.momentum=0.9")) is None
+
+
 # --- whole sweeps against the basic launcher -------------------------------------------------------------
 
 

@@ -1,9 +1,12 @@
 """The stability edge of a learning-rate sweep: final loss against η on a log axis, diverged runs marked,
-and for the post's linear net the exact bound.
+and the bound: for the post's linear net the exact one, for its sigmoid and ReLU nets 2/λ_max at the start.
 
 For the linear net, L = (y − w·x)² and one step of gradient descent maps the error e = w·x − y to
 (1 − 2ηx²)·e: it shrinks iff |1 − 2ηx²| < 1, i.e. η < 1/x² (0.25 at the post's x = 2). That holds for
-plain gradient descent only: curves with momentum or weight decay get no bound line.
+plain gradient descent only: curves with momentum or weight decay get no bound line. For the other nets,
+λ_max is the largest eigenvalue of the loss Hessian at the initial weights
+(:func:`backprop_lab.batched.program.sharpness_at_start`); 2/λ_max is where gradient descent stops being
+stable near that point (for the linear net it equals 1/x²), a local bound, not a global one.
 
 Written by the batched launcher after the last job, as ``<sweep dir>/stability_edge.png`` and as the image
 ``sweep/stability_edge`` of the TensorBoard run ``<sweep dir>/stability_edge``. This module imports no torch.
@@ -29,22 +32,31 @@ def linear_bound(cfg: DictConfig) -> float | None:
     return 1.0 / float(cfg.data.x) ** 2
 
 
-def edge_rows(jobs: Sequence[tuple[DictConfig, dict, Sequence[str]]]) -> list[dict]:
-    """One row per job with an η: {curve, lr, final_loss, status, bound}; ``curve`` names the job's other
-    overrides (the jobs of one curve differ only in η)."""
+def edge_rows(jobs: Sequence[tuple[DictConfig, dict, Sequence[str]]], bound_of=None) -> list[dict]:
+    """One row per job with an η: {curve, lr, final_loss, status, bound, bound_label}; ``curve`` names the job's
+    other overrides (the jobs of one curve differ only in η). ``bound_of(cfg)``: (η, label) or None; by default
+    the linear net's 1/x² (:func:`backprop_lab.batched.program.stability_bound` adds 2/λ_max)."""
+    if bound_of is None:
+
+        def bound_of(cfg):
+            bound = linear_bound(cfg)
+            return None if bound is None else (bound, "η = 1/x²")
+
     rows = []
     for cfg, summary, overrides in jobs:
         if "lr" not in cfg.get("optim", {}):
             continue
         others = [o for o in overrides if not o.startswith("optim.lr=") and "enable_progress_bar" not in o]
         loss = float(summary.get("final_loss", math.nan))
+        bound = bound_of(cfg)
         rows.append(
             {
                 "curve": " ".join(others),
                 "lr": float(cfg.optim.lr),
                 "final_loss": loss,
                 "status": summary.get("status"),
-                "bound": linear_bound(cfg),
+                "bound": None if bound is None else bound[0],
+                "bound_label": None if bound is None else bound[1],
             }
         )
     return rows
@@ -72,9 +84,9 @@ def stability_edge_figure(rows: list[dict]):
             ax.plot(diverged, [0.97] * len(diverged), "rx", transform=ax.get_xaxis_transform())
     if any(r["status"] == "diverged" for r in rows):
         ax.plot([], [], "rx", label="diverged")
-    bounds = sorted({r["bound"] for r in rows if r["bound"] is not None})
-    for bound in bounds:
-        ax.axvline(bound, color="k", ls="--", lw=1, label=f"η = 1/x² = {bound:g}")
+    bounds = sorted({(r["bound"], r["bound_label"]) for r in rows if r["bound"] is not None})
+    for bound, label in bounds:
+        ax.axvline(bound, color="k", ls="--", lw=1, label=f"{label} = {bound:.3g}")
     ax.set_xscale("log")
     if positive and any(math.isfinite(r["final_loss"]) for r in rows):
         ax.set_yscale("log")

@@ -236,6 +236,42 @@ def build_net(cfgs: Sequence[DictConfig]) -> StackedPostNet:
     return StackedPostNet(kind, weights, cfgs[0].model.get("relu_grad_at_zero", 0))
 
 
+def sharpness_at_start(cfg: DictConfig) -> float | None:
+    """λ_max, the largest eigenvalue of the loss Hessian at the job's initial weights, for the post's nets (None
+    for others): ``torch.func.hessian`` (forward over reverse) through the hand-written Functions, their
+    ``backward`` and ``jvp``, in float64. Gradient descent near that point is stable for η < 2/λ_max; for the
+    linear net λ_max = 2x², so 2/λ_max = 1/x², the exact bound."""
+    kind = POST_NETS.get(cfg.model.get("_target_"))
+    if kind is None or "x" not in cfg.data:
+        return None
+    names = ("w",) if kind == "linear" else ("w1", "w2")
+    w0 = torch.tensor([float(cfg.model[n]) for n in names], dtype=torch.float64)
+    x = torch.tensor([[float(cfg.data.x)]], dtype=torch.float64)
+    y = torch.tensor([[float(cfg.data.y)]], dtype=torch.float64)
+
+    def loss(w: Tensor) -> Tensor:
+        if kind == "linear":
+            return F.mse_loss(F.linear(x, w[0].reshape(1, 1)), y)
+        z1 = F.linear(x, w[0].reshape(1, 1))
+        h = F.sigmoid(z1) if kind == "sigmoid" else F.relu(z1, int(cfg.model.get("relu_grad_at_zero", 0)))
+        return F.mse_loss(F.linear(h, w[1].reshape(1, 1)), y)
+
+    return float(torch.linalg.eigvalsh(torch.func.hessian(loss)(w0)).max())
+
+
+def stability_bound(cfg: DictConfig) -> tuple[float, str] | None:
+    """The bound the stability-edge figure draws for a job: η = 1/x² (exact) for the linear net, 2/λ_max at the
+    start for the other post nets; plain gradient descent only (no momentum, no weight decay)."""
+    if float(cfg.optim.get("momentum", 0.0)) != 0.0 or float(cfg.optim.get("weight_decay", 0.0)) != 0.0:
+        return None
+    sharpness = sharpness_at_start(cfg)
+    if sharpness is None or sharpness <= 0:
+        return None
+    if cfg.model._target_ == "backprop_lab.models.LinearNet":
+        return 1.0 / float(cfg.data.x) ** 2, "η = 1/x²"
+    return 2.0 / sharpness, "η = 2/λ_max at the start"
+
+
 def train_group(
     cfgs: Sequence[DictConfig],
     run_dirs: Sequence[Path],

@@ -98,7 +98,9 @@ class BatchedLauncher(Launcher):
             if summary is not None:
                 jobs.append((ret.cfg, summary, ret.overrides))
         try:
-            path = write_stability_edge(Path(str(self.config.hydra.sweep.dir)), edge_rows(jobs))
+            from backprop_lab.batched.program import stability_bound
+
+            path = write_stability_edge(Path(str(self.config.hydra.sweep.dir)), edge_rows(jobs, stability_bound))
         except Exception as error:  # noqa: BLE001 — a picture never fails a sweep that trained
             log.warning(f"batched launcher: no stability-edge figure ({error})")
             return
