@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import json
 import struct
+import time
 from pathlib import Path
 
 import pytest
 import torch
 import yaml
+from google.protobuf.message import DecodeError
 from lightning.pytorch.loggers import TensorBoardLogger as LightningTensorBoardLogger
 from tensorboard.backend.event_processing.event_file_loader import LegacyEventFileLoader
 
@@ -92,7 +94,14 @@ def wandb_key(item) -> str:
 def wandb_values(run_dir: Path) -> tuple[dict[str, dict[int, float]], dict, str]:
     """``({tag: {step: value}}, config, run name)`` of the one offline W&B run in ``run_dir``."""
     (path,) = run_dir.glob("wandb/offline-run-*/run-*.wandb")
-    records = wandb_records(path)
+    for _ in range(100):  # W&B's own process writes the file: read it again until its closing record is there
+        try:
+            records = wandb_records(path)
+        except DecodeError:  # a record half written
+            records = []
+        if any(r.WhichOneof("record_type") == "exit" for r in records):
+            break
+        time.sleep(0.1)
     values: dict[str, dict[int, float]] = {}
     config, name = {}, None
     for record in records:
@@ -224,3 +233,19 @@ def test_lightnings_own_mlflow_logger_by_target_gets_a_store_of_its_own(tmp_path
     history = {m.step: m.value for m in client.get_metric_history(run.info.run_id, "train/loss")}
     assert history == pytest.approx(tensorboard["train/loss"])
     assert run.data.params["status"] == result.status
+
+
+@pytest.mark.slow
+def test_two_wandb_runs_in_one_process_are_two_wandb_runs(tmp_path, monkeypatch):
+    # A notebook's second run: W&B keeps one current run per process, so the first must have been finished.
+    monkeypatch.delenv("WANDB_MODE", raising=False)
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    first, _ = train_run(tmp_path / "first", "model=linear", "trainer.max_steps=2", "logger=wandb")
+    second, _ = train_run(tmp_path / "second", "model=sigmoid", "trainer.max_steps=3", "logger=wandb")
+    values = {}
+    for name in ("first", "second"):
+        run_values, _config, run_name = wandb_values(tmp_path / name)
+        assert run_name == name
+        values[name] = run_values
+    assert values["first"]["hparams/steps"] == {2: 2.0} and values["second"]["hparams/steps"] == {3: 3.0}
+    assert values["second"]["train/loss"][0] == pytest.approx(1.2599149502, abs=1e-6)  # the sigmoid net's, not linear's
