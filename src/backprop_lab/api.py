@@ -11,8 +11,9 @@ does, and refuse a bad value with the same one-line :class:`~backprop_lab.config
 (named as the command line names it, under ``./outputs/runs/``, unless ``run_dir=`` is given), writes
 Hydra's record (``.hydra/``) and the run's ``train.log`` there, trains, and returns the
 :class:`~backprop_lab.train.TrainResult`. Each call starts afresh: call them as often as you like in one
-process. What a call sets up for Hydra (its global config search, the run's ``HydraConfig``) and for the
-package's log lines is put back as it was when the call returns.
+process. The run's ``HydraConfig`` and the package's log handlers are put back as they were when a call
+returns; Hydra's global config search is the package's after a call (an earlier ``hydra.initialize`` of the
+caller's is cleared, as Hydra allows one at a time).
 """
 
 from __future__ import annotations
