@@ -132,6 +132,25 @@ def mlflow_values(run_dir: Path) -> tuple[dict[str, dict[int, float]], dict, obj
     return values, run.data.params, run.info
 
 
+def mlflow_tags(run_dir: Path) -> dict[str, str]:
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=(run_dir / "mlruns").absolute().as_uri())
+    (run,) = client.search_runs([client.get_experiment_by_name("backprop-lab").experiment_id])
+    return run.data.tags
+
+
+def wandb_summary(run_dir: Path) -> dict:
+    """The W&B run's summary: its summary records' updates, in order."""
+    wandb_values(run_dir)  # until the file is complete
+    (path,) = run_dir.glob("wandb/offline-run-*/run-*.wandb")
+    summary = {}
+    for record in wandb_records(path):
+        if record.WhichOneof("record_type") == "summary":
+            summary.update({wandb_key(item): json.loads(item.value_json) for item in record.summary.update})
+    return summary
+
+
 @pytest.mark.slow
 def test_four_loggers_get_the_same_values(tmp_path, monkeypatch):
     monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")  # what the logger sets for its store; kept to this test
@@ -144,6 +163,7 @@ def test_four_loggers_get_the_same_values(tmp_path, monkeypatch):
     csv_values = read_csv_metrics(run_dir / "metrics.csv")
     mlflow, params, info = mlflow_values(run_dir)
     wandb, config, name = wandb_values(run_dir)
+    run_tags, summary = mlflow_tags(run_dir), wandb_summary(run_dir)
 
     # every scalar of the run, at every step, in each of the four (TensorBoard stores float32), the final
     # metrics among them
@@ -164,7 +184,8 @@ def test_four_loggers_get_the_same_values(tmp_path, monkeypatch):
     assert params["status"] == config["status"] == result.status == "finished"
     assert params["model"] == config["model"] == "ReLUNet"
     assert info.run_name == name == "relu_run"
-    assert info.status == "FINISHED"
+    assert info.status == "FINISHED" and run_tags["status"] == summary["status"] == "finished"
+    assert summary["hparams/final_loss"] == pytest.approx(result.final_loss)
     hparams = yaml.safe_load((run_dir / "hparams.yaml").read_text())
     assert hparams["status"] == "finished" and hparams["optim.lr"] == 0.1
 

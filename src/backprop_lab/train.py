@@ -395,7 +395,10 @@ def log_hparams(loggers: list[Logger], cfg: DictConfig, result: TrainResult, ove
         else:  # CSV, MLflow, W&B, any other: the params (status among them), then the metrics at the last step
             logger.log_hyperparams(params)
             logger.log_metrics(metrics, step=result.steps)
-        if isinstance(logger, WandbLogger):  # ended here, so that the next run of this process starts its own
+        if isinstance(logger, MLFlowLogger):  # the status also as a tag: MLflow's run list shows tags
+            logger.experiment.set_tag(logger.run_id, "status", result.status)
+        if isinstance(logger, WandbLogger):  # in the run's summary; ended here, so that the next run of this
+            logger.experiment.summary["status"] = result.status  # process starts a W&B run of its own
             logger.finish()
 
 
