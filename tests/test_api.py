@@ -149,3 +149,20 @@ def test_the_command_line_says_did_you_mean_and_help_names_files_the_package_has
     assert (Path(path) / "train.yaml").is_file() and (Path(path) / "model" / "relu.yaml").is_file()
     assert "docs/configuration.md" not in helped.stdout.split("python -m backprop_lab")[0]  # not as the only source
     assert not (tmp_path / "outputs").exists()
+
+
+@pytest.mark.slow
+def test_run_resumes_a_run_by_its_log_dir_and_a_resume_with_nothing_left_writes_nothing(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    common = ["model=relu", "trainer.enable_progress_bar=false", "monitor.pictures=[]"]
+    first = backprop_lab.run([*common, "trainer.max_steps=5"])
+    run_dir = Path(first.log_dir)
+    assert "," in run_dir.name and "=" in run_dir.name  # what Hydra needs quoted: run() quotes it
+    resumed = backprop_lab.run([*common, "trainer.max_steps=8", f"resume={first.log_dir}"])
+    assert (resumed.steps, Path(resumed.log_dir)) == (8, run_dir)
+    assert sorted(read_scalars(run_dir)["train/loss"]) == list(range(9))
+    record = sorted(p.name for p in (run_dir / ".hydra").iterdir())
+    again = backprop_lab.run([*common, "trainer.max_steps=8", f"resume={first.log_dir}"])
+    assert (again.steps, again.final_loss) == (8, resumed.final_loss)
+    assert sorted(p.name for p in (run_dir / ".hydra").iterdir()) == record  # no record of a no-op resume
+    assert len(list((tmp_path / "outputs" / "runs").iterdir())) == 1

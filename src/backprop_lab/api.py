@@ -50,7 +50,7 @@ def compose(overrides: Sequence[str] = ()) -> DictConfig:
 
     Raises :class:`~backprop_lab.config.ConfigError` (one line naming the key) for a value the command line
     refuses, an unknown key or option included."""
-    full = _composed(overrides)
+    full = _composed([_resume_quoted(o) for o in overrides])
     check_config(full)
     return _job_config(full)
 
@@ -65,7 +65,7 @@ def run(overrides: Sequence[str] = (), run_dir: str | Path | None = None) -> Tra
     directory, before anything is written."""
     from backprop_lab.train import train
 
-    overrides = list(overrides)
+    overrides = [_resume_quoted(o) for o in overrides]
     full = _composed(overrides)
     with _hydra_config(full):
         check_config(full)
@@ -75,9 +75,35 @@ def run(overrides: Sequence[str] = (), run_dir: str | Path | None = None) -> Tra
         check_run_dir("run_dir" if run_dir is not None else "hydra.run.dir", target, full.get("resume"))
         check_written_inside(full, target)
         job = _job_config(full)
+        if full.get("resume") is not None and _nothing_left(job, target):  # as the command line: nothing written
+            return train(job, target, overrides=overrides)
         with _package_log(target, str(hydra_value(full, "hydra.job.name"))):
             _write_record(full, job, overrides, target)
             return train(job, target, overrides=overrides)
+
+
+def _resume_quoted(override: str) -> str:
+    """``resume=<run dir>`` with the directory quoted for Hydra where it needs it: a run's name holds ``=`` and
+    ``,`` (``resume=outputs/runs/…_relu,optim.lr=0.5``), as ``TrainResult.log_dir`` gives it."""
+    from backprop_lab.resume import hydra_quoted
+
+    key, sep, value = override.partition("=")
+    if key != "resume" or not sep or value == "null" or value[:1] in "'\"":
+        return override
+    return f"resume={hydra_quoted(value)}"
+
+
+def _nothing_left(job: DictConfig, run_dir: Path) -> bool:
+    """A resume with no training left, of a run that has its summary: it changes nothing (and says so)."""
+    from backprop_lab.resume import check_resumable, nothing_left
+    from backprop_lab.summary import SUMMARY_FILE
+
+    check_resumable(job, run_dir)
+    why = nothing_left(job, run_dir)
+    if why is None or not (run_dir / SUMMARY_FILE).is_file():
+        return False
+    print(f"nothing to resume in {run_dir}: {why}; its logs and summary are unchanged")
+    return True
 
 
 # --- composing as the command line does -------------------------------------------------------------------
