@@ -6,7 +6,6 @@ This module imports neither torch nor Lightning (the launcher groups the jobs be
 from __future__ import annotations
 
 import copy
-import json
 import re
 from collections.abc import Sequence
 
@@ -24,21 +23,6 @@ POST_NETS = {
 EXAMPLE_DATA = "backprop_lab.data.ExampleDataModule"
 TENSORBOARD = "backprop_lab.loggers.TensorBoardLogger"
 OPTIM_KEYS = {"_target_", "_partial_", "lr", "momentum", "weight_decay"}
-
-
-def group_key(cfg: DictConfig) -> str:
-    """The job's config without Hydra's node and without the batchable keys, as text: equal for jobs
-    that may train as copies of one program."""
-    task = OmegaConf.to_container(cfg, resolve=False)
-    task.pop("hydra", None)
-    for key in BATCHABLE_KEYS:
-        *parents, leaf = key.split(".")
-        node = task
-        for parent in parents:
-            node = node.get(parent) if isinstance(node, dict) else None
-        if isinstance(node, dict):
-            node.pop(leaf, None)
-    return json.dumps(task, sort_keys=True, default=str)
 
 
 def why_not_batched(cfg: DictConfig) -> str | None:
