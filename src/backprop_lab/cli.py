@@ -33,7 +33,6 @@ CONFIGS = "pkg://backprop_lab.configs"
 # function from this module, and need the schemas and resolvers before they compose its config.
 register_configs()
 register_resolvers()
-make_launcher_discoverable()  # hydra/launcher=batched, also from an editable install
 
 
 def refuse(error: ConfigError) -> None:
@@ -109,6 +108,7 @@ def main() -> None:
     """``backprop-lab``: one training run, or a sweep with ``-m``."""
     if os.environ.get("HYDRA_FULL_ERROR") != "1":
         threading.excepthook = _report_writer_error  # the command's own choice, made when it runs
+    make_launcher_discoverable()  # hydra/launcher=batched, also from an editable install
     if is_secondary_rank():
         # A DDP rank Lightning started: a signal, from its first line on, is noted and the run stops at the
         # step all ranks agree on (were it to end this process, Lightning would SIGKILL rank 0 and its record).
