@@ -116,7 +116,10 @@ def test_stacked_sgd_is_torch_sgd_per_copy_bit_for_bit():
 
 def _hydra_configs(*overrides_per_job):
     """The master config of a batched multirun and the Hydra config loader (as a sweep sees them)."""
-    import backprop_lab.cli  # noqa: F401 — registers the schemas, resolvers and the launcher
+    import backprop_lab.cli  # noqa: F401 — registers the schemas and resolvers
+    from backprop_lab.batched.discovery import make_launcher_discoverable
+
+    make_launcher_discoverable()  # what the command does when it runs
 
     GlobalHydra.instance().clear()
     initialize_config_module("backprop_lab.configs", version_base="1.3")

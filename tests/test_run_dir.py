@@ -233,6 +233,9 @@ def test_a_killed_run_leaves_no_stale_lock(tmp_path):
         time.sleep(0.2)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    resumed = run_cli("model=relu", "trainer.max_steps=30", "resume=run", cwd=tmp_path)
+    import torch
+
+    done = torch.load(tmp_path / "run" / CHECKPOINT, map_location="cpu", weights_only=True)["global_step"]
+    resumed = run_cli("model=relu", f"trainer.max_steps={done + 5}", "resume=run", cwd=tmp_path)
     assert resumed.returncode == 0, resumed.stderr
-    assert json.loads((tmp_path / "run" / "summary.json").read_text())["steps"] == 30
+    assert json.loads((tmp_path / "run" / "summary.json").read_text())["steps"] == done + 5
