@@ -117,9 +117,10 @@ def test_stacked_sgd_is_torch_sgd_per_copy_bit_for_bit():
 def _hydra_configs(*overrides_per_job):
     """The master config of a batched multirun and the Hydra config loader (as a sweep sees them)."""
     import backprop_lab.cli  # noqa: F401 — registers the schemas and resolvers
-    from backprop_lab.batched.discovery import make_launcher_discoverable
 
-    make_launcher_discoverable()  # what the command does when it runs
+    # Hydra scans its plugins once a process: where an earlier test has made it scan, the launcher's
+    # config is stored by importing its module (the command makes it discoverable before any scan).
+    import hydra_plugins.backprop_lab_batched.batched_launcher  # noqa: F401
 
     GlobalHydra.instance().clear()
     initialize_config_module("backprop_lab.configs", version_base="1.3")
