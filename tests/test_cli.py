@@ -208,17 +208,6 @@ def test_help_and_cfg_answer_without_training(tmp_path):
 
 
 @pytest.mark.slow
-def test_a_progress_bar_callback_takes_the_place_of_the_packages_bar(tmp_path):
-    run = tmp_path / "run"
-    proc = run_cli(
-        "model=sigmoid", "trainer.max_steps=3", f"hydra.run.dir={run}",
-        "+callbacks.bar._target_=lightning.pytorch.callbacks.TQDMProgressBar", cwd=tmp_path,
-    )  # fmt: skip
-    assert proc.returncode == 0, proc.stderr
-    assert json.loads((run / "summary.json").read_text())["steps"] == 3
-
-
-@pytest.mark.slow
 @pytest.mark.gpu
 def test_short_gpu_run(tmp_path, cuda):
     proc = run_cli(
