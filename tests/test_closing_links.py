@@ -4,14 +4,9 @@ with smoothing off."""
 
 from __future__ import annotations
 
-import subprocess
-import sys
-import time
-import urllib.error
-
 import pytest
 from test_browser import CHROMIUM, attr, browser, open_tab  # noqa: F401 (browser: the fixture)
-from test_tensorboard_plugin import free_port, get
+from test_tensorboard_plugin import tensorboard_server
 
 from conftest import run_cli
 
@@ -27,25 +22,9 @@ def relu_run(tmp_path_factory):
     where = tmp_path_factory.mktemp("closing_links")
     proc = run_cli("model=relu", "trainer.max_steps=20", f"hydra.run.dir={where / 'logs' / 'relu_run'}", cwd=where)
     assert proc.returncode == 0, proc.stderr
-    port = free_port()
-    server = subprocess.Popen(
-        [sys.executable, "-m", "tensorboard.main", "--logdir", str(where / "logs"), "--port", str(port),
-         "--host", "127.0.0.1"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )  # fmt: skip
-    url = f"http://127.0.0.1:{port}/"
-    try:
-        for _ in range(240):
-            try:
-                if get(url + "data/plugin/backprop/runs")["runs"]:
-                    break
-            except (urllib.error.URLError, ConnectionError):
-                pass
-            time.sleep(0.25)
-        yield proc.stdout.splitlines(), url
-    finally:
-        server.terminate()
-        server.wait(timeout=10)
+    # the run's last step: 20 updates, then the final forward pass
+    with tensorboard_server(where / "logs", runs={"relu_run": 20}) as url:
+        yield proc.stdout.splitlines(), url + "/"
 
 
 def printed(lines: list[str], start: str, url: str) -> str:

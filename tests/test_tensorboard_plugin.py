@@ -62,9 +62,10 @@ def free_port() -> int:
 
 
 @contextmanager
-def tensorboard_server(logdir: Path, *flags: str, timeout: float = 60.0):
+def tensorboard_server(logdir: Path, *flags: str, timeout: float = 60.0, runs: dict[str, int] | None = None):
     """``python -m tensorboard.main --logdir logdir`` on 127.0.0.1; yields the base URL once every run of
-    RUNS is loaded to its last step; stops the server."""
+    ``runs`` ({run: last step}; default RUNS) is loaded to its last step; stops the server."""
+    runs = RUNS if runs is None else runs
     port = free_port()
     cmd = [sys.executable, "-m", "tensorboard.main", "--logdir", str(logdir), "--port", str(port)]
     cmd += ["--host", "127.0.0.1", *flags]
@@ -77,7 +78,7 @@ def tensorboard_server(logdir: Path, *flags: str, timeout: float = 60.0):
                 pytest.fail(f"tensorboard exited with {server.returncode}: {server.stderr.read()[-2000:]}")
             try:
                 listed = {r["run"]: r["last_step"] for r in get(url + "/data/plugin/backprop/runs")["runs"]}
-                if listed == RUNS:
+                if listed == runs:
                     break
             except (urllib.error.URLError, ConnectionError):
                 pass
