@@ -69,7 +69,7 @@ class CopiesLogger(Logger):
 
     ``log_metrics(metrics, step)`` (Lightning's call) logs the same values to every copy;
     :meth:`log_copy_metrics` logs each copy's own; :meth:`log_copy_summaries` any ``Summary`` protobuf
-    (hparams, text) to one copy.
+    (hparams, text) to one copy; :meth:`log_copy_events` serialized events, one per copy.
     """
 
     def __init__(self, run_dirs: Sequence[Path], flush_every_n_steps: int = 100):
@@ -115,6 +115,12 @@ class CopiesLogger(Logger):
         if step - self._last_flush >= self.flush_every_n_steps:
             self._last_flush = step
             self.flush()
+
+    def log_copy_events(self, events: Mapping[int, bytes]) -> None:
+        """``{copy: serialized Event}``: events made by the caller (one tensor row per copy and step, built from
+        a prefix shared by the copies: :class:`~backprop_lab.batched.record.GraphEvents`)."""
+        for k, event in events.items():
+            self._pending[k].append(event)
 
     def log_copy_summaries(self, copy: int, summaries: Sequence[Summary], step: int = 0) -> None:
         now = time.time()
