@@ -152,6 +152,8 @@ class MonitorConfig:
     picture_every_n_steps: int = MISSING
     pictures: list[str] = MISSING
     saturation_threshold: float = MISSING  # a sigmoid/tanh unit is saturated where its derivative is below
+    sharpness: int = MISSING  # λ_max of the loss Hessian every this many steps (sharpness/*); 0 = off
+    sharpness_iters: int = MISSING  # at most this many Hessian-vector products per power iteration
 
 
 @dataclass
@@ -675,6 +677,17 @@ def _validate_monitor(monitor: DictConfig) -> None:
         "monitor.saturation_threshold",
         threshold,
         "use a number with 0 < threshold <= 1 (a sigmoid's derivative is at most 0.25, a tanh's 1)",
+    )
+    every = monitor.sharpness
+    _require(
+        every >= 0, "monitor.sharpness", every, "use an integer >= 0 (λ_max every this many steps; 0 turns it off)"
+    )
+    iters = monitor.sharpness_iters
+    _require(
+        iters >= 1,
+        "monitor.sharpness_iters",
+        iters,
+        "use an integer >= 1 (Hessian-vector products per power iteration)",
     )
 
 

@@ -10,7 +10,9 @@ shows them beside the graph, and training prints them as its closing lines.
 - ``saturation`` (the post's hidden unit) / ``saturated_layer`` (a layer, where the history carries
   ``<layer>/saturation``): a sigmoid or tanh unit whose derivative stays below
   :data:`SATURATION_THRESHOLD`, so almost no gradient passes it (the post's §6, "small gradients");
-- ``divergence``: the loss became inf or NaN, or grew a thousandfold.
+- ``divergence``: the loss became inf or NaN, or grew a thousandfold; where the sharpness was measured
+  (:class:`SharpnessPoint`, from :class:`~backprop_lab.monitors.sharpness.SharpnessMonitor`), it says whether
+  η·λ_max passed 2, the edge of stability, and at which step.
 
 :func:`diagnose` returns them in step order, each with the step it starts at. Each sentence is written
 here only: training's closing lines, the Backprop tab and the replay all print these texts.
@@ -38,6 +40,29 @@ class Diagnosis:
     kind: str  # dead_unit | dead_layer | dying_layer | saturation | saturated_layer | vanishing_gradients | divergence
     text: str  # what happened, why, and what helps, in one paragraph
     where: str | None = None  # the node or layer it concerns ("h", "act2", "fc1"), None for the whole run
+
+
+@dataclass(frozen=True)
+class SharpnessPoint:
+    """λ_max, the largest eigenvalue of the loss Hessian, measured before the update of ``step``, with the
+    optimizer's η, momentum μ and weight decay there. Gradient descent on a quadratic of curvature λ is stable
+    while η·(λ + weight decay) < 2(1 + μ): 2 for plain gradient descent."""
+
+    step: int
+    lambda_max: float
+    lr: float
+    momentum: float = 0.0
+    weight_decay: float = 0.0
+
+    @property
+    def product(self) -> float:
+        """η·λ_max (η·(λ_max + weight decay) with weight decay)."""
+        return self.lr * (self.lambda_max + self.weight_decay)
+
+    @property
+    def edge(self) -> float:
+        """The largest stable value of :attr:`product`: 2(1 + μ)."""
+        return 2 * (1 + self.momentum)
 
 
 @dataclass
@@ -109,8 +134,8 @@ class History:
         return lo
 
 
-def diagnose(history: History) -> list[Diagnosis]:
-    """Every diagnosis of the run, in step order."""
+def diagnose(history: History, sharpness: Sequence[SharpnessPoint] = ()) -> list[Diagnosis]:
+    """Every diagnosis of the run, in step order; ``sharpness``: the λ_max measured, if any (for divergence)."""
     if len(history) == 0:
         return []
     found: list[Diagnosis] = []
@@ -121,7 +146,7 @@ def diagnose(history: History) -> list[Diagnosis]:
         found += _dead_layers(history)
         found += _saturated_layers(history)
         found += _vanishing(history)
-    found += _divergence(history)
+    found += _divergence(history, sharpness)
     return sorted(found, key=lambda d: d.step)
 
 
@@ -317,7 +342,7 @@ def _vanishing(h: History) -> list[Diagnosis]:
 # --- divergence ------------------------------------------------------------------------------------
 
 
-def _divergence(h: History) -> list[Diagnosis]:
+def _divergence(h: History, sharpness: Sequence[SharpnessPoint] = ()) -> list[Diagnosis]:
     losses = h.column("loss")
     bad = next((i for i, v in enumerate(losses) if not math.isfinite(v)), None)
     if bad is not None:
@@ -334,25 +359,65 @@ def _divergence(h: History) -> list[Diagnosis]:
             f"past ten times its start at step {step}"
         )
     lr = _learning_rate(h, ref)
-    text = f"Divergence: {what}, with η = {_s(lr)}. Each update overshoots the minimum by more than it corrects"
+    text = f"Divergence: {what}, with η = {_s(lr)}. Each update overshoots the minimum by more than it corrects."
+    text += sharpness_sentence(sharpness, step)
     bound = _stability_bound(h, ref)
     if bound is not None:
         text += (
-            f". For ŷ = w·x the error y − ŷ is multiplied by (1 − 2ηx²) at each step, so gradient descent "
+            f" For ŷ = w·x the error y − ŷ is multiplied by (1 − 2ηx²) at each step, so gradient descent "
             f"converges only for η < 1/x² = {_s(bound)}: try η = {_s(bound / 2)} (one step to the minimum) or less."
         )
     else:
-        text += f". What helps: a smaller learning rate, e.g. η = {_s(lr / 10)}."
+        text += f" What helps: a smaller learning rate, e.g. η = {_s(lr / 10)}."
     return [Diagnosis(step, "divergence", text, None)]
 
 
-def divergence_without_history(step: int | None, lr: float) -> Diagnosis:
-    """The divergence sentence where no step was recorded (the monitors off): the step and η only."""
+def divergence_without_history(step: int | None, lr: float, sharpness: Sequence[SharpnessPoint] = ()) -> Diagnosis:
+    """The divergence sentence where no step was recorded (the monitors off): the step, η and the sharpness."""
     text = (
         f"Divergence: the loss became non-finite at step {step}, with η = {_s(lr)}. Each update overshoots the "
-        f"minimum by more than it corrects. What helps: a smaller learning rate, e.g. η = {_s(lr / 10)}."
+        f"minimum by more than it corrects.{sharpness_sentence(sharpness, step)} What helps: a smaller learning "
+        f"rate, e.g. η = {_s(lr / 10)}."
     )
     return Diagnosis(step if step is not None else 0, "divergence", text, None)
+
+
+def sharpness_sentence(sharpness: Sequence[SharpnessPoint], step: int | None) -> str:
+    """Whether η·λ_max passed the edge of stability, 2, by ``step``: the first measurement past it, else the
+    closest to it; "" where nothing was measured by then. Starts with a space."""
+    measured = [
+        p
+        for p in sharpness
+        if (step is None or p.step <= step) and math.isfinite(p.lambda_max) and math.isfinite(p.lr) and p.lr > 0
+    ]
+    if not measured:
+        return ""
+    over = next((p for p in measured if p.product > p.edge), None)
+    p = over or max(measured, key=lambda q: q.product / q.edge)
+    if p.weight_decay:  # the update w − η·(∇L + wd·w) sees the curvature λ + wd
+        symbol, curvature = "η·(λ_max + wd)", "(λ_max + wd)"
+        product = f"{symbol} = {_s(p.lr)} · ({_s(p.lambda_max)} + {_s(p.weight_decay)}) = {_s(p.product)}"
+    else:
+        symbol, curvature = "η·λ_max", "λ_max"
+        product = f"{symbol} = {_s(p.lr)} · {_s(p.lambda_max)} = {_s(p.product)}"
+    edge, edge_value = ("2", "2") if p.momentum == 0 else ("2(1 + μ)", f"2(1 + μ) = {_s(p.edge)}")
+    if over is None:
+        return (
+            f" The sharpness stayed below the edge of stability at every measurement up to step {measured[-1].step}: "
+            f"at most {product} ≤ {edge_value} (step {p.step}). So the steps did not overshoot along the sharpest "
+            "direction where measured: the curvature rose between measurements (measure every step: "
+            "monitor.sharpness=1), or the loss is far from its quadratic approximation at this step size."
+        )
+    text = (
+        f" The sharpness passed the edge of stability at step {p.step}: λ_max, the largest eigenvalue of the loss "
+        f"Hessian, was {_s(p.lambda_max)}, so {product} > {edge_value} (stable only for η < {edge}/{curvature} = "
+        f"{_s(p.edge / (p.lambda_max + p.weight_decay))})"
+    )
+    if p.momentum == 0:
+        text += (
+            f", and each step multiplies the error along the sharpest direction by |1 − {symbol}| = {_s(p.product - 1)}"
+        )
+    return text + "."
 
 
 def _learning_rate(h: History, i: int) -> float:

@@ -40,6 +40,7 @@ from backprop_lab.monitors import (
     DeadReLUMonitor,
     GradientMonitor,
     PictureMonitor,
+    SharpnessMonitor,
     StepRecorder,
     custom_scalars_layout,
 )
@@ -242,9 +243,12 @@ def after_last_event_file(run_dir: Path) -> None:
 
 
 def monitors(monitor: DictConfig) -> list[Callback]:
-    """The package's monitors that ``monitor.*`` turns on, each watching the module's ``net``, and first the
-    one record of each step they all read (also what the diagnoses are computed from)."""
+    """The package's monitors that ``monitor.*`` turns on, each watching the module's ``net``: the sharpness
+    first (its products run the network before the step record starts the step), then the one record of each
+    step the others read (also what the diagnoses are computed from)."""
     out: list[Callback] = []
+    if monitor.sharpness:
+        out.append(SharpnessMonitor(every_n_steps=monitor.sharpness, iters=monitor.sharpness_iters))
     if monitor.gradients or monitor.dead_relu or monitor.backprop_view or monitor.pictures:
         out.append(StepRecorder(root="net", saturation_threshold=monitor.saturation_threshold))
     if monitor.gradients:
@@ -317,10 +321,17 @@ def run_result(module: BackpropModule, trainer: L.Trainer, run_dir: Path, starte
 
 def run_diagnoses(trainer: L.Trainer) -> list[Diagnosis] | None:
     """What went wrong, in words (dead units, saturation, vanishing gradients, divergence), from the step
-    record whatever the loggers are; None where nothing was recorded (the monitors off)."""
+    record whatever the loggers are, and the sharpness measured (monitor.sharpness); None where nothing was
+    recorded (the monitors off)."""
     recorder = find_callback(trainer, StepRecorder)
     history = history_of(recorder, trainer) if recorder is not None else None
-    return diagnose(history) if history is not None else None
+    sharpness = getattr(find_callback(trainer, SharpnessMonitor), "measurements", [])
+    if history is not None:
+        return diagnose(history, sharpness)
+    diverged_at = getattr(trainer.lightning_module, "diverged_at", None)
+    if sharpness and diverged_at is not None:  # no step record: the step, η and the sharpness
+        return [divergence_without_history(diverged_at, sharpness[-1].lr, sharpness)]
+    return None
 
 
 def finish(

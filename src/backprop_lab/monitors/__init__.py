@@ -5,7 +5,9 @@
 - :class:`GradientMonitor`: parameters, gradients, gradient norms and update ratios;
 - :class:`DeadReLUMonitor`: dead and zero fractions of every ReLU layer, on the batch and a probe set;
 - :class:`PictureMonitor`: pictures in TensorBoard's Images tab, drawn from the record;
-- :class:`BackpropViewMonitor`: the data of the Backprop tab (``backprop_lab.tensorboard_plugin``).
+- :class:`BackpropViewMonitor`: the data of the Backprop tab (``backprop_lab.tensorboard_plugin``);
+- :class:`SharpnessMonitor`: λ_max of the loss Hessian beside 2/η, every n steps (its own Hessian-vector
+  products, not the record).
 
 Scalars go to every logger of the trainer (``logger.log_metrics``), as Lightning's own monitors do;
 histograms, images and text go to the TensorBoard logger's writer where there is one. This package imports
@@ -20,13 +22,16 @@ from backprop_lab.monitors.gradients import GradientMonitor
 from backprop_lab.monitors.layout import custom_scalars_layout
 from backprop_lab.monitors.pictures import PictureMonitor
 from backprop_lab.monitors.record import StepRecord, StepRecorder
+from backprop_lab.monitors.sharpness import SharpnessMonitor, hessian_top_eigenvalue
 
 __all__ = [
     "BackpropViewMonitor",
     "DeadReLUMonitor",
     "GradientMonitor",
     "PictureMonitor",
+    "SharpnessMonitor",
     "StepRecord",
     "StepRecorder",
     "custom_scalars_layout",
+    "hessian_top_eigenvalue",
 ]
