@@ -8,6 +8,7 @@ Reference numbers: the post's sigmoid net (x = 1, y = 0.5, w1 = 0.5, w2 = −1) 
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 import math
@@ -207,6 +208,148 @@ def test_sharpness_at_the_start_is_the_largest_eigenvalue_of_the_loss_hessian(mo
     assert stability_bound(compose_config(f"model={model}", "optim.momentum=0.9")) is None
 
 
+# --- each copy against its separate run, in one process --------------------------------------------------
+
+
+def _tensors(log_dir: Path) -> tuple[dict[str, dict[int, np.ndarray]], dict[str, dict]]:
+    """({tag: {step: value}} of every tensor summary but the HParams record's, {tag: the Backprop tab's layout})
+    of a run, read as TensorBoard reads it."""
+    from tensorboard.util import tensor_util
+
+    acc = event_accumulator(log_dir)
+    tags = [t for t in acc.Tags()["tensors"] if not t.startswith("_hparams_/")]
+    values = {t: {e.step: tensor_util.make_ndarray(e.tensor_proto) for e in acc.Tensors(t)} for t in tags}
+    layouts = {t: json.loads(acc.SummaryMetadata(t).plugin_data.content) for t in tags if t.startswith("backprop/")}
+    return values, layouts
+
+
+def _compare_tensors(run: Path, ref: Path, name: str, values: bool = True) -> None:
+    """The Backprop tab's rows (rtol 1e-5, NaN where the reference has NaN) and layout, and every text (the config,
+    the replay, the diagnoses) of ``run`` against ``ref``: the same tags at the same steps."""
+    (got, got_layouts), (want, want_layouts) = _tensors(run), _tensors(ref)
+    assert sorted(got) == sorted(want), name
+    assert got_layouts == want_layouts, name
+    for tag in want:
+        assert sorted(got[tag]) == sorted(want[tag]), (name, tag)
+        for step, value in want[tag].items():
+            if value.dtype.kind == "f":
+                if values:
+                    np.testing.assert_allclose(got[tag][step], value, rtol=1e-5, err_msg=f"{name} {tag} {step}")
+            else:
+                assert got[tag][step].tolist() == value.tolist(), (name, tag, step)
+
+
+def _compare_runs(run: Path, ref: Path, name: str, chaotic: bool = False) -> None:
+    """Every scalar tag and every tensor summary of ``run`` against ``ref``: the same steps, the same values."""
+    got, want = read_scalars(run), read_scalars(ref)
+    assert sorted(got) == sorted(want), name
+    for tag in want:
+        assert sorted(got[tag]) == sorted(want[tag]), (name, tag)  # the same steps
+        if not chaotic:
+            steps = sorted(want[tag])
+            np.testing.assert_allclose(
+                [got[tag][s] for s in steps], [want[tag][s] for s in steps], rtol=1e-5, err_msg=f"{name} {tag}"
+            )
+    _compare_tensors(run, ref, name, values=not chaotic)
+
+
+def _separate_and_batched(tmp_path: Path, model: str, jobs: list[list[str]], callbacks=()):
+    """Each job of ``jobs`` (overrides of batchable keys) trained alone by train() and as a copy of one
+    train_group program; returns (the copies' run dirs, the separate runs' dirs, the group's results)."""
+    from backprop_lab.batched.program import train_group
+    from backprop_lab.summary import write_summary
+    from backprop_lab.train import train
+
+    cfgs = [compose_config("trainer.accelerator=cpu", QUIET, f"model={model}", *job) for job in jobs]
+    names = [",".join(job) for job in jobs]
+    refs, dirs = [tmp_path / "ref" / n for n in names], [tmp_path / "batched" / n for n in names]
+    for cfg, ref in zip(cfgs, refs):
+        validate(cfg)
+        with contextlib.suppress(SystemExit):  # a signalled separate run ends the process with the shell's status
+            train(cfg, run_dir=ref, callbacks=list(callbacks))
+    for d in dirs:
+        d.mkdir(parents=True)
+    results, _ = train_group(cfgs, dirs, jobs, callbacks=list(callbacks))
+    for d, result, job in zip(dirs, results, jobs):  # as the launcher writes it
+        write_summary(d, {"overrides": job, **result.to_dict()})
+    return dirs, refs, results
+
+
+COPY_CASES = {
+    # ReLU: dying at step 4 (η = 0.1), alive (η = 0.01, with weight decay), dead from the start (w1 = −0.5), η = 1
+    "relu": [["optim.lr=0.1"], ["optim.lr=0.01", "optim.weight_decay=0.01"], ["optim.lr=0.1", "model.w1=-0.5"],
+             ["optim.lr=1", "optim.momentum=0.5"]],
+    # sigmoid: converged (η = 1 at step 10, η = 0.1), finished slowly, saturated (η = 100)
+    "sigmoid": [["optim.lr=1"], ["optim.lr=0.1"], ["optim.lr=0.001"], ["optim.lr=100"]],
+    # linear (stable iff η < 0.25): converged, finished above the start, diverged at steps 23 and 10
+    "linear": [["optim.lr=0.1"], ["optim.lr=0.26"], ["optim.lr=1"], ["optim.lr=10", "optim.momentum=0.5"]],
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("model", sorted(COPY_CASES))
+def test_each_copy_writes_every_tag_its_separate_run_writes(tmp_path, model):
+    """Every scalar (the dead-ReLU monitor's too), the Backprop tab's rows and layout, the replay and diagnoses
+    texts, and summary.json's numbers of each copy equal its separate run's."""
+    dirs, refs, results = _separate_and_batched(tmp_path, model, COPY_CASES[model])
+    for run, ref in zip(dirs, refs):
+        _compare_runs(run, ref, run.name)
+        summary, want = (json.loads((r / "summary.json").read_text()) for r in (run, ref))
+        for key in ("status", "steps", "diverged_at", "dead_since", "final_dead_fraction"):
+            assert summary[key] == want[key], (run.name, key)
+        got_loss, want_loss = float(summary["final_loss"]), float(want["final_loss"])  # "inf" for a diverged run
+        assert got_loss == want_loss or math.isclose(got_loss, want_loss, rel_tol=1e-5), run.name
+    statuses = {r.status for r in results}
+    assert statuses == {"relu": {"finished"}, "sigmoid": {"converged", "finished"},
+                        "linear": {"converged", "finished", "diverged"}}[model]  # fmt: skip
+    if model == "relu":  # the dying copy: dead since step 4, diagnosed, its probe says so too
+        assert results[0].dead_since == {"h": 4} and results[0].final_dead_fraction == 1.0
+        probe = read_scalars(dirs[0])["relu/probe_dead_fraction/h"]
+        assert probe[0] == 0.0 and probe[5] == 1.0 and probe[200] == 1.0  # step 5: right after the update of step 4
+        texts, _ = _tensors(dirs[0])
+        assert "dead since step 4" in texts["diagnoses/text_summary"][200].item().decode()
+
+
+def _plugin_get(logdir: Path, route: str, **query) -> dict:
+    """The Backprop tab's route ``route`` (``/graph``, ``/series``, ``/runs``) over ``logdir``, answered in this
+    process by the plugin TensorBoard loads, through TensorBoard's own data provider."""
+    import urllib.parse
+
+    from tensorboard.backend.event_processing import data_provider, plugin_event_multiplexer
+    from tensorboard.plugins import base_plugin
+    from werkzeug.test import Client
+
+    from backprop_lab.tensorboard_plugin.plugin import DEFAULT_SAMPLES, PLUGIN_NAME, BackpropPlugin
+
+    multiplexer = plugin_event_multiplexer.EventMultiplexer(tensor_size_guidance={PLUGIN_NAME: DEFAULT_SAMPLES})
+    multiplexer.AddRunsFromDirectory(str(logdir))
+    multiplexer.Reload()
+    provider = data_provider.MultiplexerDataProvider(multiplexer, str(logdir))
+    plugin = BackpropPlugin(base_plugin.TBContext(logdir=str(logdir), data_provider=provider, multiplexer=multiplexer))
+    response = Client(plugin.get_plugin_apps()[route]).get("/?" + urllib.parse.urlencode(query))
+    assert response.status_code == 200, response.get_data(as_text=True)
+    return json.loads(response.get_data(as_text=True))
+
+
+def test_the_backprop_tab_shows_a_copy_as_its_separate_run(tmp_path):
+    """The tab's /graph at every step worth a look and its /series, for the copies of a ReLU group (one dying at
+    step 4) and for their separate runs: the same JSON, diagnoses included."""
+    dirs, refs, _ = _separate_and_batched(tmp_path, "relu", [["optim.lr=0.1"], ["optim.lr=1", "optim.momentum=0.5"]])
+    runs = {r["run"] for r in _plugin_get(tmp_path, "/runs")["runs"]}
+    assert runs == {f"{where}/{d.name}" for where in ("batched", "ref") for d in dirs}
+    for run, ref in zip(dirs, refs):
+        for step in (0, 3, 4, 5, 199, 200):
+            got = _plugin_get(tmp_path, "/graph", run=f"batched/{run.name}", step=step)
+            want = _plugin_get(tmp_path, "/graph", run=f"ref/{ref.name}", step=step)
+            assert got.pop("run") == f"batched/{run.name}" and want.pop("run") == f"ref/{ref.name}"
+            assert got == want, (run.name, step)
+        got = _plugin_get(tmp_path, "/series", run=f"batched/{run.name}")
+        want = _plugin_get(tmp_path, "/series", run=f"ref/{ref.name}")
+        got.pop("run", None), want.pop("run", None)
+        assert got == want
+    dying = _plugin_get(tmp_path, "/graph", run=f"batched/{dirs[0].name}", step=4)
+    assert [d["kind"] for d in dying["diagnoses"]] == ["dead_unit"]
+
+
 # --- whole sweeps against the basic launcher -------------------------------------------------------------
 
 
@@ -242,6 +385,8 @@ def _compare_sweeps(
             np.testing.assert_allclose(
                 [got[tag][s] for s in steps], [want[tag][s] for s in steps], rtol=1e-5, err_msg=f"{name} {tag}"
             )
+        if not missing:  # the Backprop tab's rows, the replay and diagnoses texts
+            _compare_tensors(run, ref, name, values=name not in chaotic)
         summary, ref_summary = (json.loads((r / "summary.json").read_text()) for r in (run, ref))
         for key in ("overrides", "status", "steps", "diverged_at", "log_dir"):
             value = summary[key] if key != "log_dir" else Path(summary[key]).name
@@ -302,23 +447,14 @@ def test_batched_linear_sweep_with_momentum_freezes_diverging_copies_as_separate
     assert statuses == {"converged", "finished", "diverged", "stopped"}
 
 
-RELU_MONITOR_TAGS = {  # the dead-ReLU monitor's, not logged by batched copies yet (docs/sweeps.md)
-    "relu/dead_fraction/h",
-    "relu/zero_fraction/h",
-    "relu/probe_dead_fraction/h",
-    "relu/dead_forever_fraction/h",
-    "hparams/final_dead_fraction",
-}
-
-
 @pytest.mark.slow
 def test_batched_relu_sweep_over_every_other_batchable_key(tmp_path):
     """η × weight decay × seed × initial w1 on the ReLU net (16 jobs, one program; w1 = −0.5 starts dead): every
-    tag a separate run logs but the dead-ReLU monitor's, equal."""
+    tag a separate run logs, the dead-ReLU monitor's and the Backprop tab's too, equal."""
     args = ("model=relu", "optim.lr=0.1,1", "optim.weight_decay=0,0.01", "seed=0,1", "model.w1=0.5,-0.5")
     basic = _sweep(tmp_path, "basic", *args)
     batched = _sweep(tmp_path, "batched", "hydra/launcher=batched", *args)
-    _compare_sweeps(basic, batched, missing=RELU_MONITOR_TAGS)
+    _compare_sweeps(basic, batched)
     assert len(_runs(batched)) == 16
 
 
@@ -389,6 +525,4 @@ def test_a_signal_stops_a_batched_program_as_it_stops_each_separate_run(tmp_path
     for lr, result, ref in zip(lrs, results, refs):
         assert (result.status, result.steps) == (ref["status"], ref["steps"]), lr
         assert result.final_loss == ref["final_loss"], lr
-        got, want = read_scalars(tmp_path / "batched" / lr), read_scalars(tmp_path / "ref" / lr)
-        for tag in ("train/loss", "params/w1", "params/w2", "grads/w1", "grads/w2", "epoch"):
-            assert got[tag] == want[tag], (lr, tag)
+        _compare_runs(tmp_path / "batched" / lr, tmp_path / "ref" / lr, lr)  # every tag, the Backprop tab's too

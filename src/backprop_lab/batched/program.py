@@ -17,6 +17,7 @@ scalars a separate run logs (``train/loss``, ``epoch``, ``params/*``, ``grads/*`
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 from collections.abc import Sequence
@@ -34,7 +35,10 @@ from backprop_lab import functions as F
 from backprop_lab.batched.events import CopiesLogger
 from backprop_lab.batched.functions import stacked_linear, stacked_mse_loss
 from backprop_lab.batched.groups import POST_NETS
+from backprop_lab.batched.record import CopiesRecorder
+from backprop_lab.config import ConfigError
 from backprop_lab.interrupts import GracefulStop
+from backprop_lab.replay import replay, to_markdown
 from backprop_lab.signal_notes import SignalNotes
 from backprop_lab.train import TrainResult, expected_warnings, log_hparams, make_logger
 
@@ -47,15 +51,21 @@ class StackedPostNet(nn.Module):
     def __init__(self, kind: str, weights: dict[str, Sequence[float]], relu_grad_at_zero: int = 0):
         super().__init__()
         self.kind, self.relu_grad_at_zero = kind, int(relu_grad_at_zero)
+        self.nodes: dict[str, Tensor] = {}
         for name, values in weights.items():  # as the post's nets make them: float32 1×1 matrices
             self.register_parameter(name, nn.Parameter(torch.tensor([float(v) for v in values]).reshape(-1, 1, 1)))
 
     def forward(self, x: Tensor) -> Tensor:
+        """ŷ of every copy, (K, N, 1); :attr:`nodes` keeps the pass's z1, h and ŷ (the step record reads them)."""
         if self.kind == "linear":
-            return stacked_linear(x, self.w)
+            y_hat = stacked_linear(x, self.w)
+            self.nodes = {"y_hat": y_hat}
+            return y_hat
         z1 = stacked_linear(x, self.w1)
         h = F.sigmoid(z1) if self.kind == "sigmoid" else F.relu(z1, self.relu_grad_at_zero)
-        return stacked_linear(h, self.w2)
+        y_hat = stacked_linear(h, self.w2)
+        self.nodes = {"z1": z1, "h": h, "y_hat": y_hat}
+        return y_hat
 
 
 class StackedSGD(torch.optim.Optimizer):
@@ -119,6 +129,8 @@ class BatchedModule(L.LightningModule):
         self.interrupted = np.zeros(k, dtype=bool)
         self.interrupted_by: int | None = None  # the signal that stopped the program (GracefulStop sets it)
         self._batch: tuple[Tensor, Tensor] | None = None
+        self.recorder: CopiesRecorder | None = None  # the monitors' step record of every copy (train_group sets it)
+        self._step: tuple[int, np.ndarray, Tensor] | None = None  # this step: its number, the live copies, losses
 
     @property
     def copies(self) -> CopiesLogger:
@@ -131,8 +143,12 @@ class BatchedModule(L.LightningModule):
         values = {n: p.detach().reshape(-1).double().cpu().numpy() for n, p in self.net.named_parameters()}
         return {int(k): {f"params/{n}": float(v[k]) for n, v in values.items()} for k in np.flatnonzero(which)}
 
-    def _final_pass(self, losses: np.ndarray, which: np.ndarray, step: int) -> None:
-        """The copies in ``which`` end here: their loss under the trained parameters, at ``step``."""
+    def _final_pass(self, losses: np.ndarray, which: np.ndarray, step: int, nodes=None, losses_t=None) -> None:
+        """The copies in ``which`` end here: their loss under the trained parameters, at ``step`` (``nodes`` and
+        ``losses_t``: the forward pass's tensors, for the step record)."""
+        if self.recorder is not None:
+            self.recorder.final_rows(which, step, nodes, losses_t, list(self.net.parameters()))
+            self.recorder.end(self.net, which, step)
         self.final_loss[which] = losses[which]
         finite = which & np.isfinite(losses)
         self.best_loss[finite] = np.minimum(self.best_loss[finite], losses[finite])
@@ -151,10 +167,16 @@ class BatchedModule(L.LightningModule):
         step = self.global_step
         losses_t = stacked_mse_loss(self.net(x), y)
         losses = losses_t.detach().cpu().double().numpy()  # one host sync per step, as a separate run's .item()
+        nodes = dict(self.net.nodes)
+        if self.recorder is not None:
+            self.recorder.forward(x, y, nodes, list(self.net.parameters()))
         ending = self.running & self.ending
         if ending.any():
-            self._final_pass(losses, ending, step)
+            self._final_pass(losses, ending, step, nodes, losses_t)
         live = self.running.copy()
+        self._step = (step, live, losses_t)
+        if self.recorder is not None and step % self.recorder.probe_every == 0:
+            self.recorder.probe(self.net, live, step)  # the weights before this step's update
         finite = np.isfinite(losses)
         diverging = live & ~finite
         self.stepping = live & finite
@@ -202,12 +224,33 @@ class BatchedModule(L.LightningModule):
                     row[f"update_ratio/{n}"] = ratio[k]
         self.copies.log_copy_metrics(rows, step)
 
+    def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
+        """After the update: the step record of the copies that took part in the step."""
+        if self.recorder is None or self._step is None:
+            return
+        step, live, losses_t = self._step
+        self._step = None
+        params = list(self.net.parameters())
+        self.recorder.step_rows(step, live, self.stepping & live, losses_t, params, [p.grad for p in params])
+        self.recorder.after_update(self.net, step)
+        diverged = live & ~self.stepping
+        if diverged.any():  # a separate run ends after its diverged step: Lightning counts the skipped update
+            self.recorder.end(self.net, diverged, step + 1)
+
     def on_train_end(self) -> None:
         """The final pass of every copy still running, at the step training ended."""
         if not self.running.any() or self._batch is None:
             return
         if self.interrupted_by is not None:  # as a separate run: no final pass, its parameters at this step
             which = self.running.copy()
+            if self.recorder is not None:  # the record's forward pass under the weights it stops with
+                x, y = self._batch
+                with torch.no_grad():
+                    losses_t = stacked_mse_loss(self.net(x), y)
+                self.recorder.final_rows(
+                    which, self.global_step, dict(self.net.nodes), losses_t, list(self.net.parameters())
+                )
+                self.recorder.end(self.net, which, self.global_step)
             self.interrupted[which], self.steps[which], self.running[which] = True, self.global_step, False
             if self.gradients:
                 params = self._params(which)
@@ -216,8 +259,9 @@ class BatchedModule(L.LightningModule):
             return
         x, y = self._batch
         with torch.no_grad():
-            losses = stacked_mse_loss(self.net(x), y).cpu().double().numpy()
-        self._final_pass(losses, self.running.copy(), self.global_step)
+            losses_t = stacked_mse_loss(self.net(x), y)
+        losses = losses_t.cpu().double().numpy()
+        self._final_pass(losses, self.running.copy(), self.global_step, dict(self.net.nodes), losses_t)
 
     def status(self, k: int, max_steps: int) -> str:
         if self.diverged_at[k] is not None:
@@ -302,9 +346,30 @@ def train_group(
         gradients=bool(cfg.monitor.gradients),
     )
     copies = CopiesLogger(run_dirs)
+    monitor = cfg.monitor
+    if monitor.gradients or monitor.dead_relu or monitor.backprop_view or monitor.pictures:  # as train.monitors
+        module.recorder = CopiesRecorder(
+            module.net.kind,
+            instantiate(cfg.model),
+            optimizer=str(cfg.optim._target_).rsplit(".", 1)[-1],
+            lrs=module.lrs,
+            momenta=[float(o.get("momentum", 0.0)) for o in optim],
+            weight_decays=[float(o.get("weight_decay", 0.0)) for o in optim],
+            copies=copies,
+            view=bool(monitor.backprop_view),
+            dead_relu=bool(monitor.dead_relu),
+            probe_every=int(monitor.probe_every_n_steps),
+            probe_x=data.probe_x,
+            relu_grad_at_zero=int(cfg.model.get("relu_grad_at_zero", 0)),
+            double=str(cfg.trainer.precision) in ("64-true", "64"),
+        )
     for k, c in enumerate(cfgs):  # the Text tab and the Custom Scalars layout, as a separate run writes them
         config = "\n".join("    " + line for line in OmegaConf.to_yaml(c, resolve=False).splitlines())
-        copies.log_copy_summaries(k, [text("config", config), custom_scalars(custom_scalars_layout())])
+        summaries = [text("config", config), custom_scalars(custom_scalars_layout())]
+        if c.replay.to_tensorboard:  # the post's step 0 replayed, from the copy's own start (log_replay's text)
+            with contextlib.suppress(ConfigError):  # not the post's example: nothing to replay, as log_replay
+                summaries.append(text("replay", to_markdown(replay(c, instantiate(c.model)))))
+        copies.log_copy_summaries(k, summaries)
     notes = SignalNotes().__enter__()  # from here a signal is noted; the program stops after that update
     trainer = L.Trainer(
         accelerator=cfg.trainer.accelerator,
@@ -330,8 +395,12 @@ def train_group(
     finally:
         notes.__exit__(None, None, None)
     wall = time.perf_counter() - started
+    recorder = module.recorder
+    found = recorder.diagnoses() if recorder is not None else [None] * len(cfgs)
+    relu = recorder is not None and recorder.relu
     results = []
     for k, (c, run_dir) in enumerate(zip(cfgs, run_dirs)):
+        logged = relu and recorder.last_step[k] >= 0  # the dead-ReLU monitor logged this copy
         result = TrainResult(
             status=module.status(k, cfg.trainer.max_steps),
             final_loss=float(module.final_loss[k]),
@@ -339,8 +408,13 @@ def train_group(
             steps=int(module.steps[k]),
             log_dir=str(run_dir),
             diverged_at=module.diverged_at[k],
+            dead_since={"h": recorder.dead_since[k]} if logged else {},
             wall_time_s=wall,
+            final_dead_fraction=float(recorder.last_dead_fraction[k]) if logged else None,
         )
+        if found[k]:  # the Text tab's diagnoses, at the step the copy ended (as fit_run writes them)
+            lines = "\n\n".join(f"**step {d.step}**: {d.text}" for d in found[k])
+            copies.log_copy_summaries(k, [text("diagnoses", lines)], result.steps)
         # The HParams record and hparams/* scalars exactly as a separate run writes them: the run's own
         # function, through the job's own logger (a second event file in the copy's directory).
         loggers = [make_logger(logger_cfg, run_dir, None) for logger_cfg in c.logger.values()]
