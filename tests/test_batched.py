@@ -269,7 +269,7 @@ def _separate_and_batched(tmp_path: Path, model: str, jobs: list[list[str]], cal
             train(cfg, run_dir=ref, callbacks=list(callbacks))
     for d in dirs:
         d.mkdir(parents=True)
-    results, _ = train_group(cfgs, dirs, jobs, callbacks=list(callbacks))
+    results, _, _ = train_group(cfgs, dirs, jobs, callbacks=list(callbacks))
     for d, result, job in zip(dirs, results, jobs):  # as the launcher writes it
         write_summary(d, {"overrides": job, **result.to_dict()})
     return dirs, refs, results
@@ -362,6 +362,16 @@ def _csv(path: Path) -> dict[str, dict]:
         return {row["run"]: row for row in csv.DictReader(f)}
 
 
+def _closing(run: Path) -> list[str]:
+    """What the run's closing lines in its train.log say after its first (the wall time differs): the diagnoses
+    and the Backprop tab's address (not the log directory, whose sweep differs, nor the Time Series link)."""
+    lines = [
+        line.split("] - ", 1)[1] for line in (run / "train.log").read_text().splitlines() if "[backprop_lab]" in line
+    ]
+    start = max(i for i, line in enumerate(lines) if line.startswith("run "))
+    return [line for line in lines[start + 1 :] if not line.startswith(("TensorBoard logs:", "and the loss"))]
+
+
 def _compare_sweeps(
     basic: Path, batched: Path, chaotic: set[str] = frozenset(), missing: set[str] = frozenset()
 ) -> None:
@@ -385,8 +395,10 @@ def _compare_sweeps(
             np.testing.assert_allclose(
                 [got[tag][s] for s in steps], [want[tag][s] for s in steps], rtol=1e-5, err_msg=f"{name} {tag}"
             )
-        if not missing:  # the Backprop tab's rows, the replay and diagnoses texts
+        if not missing:  # the Backprop tab's rows, the replay and diagnoses texts, the closing lines
             _compare_tensors(run, ref, name, values=name not in chaotic)
+            if name not in chaotic:
+                assert _closing(run) == _closing(ref), name
         summary, ref_summary = (json.loads((r / "summary.json").read_text()) for r in (run, ref))
         for key in ("overrides", "status", "steps", "diverged_at", "log_dir"):
             value = summary[key] if key != "log_dir" else Path(summary[key]).name
@@ -519,7 +531,7 @@ def test_a_signal_stops_a_batched_program_as_it_stops_each_separate_run(tmp_path
     dirs = [tmp_path / "batched" / lr for lr in lrs]
     for d in dirs:
         d.mkdir(parents=True)
-    results, signum = train_group(cfgs, dirs, [[f"optim.lr={lr}"] for lr in lrs], callbacks=[_SignalAt(12)])
+    results, signum, _ = train_group(cfgs, dirs, [[f"optim.lr={lr}"] for lr in lrs], callbacks=[_SignalAt(12)])
     assert signum == signal.SIGINT
     assert [(r["status"], r["steps"]) for r in refs] == [("interrupted", 13), ("interrupted", 13), ("converged", 10)]
     for lr, result, ref in zip(lrs, results, refs):

@@ -22,6 +22,7 @@ import math
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import NamedTuple
 
 import lightning as L
 import numpy as np
@@ -37,6 +38,7 @@ from backprop_lab.batched.functions import stacked_linear, stacked_mse_loss
 from backprop_lab.batched.groups import POST_NETS
 from backprop_lab.batched.record import CopiesRecorder
 from backprop_lab.config import ConfigError
+from backprop_lab.diagnoses import Diagnosis
 from backprop_lab.interrupts import GracefulStop
 from backprop_lab.replay import replay, to_markdown
 from backprop_lab.signal_notes import SignalNotes
@@ -316,17 +318,27 @@ def stability_bound(cfg: DictConfig) -> tuple[float, str] | None:
     return 2.0 / sharpness, "η = 2/λ_max at the start"
 
 
+class GroupRun(NamedTuple):
+    """What :func:`train_group` returns: per job its result and its diagnoses (None where no monitor recorded
+    the steps: :func:`backprop_lab.train.run_diagnoses`), and the signal that stopped the program, if one did."""
+
+    results: list[TrainResult]
+    signum: int | None
+    diagnoses: list[list[Diagnosis] | None]
+
+
 def train_group(
     cfgs: Sequence[DictConfig],
     run_dirs: Sequence[Path],
     overrides: Sequence[Sequence[str]],
     callbacks: Sequence[Callback] = (),
-) -> tuple[list[TrainResult], int | None]:
+) -> GroupRun:
     """Train the jobs ``cfgs`` (equal but for the batchable keys) as one program; each logs to its run dir.
 
-    Returns each job's result and the signal (SIGINT, SIGTERM) that stopped the program, if one did: as a
-    separate run, the program then stops after the update in which it came (:class:`GracefulStop`), and the
-    copies still running end ``interrupted``. ``callbacks``: Lightning callbacks of the caller's own."""
+    Returns each job's result and diagnoses (what its closing lines say) and the signal (SIGINT, SIGTERM) that
+    stopped the program, if one did: as a separate run, the program then stops after the update in which it
+    came (:class:`GracefulStop`), and the copies still running end ``interrupted``. ``callbacks``: Lightning
+    callbacks of the caller's own."""
     from torch.utils.tensorboard.summary import custom_scalars, text
 
     from backprop_lab.monitors import custom_scalars_layout
@@ -423,4 +435,4 @@ def train_group(
             logger.finalize("success")
         results.append(result)
     copies.finalize("success")
-    return results, notes.signum
+    return GroupRun(results, notes.signum, found)

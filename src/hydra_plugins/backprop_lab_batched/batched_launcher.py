@@ -147,14 +147,14 @@ class BatchedLauncher(Launcher):
                 callbacks.on_job_start(config=config, task_function=self.task_function)
                 jobs.append((config, task_cfg, hydra_cfg, overrides, run_dir))
             configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose)
-            results, signum = train_group([j[1] for j in jobs], [j[4] for j in jobs], [j[3] for j in jobs])
+            results, signum, diagnoses = train_group([j[1] for j in jobs], [j[4] for j in jobs], [j[3] for j in jobs])
             returns = []
-            for (config, task_cfg, hydra_cfg, overrides, run_dir), result in zip(jobs, results):
+            for (config, task_cfg, hydra_cfg, overrides, run_dir), result, found in zip(jobs, results, diagnoses):
                 HydraConfig.instance().set_config(config)
                 write_summary(run_dir, {"overrides": list(overrides), **result.to_dict()})
                 # its train.log (made here: nothing is logged to one copy alone before) and its closing lines
                 configure_log(config.hydra.job_logging, config.hydra.verbose)
-                for line in closing_lines(task_cfg, result, None, True, None):
+                for line in closing_lines(task_cfg, result, None, True, found):
                     logging.getLogger("backprop_lab").info(line)
                 ret = JobReturn(overrides=overrides, cfg=task_cfg, hydra_cfg=hydra_cfg, working_dir=os.getcwd())
                 ret.return_value = result.final_loss if math.isfinite(result.final_loss) else math.inf
