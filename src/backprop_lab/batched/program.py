@@ -36,7 +36,7 @@ from backprop_lab import functions as F
 from backprop_lab.batched.events import CopiesLogger
 from backprop_lab.batched.functions import stacked_linear, stacked_mse_loss
 from backprop_lab.batched.groups import POST_NETS
-from backprop_lab.batched.record import CopiesRecorder
+from backprop_lab.batched.step_record import CopiesRecorder
 from backprop_lab.config import ConfigError
 from backprop_lab.diagnoses import Diagnosis
 from backprop_lab.interrupts import GracefulStop
