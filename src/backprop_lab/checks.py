@@ -156,13 +156,15 @@ def check_written_inside(config: DictConfig, run_dir: Path) -> None:
     previous = hydra.cfg
     hydra.set_config(config)
     try:
-        _check_written_inside(config, run_dir)
+        check_job_written_inside(config, run_dir)
     finally:
         if previous is not None:
             hydra.set_config(previous)
 
 
-def _check_written_inside(config: DictConfig, run_dir: Path) -> None:
+def check_job_written_inside(config: DictConfig, run_dir: Path) -> None:
+    """:func:`check_written_inside` of a job's config as its job holds it: ``hydra.runtime.output_dir`` set to
+    ``run_dir`` and HydraConfig set to it (the check of every job of a sweep sets one config per group)."""
     job_name = str(hydra_value(config, "hydra.job.name"))
     if not re.fullmatch(r"[\w.-]+", job_name) or set(job_name) == {"."}:
         raise ConfigError(

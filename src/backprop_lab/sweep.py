@@ -27,10 +27,9 @@ from typing import Any
 
 from hydra.experimental.callback import Callback
 from hydra.types import RunMode
-from omegaconf import DictConfig, OmegaConf, open_dict
+from omegaconf import DictConfig, OmegaConf
 
-from backprop_lab.batched.groups import JobConfigs
-from backprop_lab.checks import check_sweep_subdir, check_written_inside
+from backprop_lab.checks import check_job_written_inside, check_sweep_subdir
 from backprop_lab.config import ConfigError, validate
 from backprop_lab.summary import read_summaries
 
@@ -136,14 +135,17 @@ def check_multirun_trainer(cfg: DictConfig, mode: RunMode, launcher_target: str)
 # --- the check before the first job -------------------------------------------------------------------
 
 
-def job_overrides(config: DictConfig, loader) -> list[list[str]]:
-    """The overrides of every job of a basic sweep: the product of the swept values, in Hydra's order
-    (the last swept key varies fastest), each job's overrides in command-line order."""
+def job_overrides(config: DictConfig, loader, arguments: list[str] | None = None) -> list[list[str]]:
+    """The overrides of every job of a basic sweep, as Hydra's basic sweeper expands them: its
+    ``hydra.sweeper.params`` then ``arguments`` (by default the command line's), one list of values per key
+    (a key given again replaces its values in its first place), their product in order (the last key varies
+    fastest)."""
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
     params = [f"{k}={v}" for k, v in (config.hydra.sweeper.get("params") or {}).items()]
-    overrides = OverridesParser.create(config_loader=loader).parse_overrides(params + list(config.hydra.overrides.task))
-    choices: list[list[str]] = []
+    arguments = list(config.hydra.overrides.task) if arguments is None else list(arguments)
+    overrides = OverridesParser.create(config_loader=loader).parse_overrides(params + arguments)
+    choices: dict[str, list[str]] = {}
     for override in overrides:
         key = override.get_key_element()
         if override.is_sweep_override():
@@ -152,22 +154,29 @@ def job_overrides(config: DictConfig, loader) -> list[list[str]]:
             values = list(override.sweep_string_iterator())
             if not values:
                 raise ConfigError(f"{override.input_line!r}: the sweep over {key} is empty")
-            choices.append([f"{key}={v}" for v in values])
+            choices[key] = [f"{key}={v}" for v in values]
         else:
-            choices.append([override.input_line])
-    return [list(job) for job in itertools.product(*choices)]
+            choices[key] = [f"{key}={override.get_value_element_as_str()}"]
+    return [list(job) for job in itertools.product(*choices.values())]
 
 
 def check_sweep(config: DictConfig) -> int:
     """Compose and validate every job of the sweep ``config`` describes; return the number of jobs.
 
+    On the batched launcher the first job of each group of copies is composed and the group's other jobs are
+    set into its config in turn (:class:`~backprop_lab.batched.groups.GroupConfig`: the config Hydra would
+    compose for them, without composing): every job is validated and its directory checked all the same.
+
     Sweepers other than Hydra's basic one (Optuna) choose their jobs as they go: for them the config
     without the swept keys is checked, and each job is checked again when it starts.
     """
     from hydra.core.global_hydra import GlobalHydra
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.core.override_parser.overrides_parser import OverridesParser
     from hydra.errors import HydraException
     from omegaconf.errors import OmegaConfBaseException
 
+    from backprop_lab.batched.groups import GroupConfig, group_signature
     from backprop_lab.preflight import check_instantiable
 
     launcher = config.hydra.launcher._target_
@@ -182,38 +191,60 @@ def check_sweep(config: DictConfig) -> int:
     loader = GlobalHydra.instance().config_loader()
     jobs = job_overrides(config, loader)
     seen: dict[Path, int] = {}
-    # hydra/launcher=batched: one composition per group of copies, the others derived from it (the same configs)
-    batched = JobConfigs(config, loader) if launcher.endswith(".BatchedLauncher") else None
-    for num, overrides in enumerate(jobs):
-        try:
-            job_cfg = batched(overrides, num) if batched else loader.load_sweep_config(config, overrides)
-            validate(job_cfg)
-            _check_not_resumed(job_cfg)
-            check_multirun_trainer(job_cfg, RunMode.MULTIRUN, launcher)
-            if batched is None or batched.composed:  # derived jobs differ only in keys it does not read
-                check_instantiable(job_cfg)
-        except (ConfigError, HydraException, OmegaConfBaseException) as error:
-            cause = error.__cause__ if not isinstance(error, ConfigError) else None  # ours name their cause
-            cause = f" ({str(cause).splitlines()[0]})" if cause else ""
-            raise ConfigError(f"job #{num} ({' '.join(overrides)}): {error}{cause}") from error
-        with open_dict(job_cfg):
-            job_cfg.hydra.job.num = num  # as the launcher sets it: a subdir may name it
-        try:
-            subdir = str(job_cfg.hydra.sweep.subdir)
-        except OmegaConfBaseException as error:
-            raise ConfigError(
-                f"hydra.sweep.subdir is not accepted: it does not resolve for job #{num} ({error})"
-            ) from None
-        check_sweep_subdir(str(config.hydra.sweep.dir), subdir)
-        job_dir = (Path(str(config.hydra.sweep.dir)) / subdir).resolve()
-        check_written_inside(job_cfg, job_dir)
-        if job_dir in seen:
-            raise ConfigError(
-                f"jobs #{seen[job_dir]} and #{num} would write into the same directory {subdir!r}: "
-                "sweep each value once (and not over keys in hydra.job.config.override_dirname.exclude_keys), "
-                "and give hydra.sweep.subdir a name per job"
-            )
-        seen[job_dir] = num
+    # hydra/launcher=batched: one composition per group of copies, each other job of the group set into it
+    batched = launcher.endswith(".BatchedLauncher")
+    groups: dict[tuple, GroupConfig] = {}
+    parser = OverridesParser.create(config_loader=loader)
+    hydra = HydraConfig.instance()
+    previous = hydra.cfg
+    try:
+        for num, overrides in enumerate(jobs):
+            group = None
+            try:
+                if batched:
+                    key = group_signature(parser, overrides)
+                    group = groups.get(key)
+                    if group is None:
+                        groups[key] = group = GroupConfig(loader.load_sweep_config(config, overrides), loader)
+                        composed = True
+                    else:
+                        composed = False
+                    group.set_job(overrides, num)
+                    job_cfg = group.config
+                else:
+                    job_cfg, composed = loader.load_sweep_config(config, overrides), True
+                validate(job_cfg)
+                _check_not_resumed(job_cfg)
+                check_multirun_trainer(job_cfg, RunMode.MULTIRUN, launcher)
+                if composed:  # the other jobs of a group differ only in keys it does not read
+                    check_instantiable(job_cfg)
+            except (ConfigError, HydraException, OmegaConfBaseException) as error:
+                cause = error.__cause__ if not isinstance(error, ConfigError) else None  # ours name their cause
+                cause = f" ({str(cause).splitlines()[0]})" if cause else ""
+                raise ConfigError(f"job #{num} ({' '.join(overrides)}): {error}{cause}") from error
+            if group is None:
+                group = GroupConfig(job_cfg, loader, copy_first=False)
+                group.set_job(overrides, num)  # its id and num, as the launcher sets them: a subdir may name them
+            with group.as_hydra_config(keep=True):
+                try:
+                    subdir = str(job_cfg.hydra.sweep.subdir)
+                except OmegaConfBaseException as error:
+                    raise ConfigError(
+                        f"hydra.sweep.subdir is not accepted: it does not resolve for job #{num} ({error})"
+                    ) from None
+                check_sweep_subdir(str(config.hydra.sweep.dir), subdir)
+                job_dir = (Path(str(config.hydra.sweep.dir)) / subdir).resolve()
+                group.set_output_dir(str(job_dir.absolute()))
+                check_job_written_inside(group.config, job_dir)
+            if job_dir in seen:
+                raise ConfigError(
+                    f"jobs #{seen[job_dir]} and #{num} would write into the same directory {subdir!r}: "
+                    "sweep each value once (and not over keys in hydra.job.config.override_dirname.exclude_keys), "
+                    "and give hydra.sweep.subdir a name per job"
+                )
+            seen[job_dir] = num
+    finally:
+        hydra.cfg = previous
     return len(jobs)
 
 

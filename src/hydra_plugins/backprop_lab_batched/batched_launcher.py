@@ -9,19 +9,22 @@ config, Hydra config and overrides, ``train.log``, the callbacks' ``on_job_start
 of one, runs as the basic launcher runs it, and the launcher says so in one line.
 """
 
+import copy
+import functools
 import logging
 import math
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from hydra.core.config_store import ConfigStore
 from hydra.core.hydra_config import HydraConfig
 from hydra.core.utils import JobReturn, JobStatus, configure_log, filter_overrides, run_job, setup_globals
 from hydra.plugins.launcher import Launcher
 from hydra.types import HydraContext, TaskFunction
-from omegaconf import DictConfig, OmegaConf, open_dict, read_write
+from omegaconf import DictConfig, open_dict, read_write
 
 log = logging.getLogger(__name__)
 
@@ -39,7 +42,7 @@ class BatchedLauncher(Launcher):
         self.config: DictConfig | None = None
         self.task_function: TaskFunction | None = None
         self.hydra_context: HydraContext | None = None
-        self._edge_jobs: list[JobReturn] = []  # every job launched so far (a sweeper may launch several batches)
+        self._edge_jobs: list[tuple] = []  # (cfg, output dir, overrides) of every job launched so far
 
     def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig) -> None:
         self.config, self.hydra_context, self.task_function = config, hydra_context, task_function
@@ -70,20 +73,20 @@ class BatchedLauncher(Launcher):
                 for i in group:
                     config = first if i == group[0] else job_config(job_overrides[i], initial_job_idx + i)
                     log.info(f"\t#{initial_job_idx + i} : {' '.join(filter_overrides(job_overrides[i]))}")
-                    returns[i] = run_job(
+                    returns[i] = ret = run_job(
                         hydra_context=self.hydra_context,
                         task_function=self.task_function,
                         config=config,
                         job_dir_key="hydra.sweep.dir",
                         job_subdir_key="hydra.sweep.subdir",
                     )
+                    self._edge_jobs.append((ret.cfg, ret.hydra_cfg.hydra.runtime.output_dir, ret.overrides))
                     configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose)
                 continue
-            configs = [first] + [job_config(job_overrides[i], initial_job_idx + i) for i in group[1:]]
-            for i, ret in zip(group, self._run_group(configs)):
+            jobs = [(list(job_overrides[i]), initial_job_idx + i) for i in group]
+            for i, ret in zip(group, self._run_group(first, jobs)):
                 returns[i] = ret
             configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose)
-        self._edge_jobs.extend(returns)
         self._stability_edge()
         return returns
 
@@ -93,10 +96,10 @@ class BatchedLauncher(Launcher):
         from backprop_lab.summary import read_summary
 
         jobs = []
-        for ret in self._edge_jobs:
-            summary = read_summary(Path(ret.hydra_cfg.hydra.runtime.output_dir)) if ret.hydra_cfg else None
+        for cfg, output_dir, overrides in self._edge_jobs:
+            summary = read_summary(Path(output_dir))
             if summary is not None:
-                jobs.append((ret.cfg, summary, ret.overrides))
+                jobs.append((cfg, summary, overrides))
         try:
             from backprop_lab.batched.program import stability_bound
 
@@ -107,65 +110,140 @@ class BatchedLauncher(Launcher):
         if path is not None:
             log.info(f"stability edge: {path}")
 
-    def _run_group(self, configs: list[DictConfig]) -> list[JobReturn]:
-        """The jobs ``configs`` as copies of one program: each job's directory, record and callbacks as
-        :func:`hydra.core.utils.run_job` makes them, the training once for all."""
+    def _job_hooks(self) -> bool:
+        """Whether a Hydra callback of this sweep does anything in ``on_job_start`` or ``on_job_end``: only then
+        is each copy's whole config made (~10 ms a copy) to call them with; otherwise the calls do nothing."""
+        from hydra.experimental.callback import Callback
+        from hydra.utils import get_class
+
+        for entry in (self.config.hydra.get("callbacks") or {}).values():
+            target = get_class(str(entry._target_)) if entry is not None and "_target_" in entry else None
+            if target is None or any(getattr(target, hook) is not getattr(Callback, hook) for hook in JOB_HOOKS):
+                return True
+        return False
+
+    def _whole_config(self, first: DictConfig, overrides: list[str], idx: int, output_dir: str) -> DictConfig:
+        """A copy's whole config as :func:`hydra.core.utils.run_job` holds it (``hydra.runtime.output_dir`` set)."""
+        from backprop_lab.batched.groups import derive_config
+
+        config = derive_config(first, self.config, overrides, self.hydra_context.config_loader, idx)
+        with read_write(config.hydra.runtime), open_dict(config.hydra.runtime):
+            config.hydra.runtime.output_dir = output_dir
+        return config
+
+    def _run_group(self, first: DictConfig, jobs: list[tuple[list[str], int]]) -> list[JobReturn]:
+        """The jobs (overrides, number) of ``first``'s group as copies of one program: each job's directory,
+        record and callbacks as :func:`hydra.core.utils.run_job` makes them, the training once for all.
+
+        One config is set to each job in turn (:class:`~backprop_lab.batched.groups.GroupConfig`), each copy's
+        ``.hydra`` files come from one template (:class:`~backprop_lab.batched.records.RecordTemplate`) and its
+        ``train.log`` from one resolved logging config (:class:`~backprop_lab.batched.records.JobLogging`):
+        what a copy costs beyond its training is well under its share of a basic sweep's composition."""
+        from backprop_lab.batched.groups import GroupConfig
         from backprop_lab.batched.program import train_group
+        from backprop_lab.batched.records import FILES, JobLogging, RecordTemplate, job_yaml
         from backprop_lab.checks import check_run_dir
         from backprop_lab.run_lock import lock_run_dir, unlock_run_dir
         from backprop_lab.summary import write_summary
         from backprop_lab.train import closing_lines
 
         callbacks = self.hydra_context.callbacks
-        original = HydraConfig.instance().cfg
-        jobs = []
-        log.info(f"batched program of {len(configs)} copies:")
-        for config in configs:
-            log.info(f"\t#{config.hydra.job.num} : {' '.join(filter_overrides(config.hydra.overrides.task))}")
+        hooks = self._job_hooks()
+        group = GroupConfig(first, self.hydra_context.config_loader)
+        copies = []  # per job: its task config, overrides, number, run dir, own values, record files
+        log.info(f"batched program of {len(jobs)} copies:")
+        for overrides, idx in jobs:
+            log.info(f"\t#{idx} : {' '.join(filter_overrides(overrides))}")
+        with group.as_hydra_config() as hydra_cfg:
+            try:
+                template = logging_ = None
+                for overrides, idx in jobs:
+                    values = group.set_job(overrides, idx)
+                    config = group.config
+                    output_dir = os.path.abspath(
+                        os.path.join(str(config.hydra.sweep.dir), str(config.hydra.sweep.subdir))
+                    )
+                    group.set_output_dir(output_dir)
+                    task_cfg = group.task_config()
+                    if template is None:
+                        template, logging_ = RecordTemplate(task_cfg, hydra_cfg, values), JobLogging(group)
+                    files = None if template.ok else job_yaml(task_cfg, hydra_cfg, hydra_cfg.hydra.overrides.task)
+                    run_dir = Path(output_dir)
+                    check_run_dir("run_dir", run_dir, None)
+                    lock_run_dir(run_dir, "run_dir")
+                    copies.append((task_cfg, overrides, idx, run_dir, dict(values), files))
+                rendered = template.render_all([c[4] for c in copies]) if template.ok else None
+                subdir = config.hydra.output_subdir
+                for k, (_, overrides, idx, run_dir, _, files) in enumerate(copies):
+                    if subdir is not None:  # as run_job writes them
+                        if files is None and rendered is None:  # the template cannot write this group's
+                            group.set_job(overrides, idx)
+                            group.set_output_dir(str(run_dir))
+                            files = job_yaml(group.task_config(), hydra_cfg, hydra_cfg.hydra.overrides.task)
+                        record = run_dir / str(subdir)
+                        record.mkdir(parents=True, exist_ok=True)
+                        for name in FILES:
+                            (record / name).write_text((files or rendered[k])[name], encoding="utf-8")
+                    if hooks:
+                        config = self._whole_config(first, overrides, idx, str(run_dir))
+                        callbacks.on_job_start(config=config, task_function=self.task_function)
+                configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose)
+                run = train_group([c[0] for c in copies], [c[3] for c in copies], [c[1] for c in copies])
+                results, signum = run[0], run[1]
+                diagnoses = run[2] if len(run) > 2 else [None] * len(results)
+                returns = []
+                for (task_cfg, overrides, idx, run_dir, _, _), result, found in zip(copies, results, diagnoses):
+                    write_summary(run_dir, {"overrides": list(overrides), **result.to_dict()})
+                    # its train.log (made here: nothing is logged to one copy alone before) and its closing lines
+                    if not logging_.fast:
+                        group.set_job(overrides, idx)
+                        group.set_output_dir(str(run_dir))
+                    logging_.configure(str(run_dir))
+                    for line in closing_lines(task_cfg, result, None, True, found):
+                        logging.getLogger("backprop_lab").info(line)
+                    ret = CopyReturn(overrides=list(overrides), cfg=task_cfg, working_dir=os.getcwd())
+                    ret.make_hydra_cfg = functools.partial(self._hydra_cfg, first, overrides, idx, str(run_dir))
+                    ret.return_value = result.final_loss if math.isfinite(result.final_loss) else math.inf
+                    ret.status = JobStatus.COMPLETED
+                    ret.task_name = str(first.hydra.job.name)
+                    if hooks:
+                        config = self._whole_config(first, overrides, idx, str(run_dir))
+                        callbacks.on_job_end(config=config, job_return=ret)
+                    self._edge_jobs.append((task_cfg, str(run_dir), ret.overrides))
+                    returns.append(ret)
+                if signum is not None:  # as a separate run: the record complete, then the shell's status for it
+                    raise SystemExit(128 + signum)
+                return returns
+            finally:
+                for copy in copies:
+                    unlock_run_dir(copy[3])
+
+    def _hydra_cfg(self, first: DictConfig, overrides: list[str], idx: int, output_dir: str) -> DictConfig:
+        """A copy's ``JobReturn.hydra_cfg``, as run_job makes it: HydraConfig's copy of its Hydra config."""
+        hydra = HydraConfig.instance()
+        previous = hydra.cfg
         try:
-            for config in configs:
-                HydraConfig.instance().set_config(config)  # the subdir may read ${hydra:...}
-                hydra_cfg = HydraConfig.instance().cfg  # a copy of config's hydra node, made by set_config
-                output_dir = os.path.abspath(os.path.join(str(config.hydra.sweep.dir), str(config.hydra.sweep.subdir)))
-                for node in (config, hydra_cfg):
-                    with read_write(node.hydra.runtime), open_dict(node.hydra.runtime):
-                        node.hydra.runtime.output_dir = output_dir
-                task_cfg = OmegaConf.masked_copy(config, [k for k in config if k != "hydra"])
-                overrides = OmegaConf.to_container(config.hydra.overrides.task, resolve=False)
-                run_dir = Path(config.hydra.runtime.output_dir)
-                check_run_dir("run_dir", run_dir, None)
-                lock_run_dir(run_dir, "run_dir")
-                if config.hydra.output_subdir is not None:  # as run_job writes it
-                    record = run_dir / str(config.hydra.output_subdir)
-                    record.mkdir(parents=True, exist_ok=True)
-                    for name, node in (
-                        ("config.yaml", task_cfg),
-                        ("hydra.yaml", hydra_cfg),
-                        ("overrides.yaml", config.hydra.overrides.task),
-                    ):
-                        (record / name).write_text(OmegaConf.to_yaml(node), encoding="utf-8")
-                callbacks.on_job_start(config=config, task_function=self.task_function)
-                jobs.append((config, task_cfg, hydra_cfg, overrides, run_dir))
-            configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose)
-            results, signum, diagnoses = train_group([j[1] for j in jobs], [j[4] for j in jobs], [j[3] for j in jobs])
-            returns = []
-            for (config, task_cfg, hydra_cfg, overrides, run_dir), result, found in zip(jobs, results, diagnoses):
-                HydraConfig.instance().set_config(config)
-                write_summary(run_dir, {"overrides": list(overrides), **result.to_dict()})
-                # its train.log (made here: nothing is logged to one copy alone before) and its closing lines
-                configure_log(config.hydra.job_logging, config.hydra.verbose)
-                for line in closing_lines(task_cfg, result, None, True, found):
-                    logging.getLogger("backprop_lab").info(line)
-                ret = JobReturn(overrides=overrides, cfg=task_cfg, hydra_cfg=hydra_cfg, working_dir=os.getcwd())
-                ret.return_value = result.final_loss if math.isfinite(result.final_loss) else math.inf
-                ret.status = JobStatus.COMPLETED
-                ret.task_name = str(config.hydra.job.name)
-                callbacks.on_job_end(config=config, job_return=ret)
-                returns.append(ret)
-            if signum is not None:  # as a separate run: the record complete, then the shell's status for it
-                raise SystemExit(128 + signum)
-            return returns
+            hydra.set_config(self._whole_config(first, overrides, idx, output_dir))
+            return copy.deepcopy(hydra.cfg)
         finally:
-            for job in jobs:
-                unlock_run_dir(job[4])
-            HydraConfig.instance().cfg = original
+            hydra.cfg = previous
+
+
+JOB_HOOKS = ("on_job_start", "on_job_end")
+
+
+class CopyReturn(JobReturn):
+    """A copy's :class:`~hydra.core.utils.JobReturn`: its ``hydra_cfg`` (a copy of its whole Hydra config, ~10 ms)
+    made when it is first read: the sweepers read a job's return value, not its Hydra config."""
+
+    make_hydra_cfg = None
+
+    @property
+    def hydra_cfg(self) -> Any:
+        if self._hydra_cfg is None and self.make_hydra_cfg is not None:
+            self._hydra_cfg = self.make_hydra_cfg()
+        return self._hydra_cfg
+
+    @hydra_cfg.setter
+    def hydra_cfg(self, value: Any) -> None:
+        self._hydra_cfg = value
