@@ -161,6 +161,94 @@ def test_derived_job_configs_equal_what_hydra_composes():
         GlobalHydra.instance().clear()
 
 
+def _as_run_job(config, output_dir: str):
+    """A job's (config, Hydra config) as Hydra's run_job holds them: output_dir set, HydraConfig's copy."""
+    from hydra.core.hydra_config import HydraConfig
+    from omegaconf import open_dict, read_write
+
+    with read_write(config.hydra.runtime), open_dict(config.hydra.runtime):
+        config.hydra.runtime.output_dir = output_dir
+    HydraConfig.instance().set_config(config)
+    task = OmegaConf.masked_copy(config, [k for k in config if k != "hydra"])
+    return task, HydraConfig.instance().cfg
+
+
+def test_a_group_config_set_to_each_job_and_its_record_files_are_what_hydra_composes_and_writes(tmp_path):
+    """GroupConfig set to each job in turn is Hydra's composition of that job, and RecordTemplate writes its
+    .hydra files (config.yaml, hydra.yaml, overrides.yaml) byte for byte as run_job's OmegaConf.to_yaml does."""
+    from hydra.core.hydra_config import HydraConfig
+
+    from backprop_lab.batched.groups import GroupConfig, group_overrides
+    from backprop_lab.batched.records import RecordTemplate, job_yaml
+
+    lrs = ["0.001", "1", "1e-05", "100", "2.5e+3", "0.3"]  # ints and exponents where the schema wants floats
+    jobs = [["model=sigmoid", f"optim.lr={lr}", f"seed={i}", f"model.w1={-i / 4}"] for i, lr in enumerate(lrs)]
+    try:
+        master, loader = _hydra_configs()
+        assert group_overrides(loader, jobs) == [list(range(len(jobs)))]
+        group = GroupConfig(loader.load_sweep_config(master, jobs[0]), loader)
+        values, mine = [], []
+        with group.as_hydra_config() as view:
+            for i, job in enumerate(jobs):
+                values.append(dict(group.set_job(job, i)))
+                group.set_output_dir(str(tmp_path / f"run {i}" if i == 5 else tmp_path / f"run{i}"))
+                values[-1] = dict(group.values)
+                mine.append(OmegaConf.to_container(group.config, resolve=False))
+                if i == 0:
+                    template = RecordTemplate(group.task_config(), view, values[0])
+        assert template.ok
+        assert template.render_all(values) is None  # a space in the last job's directory: each job's own to_yaml
+        rendered = template.render_all(values[:5])
+        for i, job in enumerate(jobs):
+            composed = loader.load_sweep_config(master, job)
+            composed.hydra.job.id = composed.hydra.job.num = i
+            task, hydra_cfg = _as_run_job(composed, values[i]["hydra.runtime.output_dir"])
+            assert mine[i] == OmegaConf.to_container(composed, resolve=False), i
+            if i < 5:
+                assert rendered[i] == job_yaml(task, hydra_cfg, composed.hydra.overrides.task), i
+    finally:
+        HydraConfig.instance().cfg = None
+        GlobalHydra.instance().clear()
+
+
+def test_the_batched_sweeper_chooses_the_batched_launcher_and_refuses_what_hydra_refuses():
+    """hydra/sweeper=batched: the batched launcher; a batch with a value Hydra cannot merge is refused as Hydra's
+    own validation (composing every job) refuses it, with one composition per group."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import ConfigCompositionException
+    from hydra.plugins.sweeper import Sweeper
+    from hydra.types import HydraContext
+
+    import hydra_plugins.backprop_lab_batched.batched_sweeper as module
+    from backprop_lab.sweep import job_overrides
+
+    try:
+        master, loader = _hydra_configs()
+        config = compose("train", overrides=["hydra/sweeper=batched"], return_hydra_config=True)
+        assert config.hydra.launcher._target_.endswith(".BatchedLauncher")
+        assert config.hydra.sweeper._target_ == f"{module.__name__}.BatchedSweeper"
+        sweeper = module.BatchedSweeper()
+        sweeper.config, sweeper.hydra_context = master, HydraContext(config_loader=loader, callbacks=None)
+        good = job_overrides(master, loader, ["model=sigmoid", "optim.lr=0.1,1,2", "seed=0,3"])
+        assert good == [
+            ["model=sigmoid", f"optim.lr={lr}", f"seed={seed}"] for lr in ("0.1", "1", "2") for seed in (0, 3)
+        ]
+        sweeper.validate_batch_is_legal(good)
+        for bad in (["optim.lr=0.1", "optim.lr=abc"], ["optim.lr=0.1", "optim.lr=null"]):
+            batch = [[o] for o in bad]
+            errors = []
+            for validate in (Sweeper.validate_batch_is_legal, module.BatchedSweeper.validate_batch_is_legal):
+                with pytest.raises(ConfigCompositionException) as error:
+                    validate(sweeper, batch)
+                errors.append(str(error.value))
+            assert errors[0] == errors[1] == f"Error merging override {bad[1]}"
+        parsed = OverridesParser.create(config_loader=loader).parse_overrides(["optim.lr=0.1,1", "optim.lr=3"])
+        assert [o.input_line for o in parsed] == ["optim.lr=0.1,1", "optim.lr=3"]
+        assert job_overrides(master, loader, ["optim.lr=0.1,1", "seed=1", "optim.lr=3"]) == [["optim.lr=3", "seed=1"]]
+    finally:
+        GlobalHydra.instance().clear()
+
+
 def test_stability_edge_draws_the_linear_bound_and_marks_diverged_runs():
     from backprop_lab.batched.edge import edge_rows, stability_edge_figure
 
