@@ -588,14 +588,14 @@ def test_a_bad_value_in_a_batched_sweep_is_refused_as_the_basic_launcher_refuses
 
 
 class _SignalAt(Callback):
-    """Sends this process SIGINT at the end of update ``step`` (as Ctrl-C during that update)."""
+    """Sends this process ``signum`` at the end of update ``step`` (SIGINT: as Ctrl-C during that update)."""
 
-    def __init__(self, step: int):
-        self.step = step
+    def __init__(self, step: int, signum: int = signal.SIGINT):
+        self.step, self.signum = step, signum
 
     def on_train_batch_end(self, trainer, *args):
         if trainer.global_step == self.step + 1:
-            os.kill(os.getpid(), signal.SIGINT)
+            os.kill(os.getpid(), self.signum)
 
 
 def test_a_signal_stops_a_batched_program_as_it_stops_each_separate_run(tmp_path):
@@ -626,3 +626,47 @@ def test_a_signal_stops_a_batched_program_as_it_stops_each_separate_run(tmp_path
         assert (result.status, result.steps) == (ref["status"], ref["steps"]), lr
         assert result.final_loss == ref["final_loss"], lr
         _compare_runs(tmp_path / "batched" / lr, tmp_path / "ref" / lr, lr)  # every tag, the Backprop tab's too
+
+
+def test_a_copy_of_a_group_stopped_by_sigterm_resumes_alone_as_its_uninterrupted_run(tmp_path):
+    """SIGTERM in update 12 of a ReLU group: each copy still running gets its own checkpoints/last.ckpt, which
+    resume.py accepts; ``resume=<copy dir>`` continues the copy alone (train()), and every scalar tag of its
+    directory (the dead-ReLU monitor's, whose state the checkpoint carries, among them) and the Backprop tab's
+    rows equal those of the job trained alone without a stop."""
+    from backprop_lab.batched.program import train_group
+    from backprop_lab.checks import CHECKPOINT
+    from backprop_lab.resume import check_resumable
+    from backprop_lab.train import train
+
+    jobs = [["optim.lr=0.1"], ["optim.lr=0.03", "optim.momentum=0.5", "optim.weight_decay=0.01"], ["optim.lr=1"]]
+    cfgs = [compose_config("trainer.accelerator=cpu", QUIET, "model=relu", *job) for job in jobs]
+    names = [",".join(job) for job in jobs]
+    dirs = [tmp_path / "batched" / n for n in names]
+    for cfg, d in zip(cfgs, dirs):
+        validate(cfg)
+        d.mkdir(parents=True)
+    results, signum, _ = train_group(cfgs, dirs, jobs, callbacks=[_SignalAt(12, signal.SIGTERM)])
+    assert signum == signal.SIGTERM and {r.status for r in results} == {"interrupted"}
+    for cfg, job, run, name in zip(cfgs, jobs, dirs, names):
+        assert (run / CHECKPOINT).is_file()
+        resumed = compose_config("trainer.accelerator=cpu", QUIET, "model=relu", *job)
+        resumed.resume = str(run)
+        validate(resumed)
+        assert check_resumable(resumed, run) == 13  # the checkpoint's step: after the update of step 12
+        result = train(resumed, run_dir=run)
+        ref = tmp_path / "ref" / name
+        want = train(cfg, run_dir=ref)
+        assert (result.status, result.steps, result.dead_since) == (want.status, want.steps, want.dead_since)
+        assert result.final_loss == want.final_loss and result.final_dead_fraction == want.final_dead_fraction
+        got, wanted = read_scalars(run), read_scalars(ref)
+        assert sorted(got) == sorted(wanted), name
+        for tag, values in wanted.items():
+            assert sorted(got[tag]) == sorted(values), (name, tag)
+            np.testing.assert_allclose(
+                [got[tag][s] for s in sorted(values)], [values[s] for s in sorted(values)], rtol=1e-5, err_msg=tag
+            )
+        (got_t, got_layout), (want_t, want_layout) = _tensors(run), _tensors(ref)
+        assert got_layout == want_layout
+        assert sorted(got_t["backprop/graph"]) == sorted(want_t["backprop/graph"])
+        for step, row in want_t["backprop/graph"].items():
+            np.testing.assert_allclose(got_t["backprop/graph"][step], row, rtol=1e-5, err_msg=f"{name} {step}")

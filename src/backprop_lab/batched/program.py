@@ -133,6 +133,7 @@ class BatchedModule(L.LightningModule):
         self.interrupted_by: int | None = None  # the signal that stopped the program (GracefulStop sets it)
         self._batch: tuple[Tensor, Tensor] | None = None
         self.recorder: CopiesRecorder | None = None  # the monitors' step record of every copy (train_group sets it)
+        self.jobs: tuple[Sequence[DictConfig], Sequence[Path]] | None = None  # configs and run dirs, to checkpoint
         self._step: tuple[int, np.ndarray, Tensor] | None = None  # this step: its number, the live copies, losses
 
     @property
@@ -239,6 +240,75 @@ class BatchedModule(L.LightningModule):
         diverged = live & ~self.stepping
         if diverged.any():  # a separate run ends after its diverged step: Lightning counts the skipped update
             self.recorder.end(self.net, diverged, step + 1)
+        if self.interrupted_by is not None and self.jobs is not None:  # GracefulStop stops the program here
+            self.save_copies(self.running & ~self.ending)
+
+    def save_copies(self, which: np.ndarray) -> None:
+        """Each copy in ``which`` gets ``<run dir>/checkpoints/last.ckpt``: what its separate run's checkpoint
+        holds at this point (after the update of this step), so ``resume=<run dir>`` continues it alone.
+
+        Lightning's parts (the loops' state, the step and epoch) are the program's: a copy has taken every step
+        the program took. The parameters are the copy's slice of the stacked ones, the optimizer's state is
+        ``torch.optim.SGD``'s with the copy's η, momentum, weight decay and momentum buffer, the monitors' states
+        are the copy's (:meth:`CopiesRecorder.monitor_states`), and the config is the job's."""
+        from backprop_lab.checks import CHECKPOINT
+        from backprop_lab.monitors import BackpropViewMonitor, DeadReLUMonitor, StepRecorder
+        from backprop_lab.resume import run_config
+        from backprop_lab.train import monitors
+
+        trainer = self.trainer
+        loops = {
+            "fit_loop": trainer.fit_loop.state_dict(),
+            "validate_loop": trainer.validate_loop.state_dict(),
+            "test_loop": trainer.test_loop.state_dict(),
+            "predict_loop": trainer.predict_loop.state_dict(),
+        }
+        cfgs, run_dirs = self.jobs
+        params = dict(self.net.named_parameters())
+        buffers = self.optimizers().optimizer.state
+        for k in np.flatnonzero(which).tolist():
+            cfg = cfgs[k]
+            weights = {f"net.{n}": p.detach()[k].clone().cpu() for n, p in params.items()}
+            alone = [torch.nn.Parameter(w.clone()) for w in weights.values()]
+            sgd = torch.optim.SGD(
+                alone,
+                lr=float(cfg.optim.lr),
+                momentum=float(self.momentum[k]),
+                weight_decay=float(self.weight_decay[k]),
+            ).state_dict()
+            for i, p in enumerate(params.values()):
+                buf = buffers.get(p, {}).get("momentum_buffer")
+                if float(self.momentum[k]) != 0 and buf is not None:
+                    sgd["state"][i] = {"momentum_buffer": buf[k].clone().cpu()}
+            states = self.recorder.monitor_states(k) if self.recorder is not None else {}
+            callbacks = {}
+            for callback in monitors(cfg.monitor):
+                for kind, name in ((StepRecorder, "recorder"), (DeadReLUMonitor, "dead_relu")):
+                    if isinstance(callback, kind) and name in states:
+                        callback.load_state_dict(states[name])  # through the monitor's own format
+                        callbacks[callback.state_key] = callback.state_dict()
+                if isinstance(callback, BackpropViewMonitor) and "view" in states:
+                    callbacks[callback.state_key] = states["view"]
+            checkpoint = {
+                "epoch": trainer.current_epoch,
+                "global_step": trainer.global_step,
+                "pytorch-lightning_version": L.__version__,
+                "state_dict": weights,
+                "loops": loops,
+                "callbacks": callbacks,
+                "optimizer_states": [sgd],
+                "lr_schedulers": [],
+                "hparams_name": None,
+                "hyper_parameters": {"config": run_config(cfg)},
+                "backprop_lab": {
+                    "best_loss": float(self.best_loss[k]),
+                    "final_loss": float(self.final_loss[k]),
+                    "diverged_at": None,
+                },
+            }
+            path = Path(run_dirs[k]) / CHECKPOINT
+            path.parent.mkdir(parents=True, exist_ok=True)
+            torch.save(checkpoint, path)
 
     def on_train_end(self) -> None:
         """The final pass of every copy still running, at the step training ended."""
@@ -368,6 +438,8 @@ def train_group(
         tol=float(cfg.tol),
         gradients=bool(cfg.monitor.gradients),
     )
+    if cfg.trainer.enable_checkpointing:  # each copy's checkpoint, written where a signal stops the program
+        module.jobs = (cfgs, run_dirs)
     copies = CopiesLogger(run_dirs)
     monitor = cfg.monitor
     post_net = instantiate(cfg.model)  # the first job's network, as a separate run builds it

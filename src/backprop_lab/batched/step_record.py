@@ -148,6 +148,7 @@ class CopiesRecorder:
         self.is_dead = np.zeros(k, dtype=bool)
         self.last_dead_fraction = np.full(k, math.nan)
         self.last_probe = np.full(k, -1, dtype=np.int64)
+        self._probes: list[tuple[int, np.ndarray, np.ndarray]] = []  # (step, copies, their units' active fractions)
         self._step_nodes: dict[str, Tensor] = {}
         self._before: Tensor | None = None
         self._batch_numbers: tuple[float, float, int] = (math.nan, math.nan, 0)
@@ -316,9 +317,10 @@ class CopiesRecorder:
             net(self.probe_x.to(next(net.parameters()).dtype))
             z, h = net.nodes["z1"], net.nodes["h"]
             over = list(range(1, h.dim() - 1))
-            passing = passing_fraction("relu", z, h, self.grad_at_zero, 0.0, over)  # (K, units)
-            dead = (passing == 0).double().mean(dim=-1).cpu().numpy()
+            passing = passing_fraction("relu", z, h, self.grad_at_zero, 0.0, over).cpu().numpy()  # (K, units)
+            dead = (passing == 0).mean(axis=-1, dtype=np.float64)
         idx = np.flatnonzero(which)
+        self._probes.append((step, idx, passing[idx]))
         self.copies.log_copy_metrics({int(k): {f"relu/probe_dead_fraction/{RELU_LAYER}": dead[k]} for k in idx}, step)
         self.last_probe[idx] = step
 
@@ -351,6 +353,39 @@ class CopiesRecorder:
                     },
                     s,
                 )
+
+    # --- a copy's monitors' state, for its checkpoint -----------------------------------------------------
+
+    def monitor_states(self, k: int) -> dict[str, dict]:
+        """What copy k's separate run would keep in its checkpoint from its monitors, each in the format of the
+        monitor's own ``state_dict`` (``recorder``: :class:`~backprop_lab.monitors.record.StepRecorder`'s probe
+        activity and each unit's last active step, not its step history; ``dead_relu``:
+        :class:`~backprop_lab.monitors.dead_relu.DeadReLUMonitor`'s; ``view``:
+        :class:`~backprop_lab.monitors.backprop_view.BackpropViewMonitor`'s written rows)."""
+        out: dict[str, dict] = {}
+        if self.relu and self.last_step[k] >= 0:
+            steps = [s for s, idx, _ in self._probes if k in idx]
+            activity = [passing[np.flatnonzero(idx == k)[0]] for _, idx, passing in self._probes if k in idx]
+            out["recorder"] = {
+                "activity_steps": steps,
+                "activity": {RELU_LAYER: torch.tensor(np.stack(activity))} if activity else {},
+                "last_active": {f"{RELU_LAYER}\x000": torch.tensor([int(self.last_active[k])])},
+                "calls_per_pass": {RELU_LAYER: 1},
+            }
+            out["dead_relu"] = {
+                "logged_steps": list(range(int(self.first_step[k]), int(self.last_step[k]) + 1)),
+                "dead_since": {RELU_LAYER: self.dead_since[k]},
+                "last_dead_fraction": {RELU_LAYER: float(self.last_dead_fraction[k])},
+            }
+        if self.graph is not None and self._rows:
+            mine = [(at[0], rows[idx == k]) for idx, at, rows in zip(self._copy_idx, self._steps, self._rows)]
+            written = [(int(step), rows) for step, rows in mine if len(rows)]
+            out["view"] = {
+                "layout": self.layouts[k],
+                "steps": [step for step, _ in written],
+                "values": [float(v) for _, rows in written for v in rows.reshape(-1)],
+            }
+        return out
 
     # --- the end: each copy's diagnoses -----------------------------------------------------------------
 
