@@ -7,7 +7,8 @@ took 45 s (threads contending), measured on the 2-core VM. Here the events are T
 data, masked CRC-32C of the data); the CRCs of every pending record are computed together, one byte
 column at a time over all records (numpy), and each copy's records are appended to its file every
 ``flush_every_n_steps`` steps and at the end. Files are named as TensorBoard names its own
-(``events.out.tfevents.<time>.<host>.<pid>.<n>``); TensorBoard reads them like any other run.
+(``events.out.tfevents.<time>.<host>.<pid>.batched``: not a number at the end, which a TensorBoard writer
+of the same process could take); TensorBoard reads them like any other run.
 
 This module imports no torch.
 """
@@ -75,7 +76,9 @@ class CopiesLogger(Logger):
     def __init__(self, run_dirs: Sequence[Path], flush_every_n_steps: int = 100):
         super().__init__()
         stamp, host, pid = int(time.time()), socket.gethostname(), os.getpid()
-        self.paths = [Path(d) / f"events.out.tfevents.{stamp:010d}.{host}.{pid}.{k}" for k, d in enumerate(run_dirs)]
+        # Not TensorBoard's last part (a counter of the writers of the process, from 0): the HParams writer that
+        # train_group opens in a copy's directory within the same second would take the same name and clobber it.
+        self.paths = [Path(d) / f"events.out.tfevents.{stamp:010d}.{host}.{pid}.batched" for d in run_dirs]
         self.flush_every_n_steps = flush_every_n_steps
         self._pending: list[list[bytes]] = [[] for _ in self.paths]
         self._last_flush = 0
