@@ -100,8 +100,9 @@ class CopiesRecorder:
     """The step record of K stacked copies of a post network (see the module's docstring).
 
     ``net``: a post network of the group's kind (its layout); ``momenta``, ``weight_decays``, ``lrs``: per copy;
-    ``view``: write ``backprop/graph`` (the rows are kept either way: the diagnoses read them); ``dead_relu``: the relu/* statistics (ReLU nets); ``probe_every``:
-    ``monitor.probe_every_n_steps``; ``probe_x``: the data module's probe set (None: none).
+    ``view``: write ``backprop/graph`` (the rows are kept either way: the diagnoses read them); ``dead_relu``:
+    the relu/* statistics (ReLU nets); ``probe_every``: ``monitor.probe_every_n_steps``; ``probe_x``: the data
+    module's probe set (None: none).
     """
 
     def __init__(
@@ -151,7 +152,8 @@ class CopiesRecorder:
         self._probes: list[tuple[int, np.ndarray, np.ndarray]] = []  # (step, copies, their units' active fractions)
         self._step_nodes: dict[str, Tensor] = {}
         self._before: Tensor | None = None
-        self._batch_numbers: tuple[float, float, int] = (math.nan, math.nan, 0)
+        self._batch: tuple[Tensor, Tensor, int] | None = None  # the step's batch means of x and y, its size
+        self._changed = np.empty(0, dtype=np.int64)  # copies whose unit died or revived at this step
 
     # --- a training step ---------------------------------------------------------------------------------
 
@@ -163,15 +165,18 @@ class CopiesRecorder:
             if t.requires_grad:
                 t.retain_grad()
         self._before = torch.stack([p.detach().reshape(-1) for p in params]).clone()  # (params, K)
-        self._batch_numbers = (
-            float(x.detach().double().sum()) / max(x.numel(), 1),
-            float(y.detach().double().sum()) / max(y.numel(), 1),
+        # as the record's: sums in float64 over the batch, divided by the count (no host copy here)
+        self._batch = (
+            x.detach().double().sum() / max(x.numel(), 1),
+            y.detach().double().sum() / max(y.numel(), 1),
             len(x),
         )
 
     def _forward_columns(self, nodes: dict[str, Tensor], losses: Tensor) -> dict[str, Tensor]:
         """Per copy, the forward values: batch means of the nodes, dh/dz1, the loss (as the record keeps it)."""
-        cols: dict[str, Tensor] = {"loss": losses.detach().float().double()}
+        k = losses.shape[0]
+        x, y, _ = self._batch
+        cols: dict[str, Tensor] = {"loss": losses.detach().float().double(), "x": x.expand(k), "y": y.expand(k)}
         for name in ("z1", "h", "y_hat"):
             t = nodes.get(name)
             if t is not None:
@@ -234,10 +239,9 @@ class CopiesRecorder:
         ``backward_of`` (and a gradient is finite), else the forward pass only."""
         n = len(which)
         rows = np.full((n, len(self.fields)), math.nan)
-        x, y, batch = self._batch_numbers
         c = self.col
-        rows[:, c["x"]], rows[:, c["y"]], rows[:, c["batch"]] = x, y, batch
-        for name in ("z1", "h", "y_hat", "loss", "dh_dz1"):
+        rows[:, c["batch"]] = self._batch[2]
+        for name in ("x", "y", "z1", "h", "y_hat", "loss", "dh_dz1"):
             if name in c and name in got:
                 rows[:, c[name]] = got[name][which]
         for name in self.params:
@@ -326,12 +330,11 @@ class CopiesRecorder:
 
     def after_update(self, net: nn.Module, step: int) -> None:
         """Right after the update of ``step``: the probe of the copies whose unit died or revived in it."""
-        changed = getattr(self, "_changed", None)
-        if changed is not None and changed.size:
+        if self._changed.size:
             mask = np.zeros(len(self.lrs), dtype=bool)
-            mask[changed] = True
+            mask[self._changed] = True
             self.probe(net, mask, step + 1)
-        self._changed = None
+        self._changed = np.empty(0, dtype=np.int64)
 
     def end(self, net: nn.Module, which: np.ndarray, step: int) -> None:
         """The copies ``which`` (a mask) end at ``step``: the probe under their last weights (unless taken at
