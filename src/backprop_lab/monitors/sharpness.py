@@ -132,7 +132,10 @@ def hessian_top_eigenvalue(
         return TopEigenvalue(value if rho else 0.0, unflat(v), products, converged)
     # ρ = ‖H·v‖ ≤ the spectral radius: H + ρ·I has eigenvalues ≥ 0 (as good as), its largest λ_max + ρ. From
     # the start again (a last λ_max's eigenvector is near the new one), or afresh: v may be λ_min's eigenvector.
+    first = (value, v)
     value, _, v, converged = power(v0 if start is not None else random(), rho)
+    if not converged and first[0] > value:  # two Rayleigh quotients, both ≤ λ_max: the larger is the nearer
+        value, v = first
     return TopEigenvalue(value, unflat(v), products, converged)
 
 
