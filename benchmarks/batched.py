@@ -1,16 +1,20 @@
-"""Section ``sweep_batched``: ``hydra/launcher=batched`` against the basic launcher, whole process against
-whole process, on the post's sigmoid net (K learning rates from 0.001 to 100, every other setting the
-default: 200 steps, tol 1e-8, every monitor on).
+"""Section ``sweep_batched``: batched sweeps against the basic launcher, whole process against whole process,
+on the post's sigmoid net (K learning rates from 0.001 to 100, every other setting the default: 200 steps,
+tol 1e-8, every monitor on), and against one default single run.
 
     python scripts/bench.py --only sweep_batched      # K = 16 and 64 on both launchers, K = 1024 batched
 
-K = 1024 runs on the batched launcher only; the basic launcher's time there is extrapolated from its
-per-job cost, (T(64) − T(16)) / 48 seconds a job, and marked as such.
+The batched rows run ``hydra/sweeper=batched`` (which picks ``hydra/launcher=batched`` and composes one job
+per group where Hydra's basic sweeper composes every job); K = 1024 runs batched only, the basic launcher's
+time there extrapolated from its per-job cost, (T(64) − T(16)) / 48 seconds a job, and marked as such. One
+default single run (``scripts/train.py model=sigmoid``, the same whole process) runs before and after the
+sweeps, its median the row the K = 1024 sweep is set against (target: at most 3×).
 """
 
 from __future__ import annotations
 
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -28,29 +32,47 @@ def learning_rates(k: int) -> str:
     return ",".join(f"{v:.6g}" for v in np.logspace(-3, 2, k))
 
 
-def sweep_s(tmp: str, name: str, k: int, batched: bool) -> float:
-    """Wall time of one whole ``scripts/train.py -m`` process sweeping K learning rates."""
-    cmd = [
-        sys.executable, str(ROOT / "scripts" / "train.py"), "-m", *(["hydra/launcher=batched"] if batched else []),
-        "model=sigmoid", f"optim.lr={learning_rates(k)}", "trainer.enable_progress_bar=false",
-        f"hydra.sweep.dir={tmp}/{name}",
-    ]  # fmt: skip
+def _wall_s(cmd: list[str], name: str) -> float:
     started = time.perf_counter()
     done = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "PYTHONWARNINGS": "ignore"})
     wall = time.perf_counter() - started
     if done.returncode != 0:
-        raise RuntimeError(f"sweep {name} failed (exit {done.returncode}): {done.stderr[-2000:]}")
+        raise RuntimeError(f"{name} failed (exit {done.returncode}): {done.stderr[-2000:]}")
     return wall
+
+
+def sweep_s(tmp: str, name: str, k: int, batched: bool) -> float:
+    """Wall time of one whole ``scripts/train.py -m`` process sweeping K learning rates."""
+    cmd = [
+        sys.executable, str(ROOT / "scripts" / "train.py"), "-m", *(["hydra/sweeper=batched"] if batched else []),
+        "model=sigmoid", f"optim.lr={learning_rates(k)}", "trainer.enable_progress_bar=false",
+        f"hydra.sweep.dir={tmp}/{name}",
+    ]  # fmt: skip
+    return _wall_s(cmd, f"sweep {name}")
+
+
+def single_s(tmp: str, name: str) -> float:
+    """Wall time of one whole default single run, ``scripts/train.py model=sigmoid``."""
+    cmd = [
+        sys.executable, str(ROOT / "scripts" / "train.py"), "model=sigmoid", "trainer.enable_progress_bar=false",
+        f"hydra.run.dir={tmp}/{name}",
+    ]  # fmt: skip
+    return _wall_s(cmd, f"single run {name}")
 
 
 def bench_batched_sweep(ks_both=BOTH, ks_batched=BATCHED_ONLY, log=print) -> dict:
     rows = []
+    singles = []
+    loads = [os.getloadavg()[0]]
     with tempfile.TemporaryDirectory(prefix="bench-batched-") as tmp:
+        log("  one default single run")
+        singles.append(single_s(tmp, "single0"))
         for k in ks_both:
             for batched in (False, True):
                 launcher = "batched" if batched else "basic"
                 log(f"  K = {k}, {launcher} launcher")
                 rows.append({"k": k, "launcher": launcher, "wall_s": sweep_s(tmp, f"{launcher}{k}", k, batched)})
+                loads.append(os.getloadavg()[0])
         basic = {r["k"]: r["wall_s"] for r in rows if r["launcher"] == "basic"}
         small, large = min(basic), max(basic)
         per_job = (basic[large] - basic[small]) / (large - small) if large > small else None
@@ -61,6 +83,11 @@ def bench_batched_sweep(ks_both=BOTH, ks_batched=BATCHED_ONLY, log=print) -> dic
                 rows.append(
                     {"k": k, "launcher": "basic (extrapolated)", "wall_s": basic[large] + (k - large) * per_job}
                 )
+            loads.append(os.getloadavg()[0])
+        log("  one default single run, again")
+        singles.append(single_s(tmp, "single1"))
+        loads.append(os.getloadavg()[0])
+    single = statistics.median(singles)
     for row in rows:
         row.setdefault("extrapolated", row["launcher"].endswith("(extrapolated)"))
     speedups = {}
@@ -68,12 +95,24 @@ def bench_batched_sweep(ks_both=BOTH, ks_batched=BATCHED_ONLY, log=print) -> dic
         times = {r["launcher"].split(" ")[0]: r["wall_s"] for r in rows if r["k"] == k}
         if "basic" in times and "batched" in times:
             speedups[f"speedup_{k}"] = times["basic"] / times["batched"]
-    return {"rows": rows, "per_job_basic_s": per_job, **speedups, "load_avg": os.getloadavg()[0]}
+    largest = max(ks_batched, default=None)
+    batched_large = next((r["wall_s"] for r in rows if r["k"] == largest and r["launcher"] == "batched"), None)
+    return {
+        "rows": rows,
+        "per_job_basic_s": per_job,
+        **speedups,
+        "single_s": single,
+        "single_runs_s": singles,
+        f"batched_{largest}_over_single": batched_large / single if batched_large else None,
+        "load_avg": max(loads),
+        "load_avgs": loads,
+    }
 
 
 def targets(res: dict, add) -> None:
     section = res.get("sweep_batched") or {}
     add("batched sweep speed-up, post sigmoid K = 64", section.get("speedup_64"), 25.0, higher_is_better=True)
+    add("batched sweep K = 1024 / one default single run", section.get("batched_1024_over_single"), 3.0)
 
 
 def render(res: dict, table) -> None:
@@ -86,9 +125,20 @@ def render(res: dict, table) -> None:
         basic = times.get("basic", times.get("basic (extrapolated)"))
         batched = times.get("batched")
         note = "basic extrapolated" if "basic (extrapolated)" in times else ""
-        rows.append([k, basic, batched, basic / batched if basic and batched else None, note])
+        single = section.get("single_s")
+        rows.append(
+            [
+                k,
+                basic,
+                batched,
+                basic / batched if basic and batched else None,
+                batched / single if single else None,
+                note,
+            ]
+        )
+    rows.append(["1 (single run)", None, section.get("single_s"), None, 1.0, "scripts/train.py model=sigmoid"])
     table(
-        "Batched sweep: post sigmoid, K learning rates, whole processes (s)",
-        ["K", "basic launcher", "hydra/launcher=batched", "speed-up", ""],
+        f"Batched sweep: post sigmoid, K learning rates, whole processes (s), 1-min load up to {section['load_avg']:.1f}",
+        ["K", "basic launcher", "hydra/sweeper=batched", "speed-up", "× single run", ""],
         rows,
     )

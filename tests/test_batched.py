@@ -47,6 +47,21 @@ def test_record_checksums_equal_tensorboards_own():
         assert masked_crc32c_rows(rows).tolist() == [masked_crc32c(row.tobytes()) for row in rows]
 
 
+def test_scalar_events_written_out_are_the_bytes_of_tensorboards_own_messages():
+    from tensorboard.compat.proto.event_pb2 import Event
+    from tensorboard.compat.proto.summary_pb2 import Summary
+
+    from backprop_lab.batched.events import scalars_event
+
+    values = [0.0, -0.0, 1.0, -2.5, 1e-45, 1e-46, 3.5e38, 1e39, -1e300, math.inf, -math.inf, math.nan, np.float64(0.1)]
+    for step in (0, 1, 127, 128, 300, 2**40):
+        for start in range(0, len(values), 3):
+            metrics = {f"params/w{i}": v for i, v in enumerate(values[start : start + 3])} | {"a" * 200: 1.5}
+            summary = Summary(value=[Summary.Value(tag=t, simple_value=float(v)) for t, v in metrics.items()])
+            want = Event(wall_time=1796420093.25, step=step, summary=summary).SerializeToString()
+            assert scalars_event(1796420093.25, step, metrics) == want, (step, metrics)
+
+
 def _post_sigmoid_grads(w1: np.ndarray, w2: np.ndarray, x=1.0, y=0.5):
     """(L, ∂L/∂w1, ∂L/∂w2) of the post's sigmoid net, by hand, in float64."""
     h = 1 / (1 + np.exp(-w1 * x))

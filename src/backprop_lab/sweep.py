@@ -181,7 +181,7 @@ def check_sweep(config: DictConfig) -> int:
 
     launcher = config.hydra.launcher._target_
     _check_sweeper(config)
-    if not config.hydra.sweeper._target_.endswith(".BasicSweeper"):
+    if not config.hydra.sweeper._target_.endswith((".BasicSweeper", ".BatchedSweeper")):  # the same jobs
         validate(config)
         _check_not_resumed(config)
         check_multirun_trainer(config, RunMode.MULTIRUN, launcher)

@@ -65,6 +65,50 @@ def frame(records: Sequence[bytes]) -> list[bytes]:
     return out  # type: ignore[return-value]
 
 
+def _varint(n: int) -> bytes:
+    out = bytearray()
+    while True:
+        byte, n = n & 0x7F, n >> 7
+        if n:
+            out.append(byte | 0x80)
+        else:
+            out.append(byte)
+            return bytes(out)
+
+
+_F32 = struct.Struct("<f")
+_VALUE_HEAD: dict[str, bytes] = {}  # a tag → the bytes of its Summary.Value up to the value
+
+
+def _value_head(tag: str) -> bytes:
+    head = _VALUE_HEAD.get(tag)
+    if head is None:
+        name = tag.encode()
+        value = b"\x0a" + _varint(len(name)) + name + b"\x15"  # tag = 1 (string), then simple_value = 2 (float)
+        head = _VALUE_HEAD[tag] = b"\x0a" + _varint(len(value) + 4) + value  # Summary.value = 1 (message)
+    return head
+
+
+def scalars_event(wall_time: float, step: int, metrics: Mapping[str, float]) -> bytes:
+    """``Event(wall_time, step, summary=Summary(value=[Value(tag, simple_value) ...])).SerializeToString()``,
+    written out field by field in protobuf's wire format (the same bytes; tests/test_batched.py compares): ~5×
+    faster than building the messages, which at K = 1024 copies × ~400 events was ~3 s of a sweep."""
+    if step < 0 or wall_time == 0:
+        values = [Summary.Value(tag=t, simple_value=float(v)) for t, v in metrics.items()]
+        return Event(wall_time=wall_time, step=step, summary=Summary(value=values)).SerializeToString()
+    parts = []
+    for tag, v in metrics.items():
+        try:
+            number = _F32.pack(float(v))
+        except OverflowError:  # beyond float32: protobuf stores it as ±inf, as numpy's conversion does
+            with np.errstate(over="ignore"):
+                number = np.float32(float(v)).tobytes()
+        parts.append(_value_head(tag) + number)
+    summary = b"".join(parts)
+    head = b"\x09" + struct.pack("<d", wall_time) + (b"\x10" + _varint(step) if step else b"")
+    return head + b"\x2a" + _varint(len(summary)) + summary  # wall_time = 1, step = 2, summary = 5
+
+
 class CopiesLogger(Logger):
     """A Lightning logger for the K copies of a batched group: copy k's events go to ``run_dirs[k]``.
 
@@ -111,10 +155,7 @@ class CopiesLogger(Logger):
         now = time.time()
         for k, metrics in per_copy.items():
             if metrics:
-                values = [Summary.Value(tag=t, simple_value=float(v)) for t, v in metrics.items()]
-                self._pending[k].append(
-                    Event(wall_time=now, step=step, summary=Summary(value=values)).SerializeToString()
-                )
+                self._pending[k].append(scalars_event(now, step, metrics))
         if step - self._last_flush >= self.flush_every_n_steps:
             self._last_flush = step
             self.flush()

@@ -78,10 +78,22 @@ def _signature(parsed) -> tuple:
     return tuple((o.key_or_group, None if _batchable(o) else o.input_line) for o in parsed)
 
 
+_PARSED: dict[str, object] = {}  # a job's override, as Hydra's parser reads it (~1 ms each): one per line
+
+
+def parse_job_overrides(parser, overrides: Sequence[str]) -> list:
+    """A job's overrides (each a plain ``key=value``, as a sweeper gives them), parsed by ``parser`` once per
+    line: a sweep of K values repeats every line but one K times."""
+    missing = [line for line in dict.fromkeys(overrides) if line not in _PARSED]
+    if missing:
+        _PARSED.update(zip(missing, parser.parse_overrides(missing)))
+    return [_PARSED[line] for line in overrides]
+
+
 def group_signature(parser, overrides: Sequence[str]) -> tuple:
     """What the jobs of one group share (``parser``: Hydra's ``OverridesParser``): their keys in order and the
     values of the keys that are not batchable."""
-    return _signature(parser.parse_overrides(list(overrides)))
+    return _signature(parse_job_overrides(parser, overrides))
 
 
 def group_overrides(config_loader, job_overrides: Sequence[Sequence[str]]) -> list[list[int]]:
@@ -92,7 +104,7 @@ def group_overrides(config_loader, job_overrides: Sequence[Sequence[str]]) -> li
     parser = OverridesParser.create(config_loader=config_loader)
     groups: dict[tuple, list[int]] = {}
     for i, overrides in enumerate(job_overrides):
-        groups.setdefault(_signature(parser.parse_overrides(list(overrides))), []).append(i)
+        groups.setdefault(group_signature(parser, overrides), []).append(i)
     return list(groups.values())
 
 
@@ -111,7 +123,7 @@ def derive_config(
     num). Composing each job costs ~0.2 s here; this ~5 ms (tests/test_batched.py checks both are equal)."""
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
-    parsed = OverridesParser.create(config_loader=config_loader).parse_overrides(list(overrides))
+    parsed = parse_job_overrides(OverridesParser.create(config_loader=config_loader), overrides)
     config = copy.deepcopy(first)
     for key, value in _job_values(config, parsed, idx).items():
         _set(config, key, value)
@@ -167,22 +179,45 @@ class GroupConfig:
         self.parser = OverridesParser.create(config_loader=config_loader)
         self.hydra_view: DictConfig | None = None  # HydraConfig's copy of config.hydra, while it is set
         self.values: dict = {}  # the current job's own values (see _job_values), output_dir too once set
+        self._nodes: dict[tuple[int, str], tuple[DictConfig, str]] = {}  # (config, key) → (its parent, leaf)
+
+    def _put(self, config: DictConfig, key: str, value):
+        """``config``'s ``key`` set to ``value``; the value as stored. The parent node of each key is looked up
+        once and made writable (Hydra makes ``hydra`` read-only): this runs several times a job."""
+        where = self._nodes.get((id(config), key))
+        if where is None:
+            parent, _, leaf = key.rpartition(".")
+            node = OmegaConf.select(config, parent)
+            OmegaConf.set_readonly(node, False)
+            where = self._nodes[(id(config), key)] = (node, leaf)
+        node, leaf = where
+        if isinstance(value, list):
+            current = node[leaf]
+            if len(current) != len(value):
+                node[leaf] = value
+            else:  # the items that differ: a job's overrides differ from the last one's in a value or two
+                for i, item in enumerate(value):
+                    if current[i] != item:
+                        current[i] = item
+            return value
+        node[leaf] = value
+        return node[leaf]
 
     def set_job(self, overrides: Sequence[str], idx: int) -> dict:
         """Set ``config`` to the job ``overrides`` (number ``idx``); its own values, by key."""
-        self.values = _job_values(self.config, self.parser.parse_overrides(list(overrides)), idx)
+        self.values = _job_values(self.config, parse_job_overrides(self.parser, overrides), idx)
         for key, value in self.values.items():
             if key.startswith("hydra."):
-                self.values[key] = _set(self.config, key, value)
+                self.values[key] = self._put(self.config, key, value)
                 if self.hydra_view is not None:
-                    _set(self.hydra_view, key, value)
+                    self._put(self.hydra_view, key, value)
         return self.values
 
     def set_output_dir(self, output_dir: str) -> None:
         """``hydra.runtime.output_dir``, as :func:`hydra.core.utils.run_job` sets it before the job runs."""
-        self.values["hydra.runtime.output_dir"] = _set(self.config, "hydra.runtime.output_dir", output_dir)
+        self.values["hydra.runtime.output_dir"] = self._put(self.config, "hydra.runtime.output_dir", output_dir)
         if self.hydra_view is not None:
-            _set(self.hydra_view, "hydra.runtime.output_dir", output_dir)
+            self._put(self.hydra_view, "hydra.runtime.output_dir", output_dir)
 
     def task_config(self) -> DictConfig:
         """A copy of the current job's config without ``hydra``: the job's config, as the task receives it."""
@@ -198,6 +233,7 @@ class GroupConfig:
         previous = hydra.cfg
         if self.hydra_view is None or hydra.cfg is not self.hydra_view:
             hydra.set_config(self.config)
+            self._nodes = {k: v for k, v in self._nodes.items() if k[0] == id(self.config)}
             self.hydra_view = hydra.cfg
         try:
             yield self.hydra_view
@@ -222,7 +258,7 @@ class JobConfigs:
         self.composed = False  # whether the last call composed its job (the first of its group)
 
     def __call__(self, overrides, idx: int) -> DictConfig:
-        signature = _signature(self.parser.parse_overrides(list(overrides)))
+        signature = group_signature(self.parser, overrides)
         first = self.firsts.get(signature)
         self.composed = first is None
         if first is not None:

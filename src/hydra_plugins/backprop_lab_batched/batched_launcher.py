@@ -142,8 +142,6 @@ class BatchedLauncher(Launcher):
         from backprop_lab.batched.groups import GroupConfig
         from backprop_lab.batched.program import train_group
         from backprop_lab.batched.records import FILES, JobLogging, RecordTemplate, job_yaml
-        from backprop_lab.checks import check_run_dir
-        from backprop_lab.run_lock import lock_run_dir, unlock_run_dir
         from backprop_lab.summary import write_summary
         from backprop_lab.train import closing_lines
 
@@ -155,68 +153,61 @@ class BatchedLauncher(Launcher):
         for overrides, idx in jobs:
             log.info(f"\t#{idx} : {' '.join(filter_overrides(overrides))}")
         with group.as_hydra_config() as hydra_cfg:
-            try:
-                template = logging_ = None
-                for overrides, idx in jobs:
-                    values = group.set_job(overrides, idx)
-                    config = group.config
-                    output_dir = os.path.abspath(
-                        os.path.join(str(config.hydra.sweep.dir), str(config.hydra.sweep.subdir))
-                    )
-                    group.set_output_dir(output_dir)
-                    task_cfg = group.task_config()
-                    if template is None:
-                        template, logging_ = RecordTemplate(task_cfg, hydra_cfg, values), JobLogging(group)
-                    files = None if template.ok else job_yaml(task_cfg, hydra_cfg, hydra_cfg.hydra.overrides.task)
-                    run_dir = Path(output_dir)
-                    check_run_dir("run_dir", run_dir, None)
-                    lock_run_dir(run_dir, "run_dir")
-                    copies.append((task_cfg, overrides, idx, run_dir, dict(values), files))
-                rendered = template.render_all([c[4] for c in copies]) if template.ok else None
-                subdir = config.hydra.output_subdir
-                for k, (_, overrides, idx, run_dir, _, files) in enumerate(copies):
-                    if subdir is not None:  # as run_job writes them
-                        if files is None and rendered is None:  # the template cannot write this group's
-                            group.set_job(overrides, idx)
-                            group.set_output_dir(str(run_dir))
-                            files = job_yaml(group.task_config(), hydra_cfg, hydra_cfg.hydra.overrides.task)
-                        record = run_dir / str(subdir)
-                        record.mkdir(parents=True, exist_ok=True)
-                        for name in FILES:
-                            (record / name).write_text((files or rendered[k])[name], encoding="utf-8")
-                    if hooks:
-                        config = self._whole_config(first, overrides, idx, str(run_dir))
-                        callbacks.on_job_start(config=config, task_function=self.task_function)
-                configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose)
-                run = train_group([c[0] for c in copies], [c[3] for c in copies], [c[1] for c in copies])
-                results, signum = run[0], run[1]
-                diagnoses = run[2] if len(run) > 2 else [None] * len(results)
-                returns = []
-                for (task_cfg, overrides, idx, run_dir, _, _), result, found in zip(copies, results, diagnoses):
-                    write_summary(run_dir, {"overrides": list(overrides), **result.to_dict()})
-                    # its train.log (made here: nothing is logged to one copy alone before) and its closing lines
-                    if not logging_.fast:
+            template = logging_ = None
+            for overrides, idx in jobs:
+                values = group.set_job(overrides, idx)
+                config = group.config
+                output_dir = os.path.abspath(os.path.join(str(config.hydra.sweep.dir), str(config.hydra.sweep.subdir)))
+                group.set_output_dir(output_dir)
+                task_cfg = group.task_config()
+                if template is None:
+                    template, logging_ = RecordTemplate(task_cfg, hydra_cfg, values), JobLogging(group)
+                files = None if template.ok else job_yaml(task_cfg, hydra_cfg, hydra_cfg.hydra.overrides.task)
+                run_dir = Path(output_dir)
+                run_dir.mkdir(parents=True, exist_ok=True)  # as run_job makes it (the sweep's lock covers it)
+                copies.append((task_cfg, overrides, idx, run_dir, dict(values), files))
+            rendered = template.render_all([c[4] for c in copies]) if template.ok else None
+            subdir = config.hydra.output_subdir
+            for k, (_, overrides, idx, run_dir, _, files) in enumerate(copies):
+                if subdir is not None:  # as run_job writes them
+                    if files is None and rendered is None:  # the template cannot write this group's
                         group.set_job(overrides, idx)
                         group.set_output_dir(str(run_dir))
-                    logging_.configure(str(run_dir))
-                    for line in closing_lines(task_cfg, result, None, True, found):
-                        logging.getLogger("backprop_lab").info(line)
-                    ret = CopyReturn(overrides=list(overrides), cfg=task_cfg, working_dir=os.getcwd())
-                    ret.make_hydra_cfg = functools.partial(self._hydra_cfg, first, overrides, idx, str(run_dir))
-                    ret.return_value = result.final_loss if math.isfinite(result.final_loss) else math.inf
-                    ret.status = JobStatus.COMPLETED
-                    ret.task_name = str(first.hydra.job.name)
-                    if hooks:
-                        config = self._whole_config(first, overrides, idx, str(run_dir))
-                        callbacks.on_job_end(config=config, job_return=ret)
-                    self._edge_jobs.append((task_cfg, str(run_dir), ret.overrides))
-                    returns.append(ret)
-                if signum is not None:  # as a separate run: the record complete, then the shell's status for it
-                    raise SystemExit(128 + signum)
-                return returns
-            finally:
-                for copy in copies:
-                    unlock_run_dir(copy[3])
+                        files = job_yaml(group.task_config(), hydra_cfg, hydra_cfg.hydra.overrides.task)
+                    record = run_dir / str(subdir)
+                    record.mkdir(parents=True, exist_ok=True)
+                    for name in FILES:
+                        (record / name).write_text((files or rendered[k])[name], encoding="utf-8")
+                if hooks:
+                    config = self._whole_config(first, overrides, idx, str(run_dir))
+                    callbacks.on_job_start(config=config, task_function=self.task_function)
+            configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose)
+            run = train_group([c[0] for c in copies], [c[3] for c in copies], [c[1] for c in copies])
+            results, signum = run[0], run[1]
+            diagnoses = run[2] if len(run) > 2 else [None] * len(results)
+            returns = []
+            for (task_cfg, overrides, idx, run_dir, _, _), result, found in zip(copies, results, diagnoses):
+                write_summary(run_dir, {"overrides": list(overrides), **result.to_dict()})
+                # its train.log (made here: nothing is logged to one copy alone before) and its closing lines
+                if not logging_.fast:
+                    group.set_job(overrides, idx)
+                    group.set_output_dir(str(run_dir))
+                logging_.configure(str(run_dir))
+                for line in closing_lines(task_cfg, result, None, True, found):
+                    logging.getLogger("backprop_lab").info(line)
+                ret = CopyReturn(overrides=list(overrides), cfg=task_cfg, working_dir=os.getcwd())
+                ret.make_hydra_cfg = functools.partial(self._hydra_cfg, first, overrides, idx, str(run_dir))
+                ret.return_value = result.final_loss if math.isfinite(result.final_loss) else math.inf
+                ret.status = JobStatus.COMPLETED
+                ret.task_name = str(first.hydra.job.name)
+                if hooks:
+                    config = self._whole_config(first, overrides, idx, str(run_dir))
+                    callbacks.on_job_end(config=config, job_return=ret)
+                self._edge_jobs.append((task_cfg, str(run_dir), ret.overrides))
+                returns.append(ret)
+            if signum is not None:  # as a separate run: the record complete, then the shell's status for it
+                raise SystemExit(128 + signum)
+            return returns
 
     def _hydra_cfg(self, first: DictConfig, overrides: list[str], idx: int, output_dir: str) -> DictConfig:
         """A copy's ``JobReturn.hydra_cfg``, as run_job makes it: HydraConfig's copy of its Hydra config."""
