@@ -86,10 +86,16 @@ class BackpropViewMonitor(Callback):
         self._resumed: dict | None = None  # the history of a checkpoint, until training starts
 
     def state_dict(self) -> dict:
-        """The written history, so a resumed run keeps it."""
+        """The written history, so a resumed run keeps it: steps and values as two tensors (a checkpoint then
+        copies memory, where a list would pickle each number on its own at every checkpoint)."""
         if self.history is None:
             return {}
-        return {"layout": self.history.layout, "steps": list(self.history.steps), "values": list(self.history.values)}
+        steps, values = self.history.steps, self.history.values
+        return {
+            "layout": self.history.layout,
+            "steps": torch.frombuffer(bytearray(steps.tobytes()), dtype=torch.int64) if steps else torch.empty(0),
+            "values": torch.frombuffer(bytearray(values.tobytes()), dtype=torch.float64) if values else torch.empty(0),
+        }
 
     def load_state_dict(self, state_dict: dict) -> None:
         self._resumed = state_dict or None
@@ -152,8 +158,11 @@ class BackpropViewMonitor(Callback):
         self._kind, self._layout = kind, layout
         self.history = History(layout)
         if self._resumed is not None and self._resumed.get("layout") == layout:  # a resumed run: its history so far
-            self.history.steps.extend(self._resumed["steps"])
-            self.history.values.extend(self._resumed["values"])
+            for kept, saved in (
+                (self.history.steps, self._resumed["steps"]),
+                (self.history.values, self._resumed["values"]),
+            ):
+                kept.extend(saved.tolist() if isinstance(saved, torch.Tensor) else saved)  # lists: older checkpoints
         self._metadata = SummaryMetadata(
             summary_description="The Backprop tab's data (backprop_lab.monitors.BackpropViewMonitor)",
             data_class=DATA_CLASS_TENSOR,  # what TensorBoard's data provider serves through read_tensors

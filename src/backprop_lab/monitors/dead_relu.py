@@ -77,13 +77,14 @@ class DeadReLUMonitor(Callback):
     def state_dict(self) -> dict:
         """What the statistics of later steps and the end of the run depend on, for a resumed run."""
         return {
-            "logged_steps": list(self._logged_steps),
+            "logged_steps": torch.tensor(self._logged_steps, dtype=torch.int64),  # one tensor, not a pickle per step
             "dead_since": dict(self.dead_since),
             "last_dead_fraction": dict(self.last_dead_fraction),
         }
 
     def load_state_dict(self, state_dict: dict) -> None:
-        self._logged_steps = list(state_dict["logged_steps"])
+        steps = state_dict["logged_steps"]
+        self._logged_steps = steps.tolist() if isinstance(steps, Tensor) else list(steps)  # a list: older checkpoints
         self.dead_since = dict(state_dict["dead_since"])
         self.last_dead_fraction = dict(state_dict["last_dead_fraction"])
         self._finished = False  # the end of the resumed run writes dead_forever_fraction/* again, over the whole run

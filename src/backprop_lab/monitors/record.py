@@ -45,6 +45,7 @@ whichever callback comes first.
 
 from __future__ import annotations
 
+import functools
 import math
 import weakref
 from array import array
@@ -313,13 +314,14 @@ def _unpack(segments: list[dict]) -> list[StepRecord]:
 class _Counts:
     """One entry's device-side counts over the forward passes of one step (every micro-batch)."""
 
-    __slots__ = ("numel", "units", "nonzero", "max_prime", "sums", "grads")
+    __slots__ = ("numel", "units", "nonzero", "max_prime", "passing", "sums", "grads")
 
     def __init__(self, units: int):
         self.units = units
         self.numel = 0
         self.nonzero: Tensor | None = None
         self.max_prime: Tensor | None = None  # per unit: the largest derivative (0: dead; < threshold: saturated)
+        self.passing: Tensor | None = None  # ReLU, recorded steps: per unit, the samples with ReLU′ ≠ 0 (h > 0)
         self.sums: dict[str, Tensor] = {}  # detail: sums of z, h, dh/dz
         self.grads: dict[str, Tensor] = {}  # detail: sums of ∂L/∂h, ∂L/∂z
 
@@ -368,6 +370,11 @@ class StepRecorder(Callback):
         self._kinds: dict[str, str] = {}  # module name -> activation kind
         self._modules: dict[str, nn.Module] = {}
         self._named_params: list[tuple[str, nn.Parameter]] = []
+        self._params: list[nn.Parameter] = []
+        self._ones: list[nn.Parameter] = []  # the one-element parameters, whose new value is recorded too
+        self._param_info: list[tuple[str, bool, int, str]] = []  # per parameter: name, one element, numel, module
+        self._group_of: tuple = (None, [])  # (the optimizer's param groups, each parameter's group index)
+        self._info: dict[tuple[str, int], tuple | None] = {}  # per entry: what the record takes of it once
         self._param_module: dict[str, str] = {}
         self._unit_dims: dict[str, int] = {}  # entry -> the dim it was resolved to
         self._order: dict[tuple[str, int], None] = {}  # entries (module, call) in call order
@@ -431,6 +438,10 @@ class StepRecorder(Callback):
         self._named_params = [(n, p) for n, p in net.named_parameters() if p.requires_grad]
         owner = {id(p): name for name, m in net.named_modules() for p in m.parameters(recurse=False)}
         self._param_module = {n: owner.get(id(p), "") for n, p in self._named_params}
+        self._params = [p for _, p in self._named_params]
+        self._ones = [p for p in self._params if p.numel() == 1]
+        self._param_info = [(n, p.numel() == 1, p.numel(), self._param_module[n]) for n, p in self._named_params]
+        self._info.clear()
         for name, module in net.named_modules():
             kind = activation_kind(module)
             if kind is None and (module is net or any(True for _ in module.children())):
@@ -449,6 +460,7 @@ class StepRecorder(Callback):
         self._handles.clear()
         self._modules.clear()
         self._kinds.clear()
+        self._info.clear()
         self._mode = None
 
     def state_dict(self) -> dict:
@@ -472,13 +484,15 @@ class StepRecorder(Callback):
             (key.split("\x00")[0], int(key.split("\x00")[1])): t for key, t in state_dict.get("last_active", {}).items()
         }
         self._calls_per_pass.update(state_dict.get("calls_per_pass", {}))
+        self._info.clear()  # entry names follow the calls per pass
 
     # --- which steps ------------------------------------------------------------------------------------
 
     def wants(self, trainer: Trainer, step: int) -> bool:
         """Whether ``step`` is recorded: step 0, Lightning's log cadence and the readers' intervals."""
-        every = {self.every_n_steps or trainer.log_every_n_steps, *self._intervals}
-        return step == 0 or any(is_log_step(trainer, n, step) for n in every)
+        if step == 0 or is_log_step(trainer, self.every_n_steps, step):
+            return True
+        return any(is_log_step(trainer, n, step) for n in self._intervals)
 
     # --- the training step, driven by each reader's hooks (each part runs once per step) ------------------
 
@@ -489,7 +503,7 @@ class StepRecorder(Callback):
         self._counts: dict[tuple[str, int], _Counts] = {}
         self._calls: dict[str, int] = {}
         self._last_param_layer: nn.Module | None = None
-        self._before: tuple[Tensor, Tensor, list[float]] | None = None
+        self._before: tuple[Tensor, list[float]] | None = None  # values and gradients (one stack), η of each
         self._grads_change = True  # whether .grad may change between on_before_optimizer_step and the update
         self._out: dict[str, Tensor] = {}  # detail: y_hat sum and count, ∂L/∂ŷ, x, y sums
         self._y_hat: Tensor | None = None
@@ -522,7 +536,9 @@ class StepRecorder(Callback):
 
     def _new_pass(self) -> None:
         for name, calls in self._calls.items():
-            self._calls_per_pass[name] = max(self._calls_per_pass.get(name, 0), calls)
+            if calls > self._calls_per_pass.get(name, 0):
+                self._calls_per_pass[name] = calls
+                self._info.clear()  # a module called more often than before: its entries are named act#k now
         self._calls = {}
         self._last_param_layer = None
 
@@ -542,17 +558,19 @@ class StepRecorder(Callback):
         self._remember_active(step)
         if not (self._armed or trainer.should_stop) or not self._named_params:
             return
-        lr_of = {id(p): group["lr"] for group in optimizer.param_groups for p in group["params"]}
-        with torch.no_grad():
-            values = torch.stack([_number(p) for _, p in self._named_params])  # a copy: the update is in place
-            grads = torch.stack([_number(p.grad, p) for _, p in self._named_params])
-        self._before = (values, grads, [float(lr_of.get(id(p), math.nan)) for _, p in self._named_params])
+        params = self._params
+        groups = optimizer.param_groups
+        shape = (id(optimizer), tuple(len(g["params"]) for g in groups))
+        if self._group_of[0] != shape:  # each parameter's param group, looked up again when the groups change
+            where = {id(p): i for i, g in enumerate(groups) for p in g["params"]}
+            self._group_of = (shape, [where.get(id(p), -1) for p in params])
+        rates = [float(groups[i]["lr"]) if i >= 0 else math.nan for i in self._group_of[1]]
+        with torch.no_grad():  # one stack: a copy of the values (the update is in place), then the gradients
+            numbers = torch.stack([*map(_number, params), *[_number(p.grad, p) for p in params]])
+        self._before = (numbers, rates)
         # Between here and the update only Lightning's clipping or the module's own hooks change .grad: without
         # them the applied gradient is this one, and its norms need not be taken again.
-        self._grads_change = bool(trainer.gradient_clip_val) or any(
-            getattr(type(pl_module), hook) is not getattr(LightningModule, hook)
-            for hook in ("configure_gradient_clipping", "on_before_optimizer_step")
-        )
+        self._grads_change = bool(trainer.gradient_clip_val) or _changes_grads(type(pl_module))
 
     def batch_end(
         self, trainer: Trainer, pl_module: LightningModule, outputs, batch, batch_idx: int
@@ -681,11 +699,11 @@ class StepRecorder(Callback):
             c = self._counts[key] = _Counts(h.shape[dim] if h.dim() else 1)
         c.numel += h.numel()
         if self._armed and kind == "relu" and not at_zero and over:
-            # ReLU′ = sign(h) (ReLU′(0) = 0, h ≥ 0): its per-unit sums give both the zero count and, as their
-            # sign, the largest derivative, in two passes over h instead of three
-            positive = h.sign().sum(dim=over, dtype=torch.float32 if h.numel() < 2**24 else torch.float64)
-            c.nonzero = _acc(c.nonzero, positive.sum(), torch.add)
-            top = positive.sign().to(h.dtype)
+            # ReLU′ = sign(h) (ReLU′(0) = 0, h ≥ 0): its per-unit sums are the samples each unit passes, which
+            # give on the host both the zero count (their total) and the dead units (a sum of 0): one reduction
+            passing = h.sign().sum(dim=over, dtype=torch.float32 if h.numel() < 2**24 else torch.float64)
+            c.passing = _acc(c.passing, passing, torch.add)
+            top = None
         else:
             if self._armed:  # the zero fraction, on recorded steps only
                 c.nonzero = _acc(c.nonzero, _nonzero(h), torch.add)
@@ -719,7 +737,7 @@ class StepRecorder(Callback):
     def _remember_active(self, step: int) -> None:
         """Per unit, the last step it passed a gradient: every step, on the device (no sync)."""
         for key, c in self._counts.items():
-            top = c.max_prime
+            top = c.passing if c.passing is not None else c.max_prime  # > 0: the unit passed a gradient
             if top is None:
                 continue
             last = self._last_active.get(key)
@@ -738,123 +756,142 @@ class StepRecorder(Callback):
 
     def _finish(self, step: int, loss, backward: bool) -> StepRecord:
         self._new_pass()
-        parts: list[Tensor] = []
-        spans: dict = {}  # name (or (entry, what)) -> its slice of the host copy
-        size = 0
-
-        def add(name, t: Tensor) -> None:
-            nonlocal size
-            t = t.reshape(-1)
-            spans[name] = (size, size + t.numel())
-            size += t.numel()
-            parts.append(t)
-
-        if isinstance(loss, Tensor):
-            add("loss", loss.detach().float().mean())
-        params = self._named_params
+        params = self._params
+        n_params = len(params)
         updated = backward and self._before is not None
+        applied = new = False
+        # The step's numbers in one flat tensor, in this order; read back in the same order below.
+        parts: list[Tensor] = []
+        entries: list[tuple[tuple[str, int], _Counts]] = []
         with torch.no_grad():
+            has_loss = isinstance(loss, Tensor)
+            if has_loss:
+                loss = loss.detach().float()
+                parts.append((loss if loss.dim() == 0 else loss.mean()).reshape(1))
             if params:
                 if self._before is not None:
-                    values, grads, rates = self._before
+                    numbers, rates = self._before  # the values, then the gradients as backprop computed them
                 else:
-                    values = torch.stack([_number(p) for _, p in params])
-                    grads = torch.full((len(params),), math.nan, device=values.device)
-                    rates = [math.nan] * len(params)
-                add("values", values)
-                add("grads_backprop", grads)
-                if updated and self._grads_change:
-                    add("grads", torch.stack([_number(p.grad, p) for _, p in params]))
-                ones = [p for _, p in params if p.numel() == 1]
-                if updated and ones:
-                    add("values_new", torch.cat([p.detach().reshape(1) for p in ones]))
+                    values = torch.stack([_number(p) for p in params])
+                    numbers = torch.cat([values, torch.full_like(values, math.nan)])
+                    rates = [math.nan] * n_params
+                parts.append(numbers)
+                applied = updated and self._grads_change
+                if applied:
+                    parts.append(torch.stack([_number(p.grad, p) for p in params]))
+                new = updated and bool(self._ones)
+                if new:
+                    parts.append(torch.cat([p.detach().reshape(1) for p in self._ones]))
             for key in self._order:
                 c = self._counts.get(key)
                 if c is None:
                     continue
-                if c.nonzero is not None:
-                    add((key, "zero"), c.nonzero)
-                if c.max_prime is not None:
-                    add((key, "top"), c.max_prime)  # per unit: counted on the host, no more device ops
-                for what, t in (*c.sums.items(), *c.grads.items()):
-                    add((key, what), t)
-            for what, t in self._out.items():
-                if isinstance(t, Tensor):
-                    add(f"out{what}", t)
+                entries.append((key, c))
+                for t in (c.nonzero, c.passing, c.max_prime):  # per unit: counted on the host, no more device ops
+                    if t is not None:
+                        parts.append(t.reshape(-1))
+                parts.extend(t.reshape(1) for t in c.sums.values())
+                parts.extend(t.reshape(1) for t in c.grads.values())
+            outs = [(what, t) for what, t in self._out.items() if isinstance(t, Tensor)]
+            parts.extend(t.reshape(1) for _, t in outs)
             # The one host copy of the step (on a GPU, its one device sync).
             host = torch.cat(parts).to(torch.float64).cpu().numpy() if parts else np.empty(0)
-
-        def get(name) -> np.ndarray | None:
-            span = spans.get(name)
-            return host[span[0] : span[1]] if span is not None else None
-
-        grads_seen = get("grads") if get("grads") is not None else get("grads_backprop")
-        record = StepRecord(
-            step=step,
-            backward=updated and grads_seen is not None and bool(np.isfinite(grads_seen).any()),
-            batch=self._samples,
-            loss=float(host[spans["loss"][0]]) if "loss" in spans else math.nan,
-        )
+        numbers_host = host.tolist()
+        i = 0
+        loss_value = math.nan
+        if has_loss:
+            loss_value, i = numbers_host[0], 1
+        record = StepRecord(step=step, backward=False, batch=self._samples, loss=loss_value)
         if params:
-            values, grads_backprop = get("values").tolist(), get("grads_backprop").tolist()
-            applied = get("grads").tolist() if "grads" in spans else grads_backprop if updated else None
-            rates = self._before[2] if self._before is not None else [math.nan] * len(params)
-            new = iter(get("values_new").tolist() if "values_new" in spans else ())
-            for j, (n, p) in enumerate(params):
-                one = p.numel() == 1
-                record.params[n] = ParamStats(
+            values, grads_backprop = numbers_host[i : i + n_params], numbers_host[i + n_params : i + 2 * n_params]
+            i += 2 * n_params
+            grads = grads_backprop
+            if applied:
+                grads, i = numbers_host[i : i + n_params], i + n_params
+            record.backward = updated and any(math.isfinite(g) for g in grads)
+            if not updated:
+                grads = None
+            new_values = iter(())
+            if new:
+                new_values, i = iter(numbers_host[i : i + len(self._ones)]), i + len(self._ones)
+            for j, (name, one, numel, module) in enumerate(self._param_info):
+                record.params[name] = ParamStats(
                     value=values[j],
                     grad_backprop=grads_backprop[j],
-                    grad=applied[j] if applied is not None else math.nan,
-                    value_new=next(new, math.nan) if one else math.nan,
+                    grad=grads[j] if grads is not None else math.nan,
+                    value_new=next(new_values, math.nan) if one else math.nan,
                     lr=rates[j],
-                    numel=p.numel(),
-                    module=self._param_module.get(n, ""),
+                    numel=numel,
+                    module=module,
                 )
         thr = self.saturation_threshold
-        seen: set[str] = set()
+        counted = dict(entries)
         for key in self._order:  # layers with a weight once, at their first call; activations at every call
-            module = self._modules.get(key[0])
-            if module is None:
+            info = self._entry_info(key)
+            if info is None:
                 continue
-            kind = self._kinds.get(key[0])
-            if kind is None:
-                if key[0] in seen:
-                    continue
-                seen.add(key[0])
-                weight = getattr(module, "weight", None)
-                shape = list(weight.shape) if isinstance(weight, Tensor) else None
-                typ = "linear" if shape is not None and len(shape) == 2 else type(module).__name__
-                record.layers[key[0]] = LayerStats(module=key[0], type=typ, shape=shape)  # once per module
+            if info[0] == "layer":
+                _, name, typ, shape = info
+                record.layers[name] = LayerStats(module=name, type=typ, shape=None if shape is None else list(shape))
                 continue
-            c = self._counts.get(key)
+            c = counted.get(key)
             if c is None:
                 continue
-            stats = LayerStats(module=key[0], type=kind, kind=kind, unit_dim=self._unit_dims.get(f"{key[0]}#{key[1]}"))
+            _, entry, kind, unit_dim = info
+            stats = LayerStats(module=key[0], type=kind, kind=kind, unit_dim=unit_dim)
             stats.units = units = c.units
-            zero, top = get((key, "zero")), get((key, "top"))
-            if zero is not None:
-                stats.zero_fraction = (c.numel - float(zero[0])) / max(c.numel, 1)
-            if top is not None and units:
-                stats.dead_fraction = int(np.count_nonzero(top == 0)) / units
-                if kind in SATURATING:
-                    stats.saturation = int(np.count_nonzero(top < thr)) / units
             n_h = max(c.numel, 1)
-            for what in ("z", "h", "prime"):
-                if (key, what) in spans:
-                    setattr(stats, what, float(get((key, what))[0]) / n_h)
-            for what in ("dL_dh", "dL_dz"):
-                if (key, what) in spans:
-                    setattr(stats, what, float(get((key, what))[0]))
-            record.layers[self.entry_name(key)] = stats
-        for what in ("x", "y", "y_hat"):
-            if f"out{what}" in spans:
-                setattr(record, what, float(get(f"out{what}")[0]) / max(self._out.get(f"{what}#n", 1), 1))
-        if "outdL_dy_hat" in spans:
-            record.dL_dy_hat = float(get("outdL_dy_hat")[0])
+            if c.nonzero is not None:
+                stats.zero_fraction = (c.numel - numbers_host[i]) / n_h
+                i += 1
+            for t in (c.passing, c.max_prime):
+                if t is None:
+                    continue
+                n = t.numel()
+                per_unit, i = numbers_host[i : i + n], i + n
+                if t is c.passing:  # samples passing per unit: their total is the non-zero count (exact: integers)
+                    stats.zero_fraction = (c.numel - sum(per_unit)) / n_h
+                if units:
+                    stats.dead_fraction = per_unit.count(0.0) / units
+                    if t is c.max_prime and kind in SATURATING:
+                        stats.saturation = int(np.count_nonzero(host[i - n : i] < thr)) / units
+            for what in c.sums:  # z, h, dh/dz: batch means
+                setattr(stats, what, numbers_host[i] / n_h)
+                i += 1
+            for what in c.grads:  # ∂L/∂h, ∂L/∂z: batch sums
+                setattr(stats, what, numbers_host[i])
+                i += 1
+            record.layers[entry] = stats
+        for what, _ in outs:
+            value, i = numbers_host[i], i + 1
+            if what in ("x", "y", "y_hat"):
+                setattr(record, what, value / max(self._out.get(f"{what}#n", 1), 1))
+            elif what == "dL_dy_hat":
+                record.dL_dy_hat = value
         self.history.append(record)
         _pack_row(record, self._segments)
         return record
+
+    def _entry_info(self, key: tuple[str, int]) -> tuple | None:
+        """What the record needs of an entry that does not change from step to step, worked out once:
+        ("layer", name, type, weight shape) for the first call of a module that is not an activation,
+        ("activation", entry name, kind, unit dim) for an activation's call, None for the rest."""
+        if key in self._info:
+            return self._info[key]
+        module = self._modules.get(key[0])
+        kind = self._kinds.get(key[0])
+        if module is None or (kind is None and key[1] > 0):
+            info = None  # calls of a module after its first: its weight is the same
+        elif kind is None:
+            weight = getattr(module, "weight", None)
+            shape = tuple(weight.shape) if isinstance(weight, Tensor) else None
+            typ = "linear" if shape is not None and len(shape) == 2 else type(module).__name__
+            info = ("layer", key[0], typ, shape)
+        else:
+            info = ("activation", self.entry_name(key), kind, self._unit_dims.get(f"{key[0]}#{key[1]}"))
+        if module is not None and (kind is None or f"{key[0]}#{key[1]}" in self._unit_dims):
+            self._info[key] = info  # an activation's once its unit axis is known
+        return info
 
     # --- reading ------------------------------------------------------------------------------------------
 
@@ -943,13 +980,23 @@ def _pair(batch) -> tuple[Tensor | None, Tensor | None]:
     return None, None
 
 
+@functools.cache
+def _changes_grads(module_type: type) -> bool:
+    """Whether a LightningModule class has its own hooks that may change ``.grad`` before the update."""
+    return any(
+        getattr(module_type, hook) is not getattr(LightningModule, hook)
+        for hook in ("configure_gradient_clipping", "on_before_optimizer_step")
+    )
+
+
 def _number(t: Tensor | None, like: Tensor | None = None) -> Tensor:
     """A one-element tensor's value, or a larger tensor's L2 norm, as a 0-d float tensor (no sync); NaN for
     None (on the device of ``like``)."""
     if t is None:
         return torch.tensor(math.nan, device=like.device if like is not None else None)
     t = t.detach()
-    t = t if t.dtype == torch.float64 else t.float()  # norms of bf16/fp16 values in float32
+    if t.dtype is not torch.float32 and t.dtype is not torch.float64:
+        t = t.float()  # norms of bf16/fp16 values in float32
     return t.reshape(()) if t.numel() == 1 else torch.linalg.vector_norm(t)
 
 
