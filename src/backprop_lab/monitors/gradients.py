@@ -19,29 +19,58 @@ def histogram_stats(values: Tensor, bins: int = HISTOGRAM_BINS) -> dict | None:
     copied to the host, not the tensor (``add_histogram`` copies it and bins it with numpy). The same
     equal-width bins as ``add_histogram(..., bins=64)``, with the empty bucket in front that marks the
     left edge for TensorBoard. Non-finite values are left out; None where none is finite."""
-    v = values.detach().reshape(-1)
-    v = v if v.dtype == torch.float64 else v.float()
-    if v.numel() == 0:
-        return None
-    smallest, largest = (t.item() for t in torch.aminmax(v))
-    if not (math.isfinite(smallest) and math.isfinite(largest)):  # NaN or ±inf among the values
-        v = v[torch.isfinite(v)]
+    return histograms_stats([values], bins)[0]
+
+
+def histograms_stats(tensors: list[Tensor], bins: int = HISTOGRAM_BINS) -> list[dict | None]:
+    """:func:`histogram_stats` of each tensor, with two host copies for all of them (their extremes, then
+    their sums and counts) instead of four per tensor."""
+    flat = [t.detach().reshape(-1) for t in tensors]
+    flat = [v if v.dtype == torch.float64 else v.float() for v in flat]
+    full = [v for v in flat if v.numel()]
+    extremes = iter(torch.stack([m for v in full for m in torch.aminmax(v)]).tolist() if full else ())
+    ranges: list[tuple[Tensor, float, float] | None] = []
+    for v in flat:
         if v.numel() == 0:
-            return None
-        smallest, largest = (t.item() for t in torch.aminmax(v))
-    lo, hi = (smallest - 0.5, largest + 0.5) if smallest == largest else (smallest, largest)  # as np.histogram
-    counts = torch.histc(v, bins=bins, min=lo, max=hi)
-    sums = torch.stack([v.sum(dtype=torch.float64), torch.dot(v, v).to(torch.float64)])
-    summary = torch.cat([sums, counts.to(torch.float64)]).tolist()
-    return {
-        "min": smallest,
-        "max": largest,
-        "num": v.numel(),
-        "sum": summary[0],
-        "sum_squares": summary[1],
-        "bucket_limits": torch.linspace(lo, hi, bins + 1, dtype=torch.float64).tolist(),
-        "bucket_counts": [0.0, *summary[2:]],
-    }
+            ranges.append(None)
+            continue
+        smallest, largest = next(extremes), next(extremes)
+        if not (math.isfinite(smallest) and math.isfinite(largest)):  # NaN or ±inf among the values
+            v = v[torch.isfinite(v)]
+            if v.numel() == 0:
+                ranges.append(None)
+                continue
+            smallest, largest = (t.item() for t in torch.aminmax(v))
+        ranges.append((v, smallest, largest))
+    parts = []
+    for r in ranges:
+        if r is not None:
+            v, smallest, largest = r
+            lo, hi = (smallest - 0.5, largest + 0.5) if smallest == largest else (smallest, largest)  # as np.histogram
+            counts = torch.histc(v, bins=bins, min=lo, max=hi)
+            parts += [v.sum(dtype=torch.float64).reshape(1), torch.dot(v, v).to(torch.float64).reshape(1)]
+            parts += [counts.to(torch.float64), torch.linspace(lo, hi, bins + 1, dtype=torch.float64, device=v.device)]
+    numbers = torch.cat(parts).tolist() if parts else []
+    out: list[dict | None] = []
+    i, width = 0, 2 + bins + bins + 1
+    for r in ranges:
+        if r is None:
+            out.append(None)
+            continue
+        v, smallest, largest = r
+        row, i = numbers[i : i + width], i + width
+        out.append(
+            {
+                "min": smallest,
+                "max": largest,
+                "num": v.numel(),
+                "sum": row[0],
+                "sum_squares": row[1],
+                "bucket_limits": row[2 + bins :],
+                "bucket_counts": [0.0, *row[2 : 2 + bins]],
+            }
+        )
+    return out
 
 
 class GradientMonitor(Callback):
@@ -128,8 +157,9 @@ class GradientMonitor(Callback):
 
     def _histograms(self, trainer: Trainer, prefix: str, tensors: list[tuple[str, Tensor]], step: int) -> None:
         writers = tensorboard_writers(trainer)
-        for n, t in tensors if writers else ():
-            stats = histogram_stats(t)
+        if not writers or not tensors:
+            return
+        for (n, _), stats in zip(tensors, histograms_stats([t for _, t in tensors])):
             for writer in writers if stats is not None else ():
                 writer.add_histogram_raw(f"{prefix}/{n}", global_step=step, **stats)
 
