@@ -52,6 +52,38 @@ def test_each_call_is_one_event(tmp_path):
     ]
 
 
+def test_the_calls_of_one_step_are_one_event_until_a_tag_repeats(tmp_path):
+    logger = TensorBoardLogger(save_dir=str(tmp_path), name="", version="", default_hp_metric=False)
+    logger.log_metrics({"grad_norm/w1": 0.5, "update_ratio/w1": 0.25}, 0)  # the monitors' calls of step 0
+    logger.log_metrics({"relu/dead_fraction/h": 1.0}, 0)
+    logger.log_metrics({"train/loss": 1.25}, 0)  # then Lightning's own, and its save()
+    logger.save()
+    logger.log_metrics({"train/loss": 1.0}, 1)
+    logger.log_metrics({"train/loss": 0.5}, 1)  # the same tag again at the same step: an event of its own
+    logger.log_metrics({"relu/dead_fraction/h": 0.0}, 2)  # written at finalize
+    logger.finalize("success")
+    (path,) = event_files(tmp_path)
+    events = [e for e in LegacyEventFileLoader(str(path)).Load() if e.summary.value]
+    assert [(e.step, [(v.tag, v.simple_value) for v in e.summary.value]) for e in events] == [
+        (0, [("grad_norm/w1", 0.5), ("update_ratio/w1", 0.25), ("relu/dead_fraction/h", 1.0), ("train/loss", 1.25)]),
+        (1, [("train/loss", 1.0)]),
+        (1, [("train/loss", 0.5)]),
+        (2, [("relu/dead_fraction/h", 0.0)]),
+    ]
+
+
+def test_a_saved_checkpoint_finds_every_earlier_event_on_disk(tmp_path):
+    # save() flushes at most every flush_every_s; a checkpoint flushes always, so that a run killed after it and
+    # resumed from it misses no event before it
+    logger = TensorBoardLogger(save_dir=str(tmp_path), name="", version="", flush_every_s=3600)
+    for step in range(3):
+        logger.log_metrics({"train/loss": 1.0 / 2**step}, step)
+        logger.save()
+    logger.after_save_checkpoint(None)
+    assert read_scalars(tmp_path) == {"train/loss": {0: 1.0, 1: 0.5, 2: 0.25}}
+    logger.finalize("success")
+
+
 def test_a_prefix_takes_lightnings_own_path(tmp_path):
     _log(TensorBoardLogger, tmp_path, prefix="run")
     assert set(read_scalars(tmp_path)) == {"run-train/loss", "run-grad_norm/w1", "run-relu/h"}

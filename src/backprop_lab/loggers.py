@@ -1,11 +1,13 @@
 """The package's loggers: Lightning's TensorBoard and CSV loggers, each with one change.
 
-TensorBoard: each ``log_metrics`` call written as one event.
+TensorBoard: the ``log_metrics`` calls of one step written as one event, flushed at most once a second.
 
 Lightning's ``TensorBoardLogger.log_metrics`` writes one event per scalar (``SummaryWriter.add_scalar``),
 each serialised, queued and checksummed on its own: about 26 µs a scalar here, so the ~20 scalars a
-monitored MLP logs every step cost ~0.5 ms, a tenth of its step. Written as one ``Summary`` holding
-every value of the call, the same tags and values reach the same event file for a fraction of that.
+monitored MLP logs every step cost ~0.5 ms, a tenth of its step. Here the calls for one step (each monitor's,
+then Lightning's own ``train/loss``) are gathered into one ``Summary``, written at Lightning's ``save()`` after
+the step, at a call for another step, or before a tag would repeat: the same tags and values reach the same
+event file for a fraction of that.
 Lightning also calls ``save()`` after every ``log_metrics``, and its TensorBoard logger flushes the writer
 there: the training step waits, every step, until the writer's thread has checksummed (in Python, ~0.1 µs a
 byte) and written everything queued, and then for the file's flush. Here ``save()`` flushes at most once every
@@ -53,10 +55,15 @@ class TensorBoardLogger(LightningTensorBoardLogger):
         self.metric_prefix = prefix  # with one, Lightning's own path names the tags
         self.flush_every_s = flush_every_s
         self._flushed_at = -math.inf
+        self._pending: Summary | None = None  # the scalars of one step, not written yet
+        self._pending_step: int | None = None
+        self._pending_tags: set[str] = set()
 
     @rank_zero_only
     def save(self) -> None:
-        """Lightning's ``save`` (flush, and ``hparams.yaml`` where missing), at most every ``flush_every_s`` s."""
+        """The step's scalars as one event; Lightning's ``save`` (flush, and ``hparams.yaml`` where missing) at
+        most every ``flush_every_s`` s."""
+        self._write_pending()
         now = time.monotonic()
         if now - self._flushed_at >= self.flush_every_s:
             self._flushed_at = now
@@ -65,19 +72,40 @@ class TensorBoardLogger(LightningTensorBoardLogger):
     @rank_zero_only
     def after_save_checkpoint(self, checkpoint_callback) -> None:
         super().after_save_checkpoint(checkpoint_callback)
+        self._write_pending()
         self._flushed_at = time.monotonic()
         super().save()
+
+    @rank_zero_only
+    def finalize(self, status: str) -> None:
+        self._write_pending()
+        super().finalize(status)
 
     @rank_zero_only
     def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
         writer = self.experiment.file_writer  # None once closed: Lightning's own path reopens it
         if writer is None or self.metric_prefix or any(isinstance(v, dict) for v in metrics.values()):
+            self._write_pending()
             return super().log_metrics(metrics, step)
-        values = [
-            Summary.Value(tag=k, simple_value=float(v.item() if isinstance(v, Tensor) else v))
-            for k, v in metrics.items()
-        ]
-        writer.add_summary(Summary(value=values), global_step=step)
+        if self._pending is not None and (step != self._pending_step or not self._pending_tags.isdisjoint(metrics)):
+            self._write_pending()  # another step, or a tag logged twice at one step: an event of its own
+        if self._pending is None:
+            self._pending, self._pending_step = Summary(), step
+        add = self._pending.value.add
+        for k, v in metrics.items():
+            add(tag=k, simple_value=float(v.item() if isinstance(v, Tensor) else v))
+        self._pending_tags.update(metrics)
+
+    def _write_pending(self) -> None:
+        summary, self._pending = self._pending, None
+        self._pending_tags = set()
+        if summary is None:
+            return
+        writer = self.experiment.file_writer
+        if writer is not None:
+            writer.add_summary(summary, global_step=self._pending_step)
+        else:  # closed since: Lightning's own path opens it again
+            super().log_metrics({v.tag: v.simple_value for v in summary.value}, self._pending_step)
 
     @rank_zero_only
     def log_hparams_record(
@@ -95,6 +123,7 @@ class TensorBoardLogger(LightningTensorBoardLogger):
         ``2. <key>`` … so that they come first, each shown by its own name (its display name)."""
         super().log_hyperparams(params)  # hparams.yaml only: with no metrics (and no hp_metric) nothing else
         self.log_metrics(metrics, step)  # also opens the writer again, where the fit closed it
+        self._write_pending()
         names = {key: f"{i}. {key}" for i, key in enumerate(first, start=1)}
         infos = [
             api_pb2.HParamInfo(name=names.get(k, k), display_name=k, type=HPARAM_TYPES.get(type(v), STRING))
