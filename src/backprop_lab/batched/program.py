@@ -288,7 +288,8 @@ class BatchedModule(L.LightningModule):
                         callback.load_state_dict(states[name])  # through the monitor's own format
                         callbacks[callback.state_key] = callback.state_dict()
                 if isinstance(callback, BackpropViewMonitor) and "view" in states:
-                    callbacks[callback.state_key] = states["view"]
+                    callback.history = states["view"]  # what the monitor wrote: its state is made from it
+                    callbacks[callback.state_key] = callback.state_dict()
             checkpoint = {
                 "epoch": trainer.current_epoch,
                 "global_step": trainer.global_step,

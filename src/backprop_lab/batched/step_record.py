@@ -361,11 +361,12 @@ class CopiesRecorder:
 
     def monitor_states(self, k: int) -> dict[str, dict]:
         """What copy k's separate run would keep in its checkpoint from its monitors, each in the format of the
-        monitor's own ``state_dict`` (``recorder``: :class:`~backprop_lab.monitors.record.StepRecorder`'s probe
-        activity and each unit's last active step, not its step history; ``dead_relu``:
-        :class:`~backprop_lab.monitors.dead_relu.DeadReLUMonitor`'s; ``view``:
-        :class:`~backprop_lab.monitors.backprop_view.BackpropViewMonitor`'s written rows)."""
-        out: dict[str, dict] = {}
+        monitor's own ``load_state_dict`` (``recorder``: :class:`~backprop_lab.monitors.record.StepRecorder`'s
+        probe activity and each unit's last active step, not its step history; ``dead_relu``:
+        :class:`~backprop_lab.monitors.dead_relu.DeadReLUMonitor`'s), or (``view``) the rows written so far as
+        the :class:`~backprop_lab.diagnoses.History` that
+        :class:`~backprop_lab.monitors.backprop_view.BackpropViewMonitor` keeps as its ``history``."""
+        out: dict = {}
         if self.relu and self.last_step[k] >= 0:
             steps = [s for s, idx, _ in self._probes if k in idx]
             activity = [passing[np.flatnonzero(idx == k)[0]] for _, idx, passing in self._probes if k in idx]
@@ -382,12 +383,8 @@ class CopiesRecorder:
             }
         if self.graph is not None and self._rows:
             mine = [(at[0], rows[idx == k]) for idx, at, rows in zip(self._copy_idx, self._steps, self._rows)]
-            written = [(int(step), rows) for step, rows in mine if len(rows)]
-            out["view"] = {
-                "layout": self.layouts[k],
-                "steps": [step for step, _ in written],
-                "values": [float(v) for _, rows in written for v in rows.reshape(-1)],
-            }
+            written = [(int(step), rows[0]) for step, rows in mine if len(rows)]
+            out["view"] = History.from_rows(self.layouts[k], written)
         return out
 
     # --- the end: each copy's diagnoses -----------------------------------------------------------------
