@@ -170,10 +170,11 @@ class JobLogging:
         if not self.configured:
             logging.config.dictConfig(self._put(output_dir))
             self.configured = True
+            named = {h.name: h for h in _handlers()}
+            self.objects = {name: named[name] for name in self.handlers}
             return
-        named = {h.name: h for h in _handlers()}
         for name, handler_cfg in self.handlers.items():
-            handler = named[name]
+            handler = self.objects[name]
             conf = self._put(output_dir, handler_cfg)
             path = os.path.abspath(conf["filename"])
             stream = open(path, conf.get("mode", "a"), encoding=conf.get("encoding"), errors=conf.get("errors"))  # noqa: SIM115
