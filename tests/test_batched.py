@@ -592,14 +592,18 @@ def test_jobs_that_cannot_be_copies_run_one_at_a_time_and_say_why(tmp_path):
 def test_a_bad_value_in_a_batched_sweep_is_refused_as_the_basic_launcher_refuses_it(tmp_path, values):
     """The second job's value (a derived config, not composed) fails with the basic launcher's one line."""
     refusals = []
-    for name, launcher in (("basic", ()), ("batched", ("hydra/launcher=batched",))):
+    for name, launcher in (
+        ("basic", ()),
+        ("batched", ("hydra/launcher=batched",)),
+        ("sweeper", ("hydra/sweeper=batched",)),
+    ):
         result = run_cli(
             "-m", *launcher, "model=sigmoid", f"optim.lr={values}", f"hydra.sweep.dir={name}", cwd=tmp_path
         )
         assert result.returncode == 2, result.stderr[-2000:]
         refusals.append(result.stderr.strip().splitlines())
         assert not list((tmp_path / name).glob("*/summary.json"))  # nothing trained
-    assert refusals[0] == refusals[1] and len(refusals[1]) == 1 and "job #1" in refusals[1][0]
+    assert refusals[0] == refusals[1] == refusals[2] and len(refusals[1]) == 1 and "job #1" in refusals[1][0]
 
 
 class _SignalAt(Callback):

@@ -131,7 +131,7 @@ def derive_config(
     return config
 
 
-def _job_values(config: DictConfig, parsed, idx: int) -> dict:
+def _job_values(config: DictConfig, parsed, idx: int, put=None) -> dict:
     """What sets a job of ``config``'s group apart, by key: its batchable values (as Hydra merges an override,
     converted to the schema's types), its task overrides, ``override_dirname``, id and num. ``config`` is left
     with the batchable values set (checking them costs the same as setting them)."""
@@ -142,11 +142,15 @@ def _job_values(config: DictConfig, parsed, idx: int) -> dict:
     values = {}
     for override in parsed:
         if _batchable(override):
-            try:
-                OmegaConf.update(config, override.key_or_group, override.value(), merge=True)
+            key = override.key_or_group
+            try:  # a scalar merged into a scalar node is set, converted to the node's type
+                if put is None:
+                    OmegaConf.update(config, key, override.value(), merge=True)
+                    values[key] = OmegaConf.select(config, key)
+                else:
+                    values[key] = put(config, key, override.value())
             except OmegaConfBaseException as error:  # in Hydra's words, as its composition says it
                 raise ConfigCompositionException(f"Error merging override {override.input_line}") from error
-            values[override.key_or_group] = OmegaConf.select(config, override.key_or_group)
     dirname = config.hydra.job.config.override_dirname
     values["hydra.overrides.task"] = [o.input_line for o in parsed]
     values["hydra.job.override_dirname"] = overrides_dirname(
@@ -205,7 +209,7 @@ class GroupConfig:
 
     def set_job(self, overrides: Sequence[str], idx: int) -> dict:
         """Set ``config`` to the job ``overrides`` (number ``idx``); its own values, by key."""
-        self.values = _job_values(self.config, parse_job_overrides(self.parser, overrides), idx)
+        self.values = _job_values(self.config, parse_job_overrides(self.parser, overrides), idx, self._put)
         for key, value in self.values.items():
             if key.startswith("hydra."):
                 self.values[key] = self._put(self.config, key, value)
