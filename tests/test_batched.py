@@ -62,6 +62,31 @@ def test_scalar_events_written_out_are_the_bytes_of_tensorboards_own_messages():
             assert scalars_event(1796420093.25, step, metrics) == want, (step, metrics)
 
 
+@pytest.mark.parametrize("step", [0, 1, 127, 128, 100_000])
+def test_scalar_columns_write_each_copys_event_as_protobuf_does(step):
+    """The relu/* events of many copies at once (one event's bytes, each copy's float32 values written in) are
+    the bytes of TensorBoard's own Event message for each copy: NaN, ±inf, beyond float32, any step."""
+    from tensorboard.compat.proto.event_pb2 import Event
+    from tensorboard.compat.proto.summary_pb2 import Summary
+
+    from backprop_lab.batched.step_record import ScalarColumns
+
+    tags = ["relu/dead_fraction/h", "relu/zero_fraction/h"]
+    values = np.array([[0.0, 1.0], [math.nan, -2.5], [math.inf, 1e39], [-math.inf, 0.1]])
+    which = np.array([3, 0, 7, 2])
+    events = ScalarColumns(tags).events(step, which, values)
+    assert list(events) == which.tolist()
+    for k, row in zip(which.tolist(), values):
+        got = Event.FromString(events[k])
+        assert got.step == step and [v.tag for v in got.summary.value] == tags
+        want = Event(
+            wall_time=got.wall_time,
+            step=step,
+            summary=Summary(value=[Summary.Value(tag=t, simple_value=float(v)) for t, v in zip(tags, row)]),
+        )
+        assert events[k] == want.SerializeToString()
+
+
 def _post_sigmoid_grads(w1: np.ndarray, w2: np.ndarray, x=1.0, y=0.5):
     """(L, ∂L/∂w1, ∂L/∂w2) of the post's sigmoid net, by hand, in float64."""
     h = 1 / (1 + np.exp(-w1 * x))
