@@ -612,6 +612,53 @@ def test_jobs_that_cannot_be_copies_run_one_at_a_time_and_say_why(tmp_path):
         assert (run / "metrics.csv").is_file()
 
 
+RECORDER = """
+import json
+from pathlib import Path
+
+from hydra.experimental.callback import Callback
+
+
+class Recorder(Callback):
+    def _write(self, config, row):
+        with open(Path(config.hydra.sweep.dir).parent / (Path(config.hydra.sweep.dir).name + ".jsonl"), "a") as f:
+            f.write(json.dumps(row) + "\\n")
+
+    def on_job_start(self, config, **kwargs):
+        self._write(config, {"hook": "start", "num": config.hydra.job.num, "dir": config.hydra.runtime.output_dir,
+                             "lr": config.optim.lr, "task": list(config.hydra.overrides.task)})
+
+    def on_job_end(self, config, job_return, **kwargs):
+        self._write(config, {"hook": "end", "num": config.hydra.job.num, "dir": config.hydra.runtime.output_dir,
+                             "return_dir": job_return.hydra_cfg.hydra.runtime.output_dir,
+                             "return_num": job_return.hydra_cfg.hydra.job.num, "lr": job_return.cfg.optim.lr,
+                             "overrides": job_return.overrides, "value": job_return.return_value,
+                             "status": job_return.status.name})
+"""
+
+
+@pytest.mark.slow
+def test_hydra_callbacks_get_each_copys_config_and_return_as_the_basic_launcher_gives_them(tmp_path):
+    """A Hydra callback with on_job_start and on_job_end: each copy's whole config and its JobReturn (its Hydra
+    config made when read) as the basic launcher's jobs have them."""
+    (tmp_path / "job_recorder.py").write_text(RECORDER)
+    hooks = {}
+    for name, launcher in (("basic", ()), ("batched", ("hydra/sweeper=batched",))):
+        result = run_cli(
+            "-m", *launcher, "model=sigmoid", "optim.lr=0.1,1,10", "+hydra.callbacks.rec._target_=job_recorder.Recorder",
+            QUIET, f"hydra.sweep.dir={name}", cwd=tmp_path, env={"PYTHONPATH": str(tmp_path)}, timeout=300,
+        )  # fmt: skip
+        assert result.returncode == 0, result.stderr[-3000:]
+        rows = [json.loads(line) for line in (tmp_path / f"{name}.jsonl").read_text().splitlines()]
+        for row in rows:
+            for key in ("dir", "return_dir"):
+                if key in row:
+                    row[key] = str(Path(row[key]).relative_to(tmp_path / name))
+        hooks[name] = sorted(rows, key=lambda r: (r["hook"], r["num"]))
+    assert hooks["batched"] == hooks["basic"]
+    assert [r["hook"] for r in hooks["basic"]] == ["end"] * 3 + ["start"] * 3
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("values", ["0.1,-1", "0.1,abc"])
 def test_a_bad_value_in_a_batched_sweep_is_refused_as_the_basic_launcher_refuses_it(tmp_path, values):
