@@ -431,11 +431,13 @@ def train_group(
     data = instantiate(cfg.data, seed=cfg.seed)
     data.setup()
     optim = [c.optim for c in cfgs]
+    momenta = [float(o.get("momentum", 0.0)) for o in optim]
+    decays = [float(o.get("weight_decay", 0.0)) for o in optim]
     module = BatchedModule(
         build_net(cfgs),
         lrs=[float(o.lr) for o in optim],
-        momenta=[float(o.get("momentum", 0.0)) for o in optim],
-        weight_decays=[float(o.get("weight_decay", 0.0)) for o in optim],
+        momenta=momenta,
+        weight_decays=decays,
         tol=float(cfg.tol),
         gradients=bool(cfg.monitor.gradients),
     )
@@ -450,8 +452,8 @@ def train_group(
             post_net,
             optimizer=str(cfg.optim._target_).rsplit(".", 1)[-1],
             lrs=module.lrs,
-            momenta=[float(o.get("momentum", 0.0)) for o in optim],
-            weight_decays=[float(o.get("weight_decay", 0.0)) for o in optim],
+            momenta=momenta,
+            weight_decays=decays,
             copies=copies,
             view=bool(monitor.backprop_view),
             dead_relu=bool(monitor.dead_relu),
@@ -460,12 +462,22 @@ def train_group(
             relu_grad_at_zero=int(cfg.model.get("relu_grad_at_zero", 0)),
             double=str(cfg.trainer.precision) in ("64-true", "64"),
         )
+    replays: dict[tuple, list] = {}  # the replay reads the weights and SGD's numbers: copies differing in seed share it
     for k, c in enumerate(cfgs):  # the Text tab and the Custom Scalars layout, as a separate run writes them
         config = "\n".join("    " + line for line in OmegaConf.to_yaml(c, resolve=False).splitlines())
         summaries = [text("config", config), custom_scalars(custom_scalars_layout())]
         if c.replay.to_tensorboard:  # the post's step 0 replayed, from the copy's own start (log_replay's text)
-            with contextlib.suppress(ConfigError):  # not the post's example: nothing to replay, as log_replay
-                summaries.append(text("replay", to_markdown(replay(c, copy_net(post_net, c)))))
+            key = (
+                *(float(c.model[n]) for n, _ in post_net.named_parameters()),
+                float(optim[k].lr),
+                momenta[k],
+                decays[k],
+            )
+            if key not in replays:
+                replays[key] = []
+                with contextlib.suppress(ConfigError):  # not the post's example: nothing to replay, as log_replay
+                    replays[key] = [text("replay", to_markdown(replay(c, copy_net(post_net, c))))]
+            summaries += replays[key]
         copies.log_copy_summaries(k, summaries)
     notes = SignalNotes().__enter__()  # from here a signal is noted; the program stops after that update
     trainer = L.Trainer(
