@@ -44,6 +44,11 @@ class StepClock(Callback):
         self.times.append(time.perf_counter())
         self.cpu_times.append(time.thread_time())
 
+    def cpu_steps(self) -> list[float]:
+        """The main thread's CPU time of each of steps 1 … N−2, one by one."""
+        t = self.cpu_times[1:]
+        return [b - a for a, b in zip(t, t[1:])]
+
     def cpu_per_step(self) -> float:
         """:meth:`per_step` in the main thread's CPU time: what a step costs, whatever else the machine runs
         (with one intra-op thread only; a second one's work is not counted)."""
@@ -105,10 +110,16 @@ def _quiet():
         yield
 
 
-def _fit_package(cfg, run_dir: str, picture_s: list[float] | None = None, cpu: list[float] | None = None) -> float:
+def _fit_package(
+    cfg,
+    run_dir: str,
+    picture_s: list[float] | None = None,
+    cpu: list[float] | None = None,
+    cpu_steps: list[float] | None = None,
+) -> float:
     """µs per step of the package's own run of ``cfg``; appends to ``picture_s`` how long each
-    drawing of the pictures took (at the end of the run, outside the timed window), and to ``cpu`` the
-    main thread's CPU time per step."""
+    drawing of the pictures took (at the end of the run, outside the timed window), to ``cpu`` the
+    main thread's CPU time per step, and to ``cpu_steps`` that time of each step."""
     from backprop_lab.monitors import PictureMonitor
     from backprop_lab.monitors.common import find_callback
     from backprop_lab.train import build_run
@@ -131,6 +142,8 @@ def _fit_package(cfg, run_dir: str, picture_s: list[float] | None = None, cpu: l
     trainer.logger.finalize("success")
     if cpu is not None:
         cpu.append(clock.cpu_per_step())
+    if cpu_steps is not None:
+        cpu_steps.extend(clock.cpu_steps())
     return clock.per_step()
 
 
@@ -316,13 +329,16 @@ def bench_threads(cfg: dict, quick: bool) -> tuple[list[dict], list[dict]]:
                 cases = [(t, runner, c) for t in counts for runner, c in (("monitors_on", on), ("monitors_off", off))]
                 samples: list[dict] = []
                 cpu_samples: list[dict] = []
+                steps: dict = {case[:2]: [] for case in cases}  # each step's CPU time, every round
                 for rnd in range(rounds):
                     sample, cpu_sample = {}, {}
                     for t, runner, c in cases if rnd % 2 == 0 else reversed(cases):
                         torch.set_num_threads(t)
                         gc.collect()
                         cpu: list[float] = []
-                        sample[(t, runner)] = _fit_package(c, tempfile.mkdtemp(dir=tmp), cpu=cpu)
+                        sample[(t, runner)] = _fit_package(
+                            c, tempfile.mkdtemp(dir=tmp), cpu=cpu, cpu_steps=steps[(t, runner)]
+                        )
                         cpu_sample[(t, runner)] = cpu[0]
                     samples.append(sample)
                     cpu_samples.append(cpu_sample)
@@ -343,6 +359,14 @@ def bench_threads(cfg: dict, quick: bool) -> tuple[list[dict], list[dict]]:
                             "monitoring_overhead": statistics.median(overhead),
                             "monitoring_overhead_range": [min(overhead), max(overhead)],
                             "cpu_monitoring_overhead": statistics.median(cpu_overhead) if t == 1 else None,
+                            # the 10th percentile of every step's CPU time, on over off: a busy neighbour only adds
+                            # time (cache, memory bandwidth), so a low percentile holds where means and medians move
+                            "cpu_p10_monitoring_overhead": (
+                                _percentile(steps[(1, "monitors_on")], 10) / _percentile(steps[(1, "monitors_off")], 10)
+                                - 1
+                                if t == 1
+                                else None
+                            ),
                             "one_thread_vs_default": statistics.median(
                                 s[(1, "monitors_on")] / s[(default, "monitors_on")] for s in samples
                             ),
@@ -352,6 +376,15 @@ def bench_threads(cfg: dict, quick: bool) -> tuple[list[dict], list[dict]]:
         finally:
             torch.set_num_threads(default)
     return rows, ratios
+
+
+def _percentile(values: list[float], q: float) -> float:
+    """The ``q``-th percentile of ``values`` (linear between the two nearest ranks, as numpy's default)."""
+    ordered = sorted(values)
+    at = (len(ordered) - 1) * q / 100
+    low = math.floor(at)
+    high = min(low + 1, len(ordered) - 1)
+    return ordered[low] + (ordered[high] - ordered[low]) * (at - low)
 
 
 # --- whole processes: start-up and sweeps -----------------------------------------------------------
@@ -503,6 +536,7 @@ def render(res: dict, table, console) -> None:
                 "monitors off",
                 "overhead",
                 "overhead (CPU time)",
+                "overhead (CPU, p10 step)",
                 "1 thread / default",
             ],
             [
@@ -518,6 +552,7 @@ def render(res: dict, table, console) -> None:
                     ],
                     r["monitoring_overhead"],
                     r["cpu_monitoring_overhead"],
+                    r.get("cpu_p10_monitoring_overhead"),
                     r["one_thread_vs_default"],
                 ]
                 for r in res["threads_ratios"]

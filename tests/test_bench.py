@@ -91,6 +91,8 @@ def test_quick_benchmark_writes_the_documented_json(tmp_path):
     # one intra-op thread and torch's default, monitors on and off, for every model; the count is restored
     assert {(r["threads"], r["runner"]) for r in res["threads"]} >= {(1, "monitors_on"), (1, "monitors_off")}
     assert {r["model"] for r in res["threads_ratios"]} == {r["model"] for r in res["training_ratios"]}
+    for r in res["threads_ratios"]:  # the percentile figure from one thread's CPU time only
+        assert (r["cpu_p10_monitoring_overhead"] is None) == (r["threads"] != 1), r
     startup = {r["name"]: r["rc"] for r in res["startup"]}
     assert startup == {"--help": 0, "refused override optim.lr=-1": 2}
     assert not list(tmp_path.glob("outputs")), "the benchmark must not write runs into its working directory"
