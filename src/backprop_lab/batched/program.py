@@ -366,25 +366,31 @@ def build_net(cfgs: Sequence[DictConfig]) -> StackedPostNet:
 
 def sharpness_at_start(cfg: DictConfig) -> float | None:
     """λ_max, the largest eigenvalue of the loss Hessian at the job's initial weights, for the post's nets (None
-    for others): ``torch.func.hessian`` (forward over reverse) through the hand-written Functions, their
-    ``backward`` and ``jvp``, in float64. Gradient descent near that point is stable for η < 2/λ_max; for the
-    linear net λ_max = 2x², so 2/λ_max = 1/x², the exact bound."""
+    for others, or where the power iteration does not settle): :func:`~backprop_lab.monitors.sharpness.
+    hessian_top_eigenvalue` (the monitor's: power iteration on Hessian-vector products, forward over reverse
+    through the hand-written Functions' ``jvp`` and ``backward``), in float64 to 1e-12. Gradient descent near
+    that point is stable for η < 2/λ_max; for the linear net λ_max = 2x², so 2/λ_max = 1/x², the exact bound."""
+    from backprop_lab.monitors.sharpness import hessian_top_eigenvalue
+
     kind = POST_NETS.get(cfg.model.get("_target_"))
     if kind is None or "x" not in cfg.data:
         return None
     names = ("w",) if kind == "linear" else ("w1", "w2")
-    w0 = torch.tensor([float(cfg.model[n]) for n in names], dtype=torch.float64)
+    w0 = {n: torch.tensor([[float(cfg.model[n])]], dtype=torch.float64) for n in names}
     x = torch.tensor([[float(cfg.data.x)]], dtype=torch.float64)
     y = torch.tensor([[float(cfg.data.y)]], dtype=torch.float64)
+    at_zero = int(cfg.model.get("relu_grad_at_zero", 0))
 
-    def loss(w: Tensor) -> Tensor:
+    def loss(w: dict[str, Tensor]) -> Tensor:
         if kind == "linear":
-            return F.mse_loss(F.linear(x, w[0].reshape(1, 1)), y)
-        z1 = F.linear(x, w[0].reshape(1, 1))
-        h = F.sigmoid(z1) if kind == "sigmoid" else F.relu(z1, int(cfg.model.get("relu_grad_at_zero", 0)))
-        return F.mse_loss(F.linear(h, w[1].reshape(1, 1)), y)
+            return F.mse_loss(F.linear(x, w["w"]), y)
+        z1 = F.linear(x, w["w1"])
+        h = F.sigmoid(z1) if kind == "sigmoid" else F.relu(z1, at_zero)
+        return F.mse_loss(F.linear(h, w["w2"]), y)
 
-    return float(torch.linalg.eigvalsh(torch.func.hessian(loss)(w0)).max())
+    # a fixed start (not the global RNG): the figure is the same in every sweep
+    top = hessian_top_eigenvalue(loss, w0, iters=1000, tol=1e-12, generator=torch.Generator().manual_seed(0))
+    return top.value if top.converged else None
 
 
 def stability_bound(cfg: DictConfig) -> tuple[float, str] | None:
