@@ -227,13 +227,14 @@ def test_a_group_config_set_to_each_job_and_its_record_files_are_what_hydra_comp
         master, loader = _hydra_configs()
         assert group_overrides(loader, jobs) == [list(range(len(jobs)))]
         group = GroupConfig(loader.load_sweep_config(master, jobs[0]), loader)
-        values, mine = [], []
+        values, mine, tasks = [], [], []
         with group.as_hydra_config() as view:
             for i, job in enumerate(jobs):
                 values.append(dict(group.set_job(job, i)))
                 group.set_output_dir(str(tmp_path / f"run {i}" if i == 5 else tmp_path / f"run{i}"))
                 values[-1] = dict(group.values)
                 mine.append(OmegaConf.to_container(group.config, resolve=False))
+                tasks.append(OmegaConf.to_container(group.task_config(), resolve=False))
                 if i == 0:
                     template = RecordTemplate(group.task_config(), view, values[0])
         assert template.ok
@@ -244,6 +245,7 @@ def test_a_group_config_set_to_each_job_and_its_record_files_are_what_hydra_comp
             composed.hydra.job.id = composed.hydra.job.num = i
             task, hydra_cfg = _as_run_job(composed, values[i]["hydra.runtime.output_dir"])
             assert mine[i] == OmegaConf.to_container(composed, resolve=False), i
+            assert tasks[i] == OmegaConf.to_container(task, resolve=False), i  # what the job's task receives
             if i < 5:
                 assert rendered[i] == job_yaml(task, hydra_cfg, composed.hydra.overrides.task), i
     finally:
