@@ -173,6 +173,10 @@ def test_linear_sweep_with_a_diverging_lr_exits_0_with_both_summaries_and_the_ta
     assert "converged ones by steps to converge" in table
     assert table.index("converged") < table.index("diverged")
     assert [r["status"] for r in _csv_rows(sweep / "summary.csv")] == ["converged", "diverged"]
+    # every sweep over η gets the stability-edge figure, from each job's .hydra/config.yaml on this launcher
+    assert f"stability edge: {(sweep / 'stability_edge.png').relative_to(tmp_path)}" in proc.stdout
+    assert (sweep / "stability_edge.png").stat().st_size > 0
+    assert event_accumulator(sweep / "stability_edge").Tags()["images"] == ["sweep/stability_edge"]
 
 
 @pytest.mark.slow

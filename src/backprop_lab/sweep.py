@@ -449,6 +449,29 @@ def log_figure(fig, log_dir: Path, tag: str = "sweep/final_loss") -> None:
     writer.close()
 
 
+def stability_edge(sweep_dir: Path, rows: list[dict]) -> Path | None:
+    """The sweep's stability-edge figure (:mod:`backprop_lab.batched.edge`) where its launcher has not drawn it:
+    the batched launcher draws it from the configs it holds; after any other launcher each job's config is read
+    back from its ``.hydra/config.yaml``. None where the sweep has fewer than two η, or on a failure (a picture
+    never fails a sweep that trained: it is named in one line)."""
+    path = sweep_dir / "stability_edge.png"
+    if path.exists():
+        return None
+    try:
+        from backprop_lab.batched.edge import edge_rows, write_stability_edge
+        from backprop_lab.batched.program import stability_bound
+
+        jobs = []
+        for row in rows:
+            config = sweep_dir / row["run"] / ".hydra" / "config.yaml"
+            if config.is_file() and row.get("status") is not None:
+                jobs.append((OmegaConf.load(config), row, list(row.get("overrides") or [])))
+        return write_stability_edge(sweep_dir, edge_rows(jobs, stability_bound))
+    except Exception as error:  # noqa: BLE001
+        print(f"sweep summary: no stability-edge figure ({type(error).__name__}: {error})")
+        return None
+
+
 def summarize(sweep_dir: Path) -> list[dict]:
     """Table, summary.csv and picture of the sweep in ``sweep_dir``; returns the sorted summaries."""
     rows = rank_runs(read_summaries(sweep_dir))
@@ -460,6 +483,9 @@ def summarize(sweep_dir: Path) -> list[dict]:
     numbers = numeric_keys(rows, keys)
     if numbers:
         log_figure(final_loss_figure(rows, numbers), sweep_dir / "sweep_summary")
+    edge = stability_edge(sweep_dir, rows)
+    if edge is not None:
+        print(f"stability edge: {edge}")
     print(f"sweep summary: {sweep_dir / 'summary.csv'}  (tensorboard --logdir {sweep_dir})")
     return rows
 
