@@ -36,8 +36,11 @@ for _name in ("lightning", "lightning.pytorch", "lightning.fabric"):
     logging.getLogger(_name).setLevel(logging.ERROR)
 
 
-def fit(run_dir: Path, net, batches, steps: int, lr=0.1, loss=F.mse_loss, momentum=0.0, every=1, logger=True):
-    """Train ``net`` on ``batches`` (cycled) for ``steps`` updates with BackpropViewMonitor; return the monitor."""
+def fit(
+    run_dir: Path, net, batches, steps: int, lr=0.1, loss=F.mse_loss, momentum=0.0, every=1, logger=True, before=()
+):
+    """Train ``net`` on ``batches`` (cycled) for ``steps`` updates with BackpropViewMonitor (after the callbacks
+    ``before``); return the monitor."""
     batches = list(batches)
     data = [batches[i % len(batches)] for i in range(steps)]
     module = BackpropModule(net, functools.partial(torch.optim.SGD, lr=lr, momentum=momentum), loss, tol=0.0)
@@ -47,7 +50,7 @@ def fit(run_dir: Path, net, batches, steps: int, lr=0.1, loss=F.mse_loss, moment
     trainer = L.Trainer(
         max_steps=steps,
         logger=logger,
-        callbacks=[monitor],
+        callbacks=[*before, monitor],
         log_every_n_steps=every,
         accelerator="cpu",
         enable_progress_bar=False,

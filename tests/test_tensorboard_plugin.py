@@ -22,6 +22,7 @@ import torch
 from test_backprop_view import approx, fit, fit_post, post_cfg
 
 from backprop_lab import models
+from backprop_lab.monitors import SharpnessMonitor
 from backprop_lab.replay import replay
 
 SWEEP = "sweeps/2026-01-01_00-00-00.000000"
@@ -50,7 +51,10 @@ def train_runs(logdir: Path) -> None:
     net = models.MLP(1, 1, hidden=[16, 16, 16], activation="sigmoid")
     fit(logdir / "mlp", net, [(x, torch.sin(x))], steps=20, every=1)
     fit_post(logdir / SWEEP / "model=linear,optim.lr=0.1", models.LinearNet(w=3.0), 2.0, 10.0, steps=30, lr=0.1)
-    fit_post(logdir / SWEEP / "model=linear,optim.lr=0.3", models.LinearNet(w=3.0), 2.0, 10.0, steps=200, lr=0.3)
+    fit_post(  # with the sharpness monitor: λ_max = 2x² = 8, so η·λ_max = 2.4 > 2
+        logdir / SWEEP / "model=linear,optim.lr=0.3", models.LinearNet(w=3.0), 2.0, 10.0, steps=200, lr=0.3,
+        before=[SharpnessMonitor(every_n_steps=50)],
+    )  # fmt: skip
     for lr in (10, 3, 0.03):
         fit_post(logdir / SWEEP / f"model=linear,optim.lr={lr}", models.LinearNet(w=3.0), 2.0, 10.0, steps=2, lr=lr)
 
@@ -298,6 +302,9 @@ def test_mlp_layers_and_a_diverging_sweep_run(server):
     assert diverged["values"]["loss"]["value"] == "inf"
     (found,) = diverged["diagnoses"]
     assert (found["kind"], found["step"]) == ("divergence", 128) and "η < 1/x² = 0.25" in found["text"]
+    # the run's sharpness/* scalars, as its own diagnoses read them: λ_max = 2x² = 8 from step 0
+    assert "passed the edge of stability at step 0" in found["text"]
+    assert "η·λ_max = 0.3 · 8 = 2.4 > 2" in found["text"]
     calm = graph(server, f"{SWEEP}/model=linear,optim.lr=0.1", 0)
     assert calm["values"]["dL_dw"]["value"] == -16.0 and calm["post"]["shown"] is True and calm["diagnoses"] == []
 

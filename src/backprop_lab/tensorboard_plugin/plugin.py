@@ -30,12 +30,14 @@ from tensorboard.data import provider
 from tensorboard.plugins import base_plugin
 from werkzeug import wrappers
 
-from backprop_lab.diagnoses import History, diagnose
+from backprop_lab.diagnoses import History, SharpnessPoint, diagnose
 from backprop_lab.tensorboard_plugin.run_order import sort_runs
 from backprop_lab.tensorboard_plugin.views import graph_view, layers_view
 
 PLUGIN_NAME = "backprop"
 TAGS = ("backprop/graph", "backprop/layers")
+# What the sharpness monitor (monitor.sharpness) logs: the divergence diagnosis says whether η·λ_max passed 2.
+SHARPNESS_TAGS = ("sharpness/lambda_max", "sharpness/two_over_lr")
 # Samples kept per run by TensorBoard's reader (its default for a plugin it does not know is 10): every
 # logged step of a run up to this many, a uniform sample of them (and always the last) beyond.
 DEFAULT_SAMPLES = 100_000
@@ -185,11 +187,30 @@ class BackpropPlugin(base_plugin.TBPlugin):
         n = len(layout["fields"])
         rows = [(d.step, d.numpy.reshape(-1).tolist()) for d in data.get(run, {}).get(tag, [])]
         history = History.from_rows(layout, [(s, r) for s, r in rows if len(r) == n])
-        result = (history, diagnose(history))
+        result = (history, diagnose(history, self._sharpness(ctx, experiment, run, layout)))
         self._cache[key] = (stamp, result)
         if len(self._cache) > CACHE_RUNS:
             self._cache.popitem(last=False)
         return result
+
+    def _sharpness(self, ctx, experiment, run: str, layout: dict) -> list[SharpnessPoint]:
+        """The run's λ_max measurements (``sharpness/*`` scalars, with η = 2 / ``two_over_lr`` at the same step
+        and the optimizer's momentum and weight decay from the layout), as the run's own diagnoses read them."""
+        found = self._data_provider.read_scalars(
+            ctx,
+            experiment_id=experiment,
+            plugin_name="scalars",
+            downsample=self._downsample,
+            run_tag_filter=provider.RunTagFilter(runs=[run], tags=list(SHARPNESS_TAGS)),
+        ).get(run, {})
+        lambdas = {d.step: d.value for d in found.get(SHARPNESS_TAGS[0], [])}
+        two_over = {d.step: d.value for d in found.get(SHARPNESS_TAGS[1], [])}
+        momentum, decay = float(layout.get("momentum", 0.0) or 0.0), float(layout.get("weight_decay", 0.0) or 0.0)
+        return [
+            SharpnessPoint(step, value, 2.0 / two_over[step], momentum, decay)
+            for step, value in sorted(lambdas.items())
+            if two_over.get(step)
+        ]
 
     def _found(self, ctx, experiment, run: str | None) -> tuple[History, list]:
         if not run:
