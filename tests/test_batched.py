@@ -21,6 +21,8 @@ import pytest
 import torch
 from hydra import compose, initialize_config_module
 from hydra.core.global_hydra import GlobalHydra
+from hypothesis import HealthCheck, example, given, settings
+from hypothesis import strategies as st
 from lightning.pytorch.callbacks import Callback
 from omegaconf import OmegaConf
 
@@ -383,18 +385,23 @@ def _compare_runs(run: Path, ref: Path, name: str, chaotic: bool = False) -> Non
     _compare_tensors(run, ref, name, values=not chaotic)
 
 
-def _separate_and_batched(tmp_path: Path, model: str, jobs: list[list[str]], callbacks=()):
+def _separate_and_batched(tmp_path: Path, model: str, jobs: list[list[str]], callbacks=(), ref_root=None):
     """Each job of ``jobs`` (overrides of batchable keys) trained alone by train() and as a copy of one
-    train_group program; returns (the copies' run dirs, the separate runs' dirs, the group's results)."""
+    train_group program; returns (the copies' run dirs, the separate runs' dirs, the group's results).
+    ``ref_root``: where the separate runs go (default ``tmp_path / "ref"``); a job already run there is not
+    run again."""
     from backprop_lab.batched.program import train_group
     from backprop_lab.summary import write_summary
     from backprop_lab.train import train
 
     cfgs = [compose_config("trainer.accelerator=cpu", QUIET, f"model={model}", *job) for job in jobs]
-    names = [",".join(job) for job in jobs]
-    refs, dirs = [tmp_path / "ref" / n for n in names], [tmp_path / "batched" / n for n in names]
+    names = [",".join([f"model={model}", *job]) if ref_root else ",".join(job) for job in jobs]
+    ref_root = ref_root or tmp_path / "ref"
+    refs, dirs = [ref_root / n for n in names], [tmp_path / "batched" / n for n in names]
     for cfg, ref in zip(cfgs, refs):
         validate(cfg)
+        if (ref / "summary.json").exists():
+            continue
         with contextlib.suppress(SystemExit):  # a signalled separate run ends the process with the shell's status
             train(cfg, run_dir=ref, callbacks=list(callbacks))
     for d in dirs:
@@ -416,11 +423,9 @@ COPY_CASES = {
 }  # fmt: skip
 
 
-@pytest.mark.parametrize("model", sorted(COPY_CASES))
-def test_each_copy_writes_every_tag_its_separate_run_writes(tmp_path, model):
-    """Every scalar (the dead-ReLU monitor's too), the Backprop tab's rows and layout, the replay and diagnoses
-    texts, and summary.json's numbers of each copy equal its separate run's."""
-    dirs, refs, results = _separate_and_batched(tmp_path, model, COPY_CASES[model])
+def _compare_copies(dirs: list[Path], refs: list[Path]) -> None:
+    """Each copy's run against its separate run: every tag and text (:func:`_compare_runs`) and summary.json's
+    status, steps, diverged_at, dead-ReLU fields and final loss."""
     for run, ref in zip(dirs, refs):
         _compare_runs(run, ref, run.name)
         summary, want = (json.loads((r / "summary.json").read_text()) for r in (run, ref))
@@ -428,6 +433,14 @@ def test_each_copy_writes_every_tag_its_separate_run_writes(tmp_path, model):
             assert summary[key] == want[key], (run.name, key)
         got_loss, want_loss = float(summary["final_loss"]), float(want["final_loss"])  # "inf" for a diverged run
         assert got_loss == want_loss or math.isclose(got_loss, want_loss, rel_tol=1e-5), run.name
+
+
+@pytest.mark.parametrize("model", sorted(COPY_CASES))
+def test_each_copy_writes_every_tag_its_separate_run_writes(tmp_path, model):
+    """Every scalar (the dead-ReLU monitor's too), the Backprop tab's rows and layout, the replay and diagnoses
+    texts, and summary.json's numbers of each copy equal its separate run's."""
+    dirs, refs, results = _separate_and_batched(tmp_path, model, COPY_CASES[model])
+    _compare_copies(dirs, refs)
     statuses = {r.status for r in results}
     assert statuses == {"relu": {"finished"}, "sigmoid": {"converged", "finished"},
                         "linear": {"converged", "finished", "diverged"}}[model]  # fmt: skip
@@ -437,6 +450,44 @@ def test_each_copy_writes_every_tag_its_separate_run_writes(tmp_path, model):
         assert probe[0] == 0.0 and probe[5] == 1.0 and probe[200] == 1.0  # step 5: right after the update of step 4
         texts, _ = _tensors(dirs[0])
         assert "dead since step 4" in texts["diagnoses/text_summary"][200].item().decode()
+
+
+# η of each net and how its separate run ends (trainer.max_steps = 200; at 12 the slow ones finish instead)
+GROUP_LRS = {
+    "sigmoid": ["1", "0.5", "0.1", "100"],  # converged at steps 10, 22, 118; finished (saturated)
+    "linear": ["0.1", "0.26", "1", "10"],  # converged at step 8; finished above its start; diverged at 23, 10
+}
+
+
+@st.composite
+def _lr_groups(draw):
+    """A net, 2 to 4 learning rates from its list (repeats: copies ending at the same step) and max_steps."""
+    model = draw(st.sampled_from(sorted(GROUP_LRS)))
+    lrs = draw(st.lists(st.sampled_from(GROUP_LRS[model]), min_size=2, max_size=4))
+    return model, tuple(lrs), draw(st.sampled_from([12, 200]))
+
+
+@settings(
+    max_examples=6,
+    derandomize=True,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+@given(case=_lr_groups())
+@example(case=("sigmoid", ("0.1", "1"), 200))  # the last copy running converges: its final pass steps no copy
+@example(case=("sigmoid", ("1", "1", "1"), 200))  # every copy converges at the same step
+@example(case=("linear", ("1", "1"), 200))  # every copy diverges at the same step
+@example(case=("linear", ("10", "0.1", "10"), 200))  # two diverge together, the other goes on
+@example(case=("sigmoid", ("0.5", "0.1", "100"), 12))  # all stop together at max_steps
+def test_every_copy_of_a_drawn_group_equals_its_separate_run(tmp_path_factory, case):
+    """Groups of learning rates, copies ending at the same step (converged, diverged, at max_steps) or apart:
+    train_group ends, and every copy's tags, texts and summary equal its separate run's. A copy is told apart
+    from a repeat of its η by its seed (the post's nets and example do not draw on it)."""
+    model, lrs, max_steps = case
+    jobs = [[f"optim.lr={lr}", f"seed={k}", f"trainer.max_steps={max_steps}"] for k, lr in enumerate(lrs)]
+    refs_root = tmp_path_factory.getbasetemp() / "separate_runs"  # shared by the examples: each job runs once
+    dirs, refs, _ = _separate_and_batched(tmp_path_factory.mktemp("group"), model, jobs, ref_root=refs_root)
+    _compare_copies(dirs, refs)
 
 
 def _plugin_get(logdir: Path, route: str, **query) -> dict:

@@ -210,7 +210,9 @@ class BatchedModule(L.LightningModule):
         return losses_t.sum()
 
     def on_before_optimizer_step(self, optimizer) -> None:
-        if not self.gradients:
+        # Lightning calls this hook even when training_step returned None (no copy steps: every copy still
+        # running ended or diverged at this step), with backward skipped and every gradient None.
+        if not self.gradients or not self.stepping.any():
             return
         step, which = self.global_step, np.flatnonzero(self.stepping)
         rows: dict[int, dict[str, float]] = {int(k): {} for k in which}
