@@ -257,12 +257,24 @@ _RECORD_GET, _PARAM_GET, _LAYER_GET = (
 )
 
 
-def _pack_row(r: StepRecord, segments: list[dict]) -> None:
-    """Add ``r`` to ``segments``: stretches of records with the same parameters and entries, each a flat
-    array of doubles (a checkpoint then copies memory, however long the run)."""
-    params = [(n, p.module) for n, p in r.params.items()]
-    layers = [(n, s.module, s.type, s.kind, s.shape) for n, s in r.layers.items()]
-    if not segments or segments[-1]["params"] != params or segments[-1]["layers"] != layers:
+def _signature(r: StepRecord) -> tuple[list, list]:
+    """What a segment's records share: each parameter's name and module, each entry's name, module, type, kind
+    and weight shape."""
+    return (
+        [(n, p.module) for n, p in r.params.items()],
+        [(n, s.module, s.type, s.kind, s.shape) for n, s in r.layers.items()],
+    )
+
+
+def _pack_row(r: StepRecord, segments: list[dict], signature: tuple[list, list] | None = None) -> None:
+    """Add ``r`` to ``segments``: stretches of records with the same parameters and entries (``signature``,
+    worked out from ``r`` where not given), each a flat array of doubles (a checkpoint then copies memory,
+    however long the run)."""
+    params, layers = signature if signature is not None else _signature(r)
+    last = segments[-1] if segments else None
+    if last is None or not (last["params"] is params and last["layers"] is layers) and (
+        last["params"] != params or last["layers"] != layers
+    ):
         segments.append({"params": params, "layers": layers, "rows": array("d")})
     row = segments[-1]["rows"]
     row.extend(_RECORD_GET(r))
@@ -375,11 +387,14 @@ class StepRecorder(Callback):
         self._param_info: list[tuple[str, bool, int, str]] = []  # per parameter: name, one element, numel, module
         self._group_of: tuple = (None, [])  # (the optimizer's param groups, each parameter's group index)
         self._info: dict[tuple[str, int], tuple | None] = {}  # per entry: what the record takes of it once
+        self._signatures: dict[tuple[str, ...], tuple[list, list]] = {}  # entry names -> _signature, once
         self._param_module: dict[str, str] = {}
         self._unit_dims: dict[str, int] = {}  # entry -> the dim it was resolved to
+        self._plans: dict[tuple[str, int], tuple[int, int, list[int]]] = {}  # entry -> (h.dim(), unit dim, other dims)
         self._order: dict[tuple[str, int], None] = {}  # entries (module, call) in call order
         self._calls_per_pass: dict[str, int] = {}  # module -> the most calls seen in one forward pass
         self._last_active: dict[tuple[str, int], Tensor] = {}  # per unit: last step it passed a gradient (−1: never)
+        self._active_checked: set[tuple[str, int]] = set()  # entries whose _last_active matches their counts
         self._reset_step(None)
         self._batch_key = None
         self._finished_step: int | None = None
@@ -442,6 +457,7 @@ class StepRecorder(Callback):
         self._ones = [p for p in self._params if p.numel() == 1]
         self._param_info = [(n, p.numel() == 1, p.numel(), self._param_module[n]) for n, p in self._named_params]
         self._info.clear()
+        self._signatures.clear()
         for name, module in net.named_modules():
             kind = activation_kind(module)
             if kind is None and (module is net or any(True for _ in module.children())):
@@ -461,6 +477,7 @@ class StepRecorder(Callback):
         self._modules.clear()
         self._kinds.clear()
         self._info.clear()
+        self._signatures.clear()
         self._mode = None
 
     def state_dict(self) -> dict:
@@ -483,8 +500,10 @@ class StepRecorder(Callback):
         self._last_active = {
             (key.split("\x00")[0], int(key.split("\x00")[1])): t for key, t in state_dict.get("last_active", {}).items()
         }
+        self._active_checked.clear()
         self._calls_per_pass.update(state_dict.get("calls_per_pass", {}))
         self._info.clear()  # entry names follow the calls per pass
+        self._signatures.clear()
 
     # --- which steps ------------------------------------------------------------------------------------
 
@@ -566,7 +585,7 @@ class StepRecorder(Callback):
             self._group_of = (shape, [where.get(id(p), -1) for p in params])
         rates = [float(groups[i]["lr"]) if i >= 0 else math.nan for i in self._group_of[1]]
         with torch.no_grad():  # one stack: a copy of the values (the update is in place), then the gradients
-            numbers = torch.stack([*map(_number, params), *[_number(p.grad, p) for p in params]])
+            numbers = torch.stack([*map(_number, params), *map(_number, [p.grad for p in params], params)])
         self._before = (numbers, rates)
         # Between here and the update only Lightning's clipping or the module's own hooks change .grad: without
         # them the applied gradient is this one, and its norms need not be taken again.
@@ -685,8 +704,11 @@ class StepRecorder(Callback):
     def _activation(self, key, module: nn.Module, kind: str, z: Tensor | None, output: Tensor, mode: str) -> None:
         h = output.detach()
         zd = z.detach() if z is not None else None
-        dim = self._unit_dim(key, h)
-        over = [d for d in range(h.dim()) if d != dim]
+        plan = self._plans.get(key)
+        if plan is None or plan[0] != h.dim():  # the unit axis and the dims reduced over, per entry, once
+            dim = self._unit_dim(key, h)
+            plan = self._plans[key] = (h.dim(), dim, [d for d in range(h.dim()) if d != dim])
+        _, dim, over = plan
         at_zero, slope = int(getattr(module, "grad_at_zero", 0)), float(getattr(module, "negative_slope", 0.0))
         if mode == "probe":
             fraction = passing_fraction(kind, zd, h, at_zero, slope, over)
@@ -741,11 +763,14 @@ class StepRecorder(Callback):
             if top is None:
                 continue
             last = self._last_active.get(key)
-            if last is None or last.shape != top.shape:
-                last = torch.full(top.shape, -1, dtype=torch.int64, device=top.device)
-            elif last.device != top.device:  # loaded from a checkpoint onto the CPU
-                last = last.to(top.device)
-            self._last_active[key] = last.masked_fill_(top > 0, step)
+            if last is None or key not in self._active_checked:  # its shape and device, once per entry
+                if last is None or last.shape != top.shape:
+                    last = torch.full(top.shape, -1, dtype=torch.int64, device=top.device)
+                elif last.device != top.device:  # loaded from a checkpoint onto the CPU
+                    last = last.to(top.device)
+                self._last_active[key] = last
+                self._active_checked.add(key)
+            last.masked_fill_(top > 0, step)
 
     # --- the step's numbers, copied to the host once ------------------------------------------------------
 
@@ -869,7 +894,11 @@ class StepRecorder(Callback):
             elif what == "dL_dy_hat":
                 record.dL_dy_hat = value
         self.history.append(record)
-        _pack_row(record, self._segments)
+        names = tuple(record.layers)  # the entries' types, kinds and shapes follow from their names (self._info)
+        signature = self._signatures.get(names)
+        if signature is None:
+            signature = self._signatures[names] = _signature(record)
+        _pack_row(record, self._segments, signature)
         return record
 
     def _entry_info(self, key: tuple[str, int]) -> tuple | None:
@@ -991,13 +1020,15 @@ def _changes_grads(module_type: type) -> bool:
 
 def _number(t: Tensor | None, like: Tensor | None = None) -> Tensor:
     """A one-element tensor's value, or a larger tensor's L2 norm, as a 0-d float tensor (no sync); NaN for
-    None (on the device of ``like``)."""
+    None (on the device of ``like``). Called under ``torch.no_grad()`` (no ``detach`` needed)."""
     if t is None:
         return torch.tensor(math.nan, device=like.device if like is not None else None)
-    t = t.detach()
     if t.dtype is not torch.float32 and t.dtype is not torch.float64:
         t = t.float()  # norms of bf16/fp16 values in float32
-    return t.reshape(()) if t.numel() == 1 else torch.linalg.vector_norm(t)
+    return t.reshape(()) if t.numel() == 1 else _vector_norm(t)
+
+
+_vector_norm = torch.linalg.vector_norm
 
 
 class _FunctionalActivations(TorchFunctionMode):
