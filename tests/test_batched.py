@@ -371,6 +371,22 @@ def _compare_tensors(run: Path, ref: Path, name: str, values: bool = True) -> No
                 assert got[tag][step].tolist() == value.tolist(), (name, tag, step)
 
 
+def _hparams_record(run: Path) -> tuple:
+    """A run's HParams record as TensorBoard's hparams plugin reads it (experiment, session start and end, the
+    start and end times set to 0), the steps it is at, and the text of its ``hparams.yaml``."""
+    from tensorboard.plugins.hparams import metadata
+
+    acc = event_accumulator(run)
+    tags = [t for t in acc.Tags()["tensors"] if t.startswith("_hparams_/")]
+    content = {t: acc.SummaryMetadata(t).plugin_data.content for t in tags}
+    start = metadata.parse_session_start_info_plugin_data(content[metadata.SESSION_START_INFO_TAG])
+    end = metadata.parse_session_end_info_plugin_data(content[metadata.SESSION_END_INFO_TAG])
+    start.start_time_secs, end.end_time_secs = 0, 0
+    experiment = metadata.parse_experiment_plugin_data(content[metadata.EXPERIMENT_TAG])
+    steps = {t: [e.step for e in acc.Tensors(t)] for t in tags}
+    return experiment, start, end, steps, (run / "hparams.yaml").read_text()
+
+
 def _compare_runs(run: Path, ref: Path, name: str, chaotic: bool = False) -> None:
     """Every scalar tag and every tensor summary of ``run`` against ``ref``: the same steps, the same values."""
     got, want = read_scalars(run), read_scalars(ref)
@@ -383,6 +399,8 @@ def _compare_runs(run: Path, ref: Path, name: str, chaotic: bool = False) -> Non
                 [got[tag][s] for s in steps], [want[tag][s] for s in steps], rtol=1e-5, err_msg=f"{name} {tag}"
             )
     _compare_tensors(run, ref, name, values=not chaotic)
+    if not chaotic:  # the HParams tab's record (final loss among its values) and hparams.yaml
+        assert _hparams_record(run) == _hparams_record(ref), name
 
 
 def _separate_and_batched(tmp_path: Path, model: str, jobs: list[list[str]], callbacks=(), ref_root=None):
@@ -576,6 +594,8 @@ def _compare_sweeps(
             np.testing.assert_allclose(
                 [got[tag][s] for s in steps], [want[tag][s] for s in steps], rtol=1e-5, err_msg=f"{name} {tag}"
             )
+        if name not in chaotic:
+            assert _hparams_record(run) == _hparams_record(ref), name
         if not missing:  # the Backprop tab's rows, the replay and diagnoses texts, the closing lines
             _compare_tensors(run, ref, name, values=name not in chaotic)
             if name not in chaotic:

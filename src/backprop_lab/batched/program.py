@@ -11,9 +11,9 @@ of a separate run (:class:`backprop_lab.module.BackpropModule`), step for step:
 
 Each copy logs to its own run directory through :class:`~backprop_lab.batched.events.CopiesLogger` the
 scalars a separate run logs (``train/loss``, ``epoch``, ``params/*``, ``grads/*``, ``grad_norm/*``,
-``update_ratio/*``) at the same steps, the config text and Custom Scalars layout; the HParams record and
-``hparams/*`` come from :func:`backprop_lab.train.log_hparams` through the job's own TensorBoard logger.
-"""
+``update_ratio/*``) at the same steps, the config text and Custom Scalars layout; the HParams record,
+``hparams/*`` and ``hparams.yaml`` come from :func:`backprop_lab.train.log_hparams` through the package's
+TensorBoard logger writing into the copy's event file (:class:`CopyTensorBoardLogger`)."""
 
 from __future__ import annotations
 
@@ -41,9 +41,10 @@ from backprop_lab.batched.step_record import CopiesRecorder
 from backprop_lab.config import ConfigError
 from backprop_lab.diagnoses import Diagnosis
 from backprop_lab.interrupts import GracefulStop
+from backprop_lab.loggers import TensorBoardLogger
 from backprop_lab.replay import replay, to_markdown
 from backprop_lab.signal_notes import SignalNotes
-from backprop_lab.train import TrainResult, expected_warnings, log_hparams, make_logger
+from backprop_lab.train import TrainResult, expected_warnings, log_hparams
 
 # --- the network and its optimizer ---------------------------------------------------------------------
 
@@ -408,6 +409,43 @@ def stability_bound(cfg: DictConfig) -> tuple[float, str] | None:
     return 2.0 / sharpness, "η = 2/λ_max at the start"
 
 
+class _CopyWriter:
+    """Copy k's part of a :class:`CopiesLogger` as the writer a TensorBoard logger writes summaries through
+    (``experiment.file_writer.add_summary``, as ``SummaryWriter``'s): each summary one event at its step."""
+
+    def __init__(self, copies: CopiesLogger, k: int):
+        self.copies, self.k = copies, k
+
+    @property
+    def file_writer(self) -> _CopyWriter:
+        return self
+
+    def add_summary(self, summary, global_step: int | None = None) -> None:
+        self.copies.log_copy_summaries(self.k, [summary], 0 if global_step is None else int(global_step))
+
+    def flush(self) -> None:
+        """Written with the copies' events (:meth:`CopiesLogger.flush`)."""
+
+    def close(self) -> None:
+        """Closed with the copies' files."""
+
+
+class CopyTensorBoardLogger(TensorBoardLogger):
+    """The package's TensorBoard logger of copy k, made from the job's ``logger.tensorboard`` config, whose
+    events go into the copy's event file of ``copies`` (no writer, thread or file of its own); the rest (its
+    ``log_metrics``, ``log_hparams_record``, ``hparams.yaml`` at ``save()``) is the logger's own."""
+
+    def __init__(self, copies: CopiesLogger, k: int, run_dir: Path, logger_cfg: DictConfig):
+        kwargs = OmegaConf.to_container(logger_cfg, resolve=True)
+        kwargs.pop("_target_", None)
+        super().__init__(save_dir=str(run_dir), **kwargs)
+        self._writer = _CopyWriter(copies, k)
+
+    @property
+    def experiment(self) -> _CopyWriter:
+        return self._writer
+
+
 class GroupRun(NamedTuple):
     """What :func:`train_group` returns: per job its result and its diagnoses (None where no monitor recorded
     the steps: :func:`backprop_lab.train.run_diagnoses`), and the signal that stopped the program, if one did."""
@@ -422,13 +460,15 @@ def train_group(
     run_dirs: Sequence[Path],
     overrides: Sequence[Sequence[str]],
     callbacks: Sequence[Callback] = (),
+    config_texts: Sequence[str | None] | None = None,
 ) -> GroupRun:
     """Train the jobs ``cfgs`` (equal but for the batchable keys) as one program; each logs to its run dir.
 
     Returns each job's result and diagnoses (what its closing lines say) and the signal (SIGINT, SIGTERM) that
     stopped the program, if one did: as a separate run, the program then stops after the update in which it
     came (:class:`GracefulStop`), and the copies still running end ``interrupted``. ``callbacks``: Lightning
-    callbacks of the caller's own."""
+    callbacks of the caller's own. ``config_texts``: each job's ``OmegaConf.to_yaml`` text where the caller has
+    it already (the launcher writes it to ``.hydra/config.yaml``); the Text tab's ``config`` is made from it."""
     from torch.utils.tensorboard.summary import custom_scalars, text
 
     from backprop_lab.monitors import custom_scalars_layout
@@ -472,7 +512,9 @@ def train_group(
         )
     replays: dict[tuple, list] = {}  # the replay reads the weights and SGD's numbers: copies differing in seed share it
     for k, c in enumerate(cfgs):  # the Text tab and the Custom Scalars layout, as a separate run writes them
-        config = "\n".join("    " + line for line in OmegaConf.to_yaml(c, resolve=False).splitlines())
+        yaml = config_texts[k] if config_texts is not None and config_texts[k] is not None else None
+        yaml = OmegaConf.to_yaml(c, resolve=False) if yaml is None else yaml
+        config = "\n".join("    " + line for line in yaml.splitlines())
         summaries = [text("config", config), custom_scalars(custom_scalars_layout())]
         if c.replay.to_tensorboard:  # the post's step 0 replayed, from the copy's own start (log_replay's text)
             key = (
@@ -532,12 +574,13 @@ def train_group(
         if found[k]:  # the Text tab's diagnoses, at the step the copy ended (as fit_run writes them)
             lines = "\n\n".join(f"**step {d.step}**: {d.text}" for d in found[k])
             copies.log_copy_summaries(k, [text("diagnoses", lines)], result.steps)
-        # The HParams record and hparams/* scalars exactly as a separate run writes them: the run's own
-        # function, through the job's own logger (a second event file in the copy's directory).
-        loggers = [make_logger(logger_cfg, run_dir, None) for logger_cfg in c.logger.values()]
-        log_hparams(loggers, c, result, overrides[k])
-        for logger in loggers:
-            logger.finalize("success")
+        # The HParams record, hparams/* scalars and hparams.yaml exactly as a separate run writes them: the run's
+        # own function, through the package's TensorBoard logger writing into the copy's event file.
+        (logger_cfg,) = c.logger.values()  # the package's TensorBoard logger: groups.why_not_batched
+        logger = CopyTensorBoardLogger(copies, k, run_dir, logger_cfg)
+        logger.save()  # hparams.yaml, as a separate run's logger writes it at its first step: no hparams yet
+        log_hparams([logger], c, result, overrides[k])
+        logger.finalize("success")
         results.append(result)
     copies.finalize("success")
     return GroupRun(results, notes.signum, found)

@@ -168,6 +168,7 @@ class BatchedLauncher(Launcher):
                 copies.append((task_cfg, overrides, idx, run_dir, dict(values), files))
             rendered = template.render_all([c[4] for c in copies]) if template.ok else None
             subdir = config.hydra.output_subdir
+            texts: list[str | None] = [None] * len(copies)  # each config.yaml: the Text tab's config too
             for k, (_, overrides, idx, run_dir, _, files) in enumerate(copies):
                 if subdir is not None:  # as run_job writes them
                     if files is None and rendered is None:  # the template cannot write this group's
@@ -178,11 +179,16 @@ class BatchedLauncher(Launcher):
                     record.mkdir(parents=True, exist_ok=True)
                     for name in FILES:
                         (record / name).write_text((files or rendered[k])[name], encoding="utf-8")
+                    texts[k] = (files or rendered[k])["config.yaml"]
+                elif rendered is not None:
+                    texts[k] = rendered[k]["config.yaml"]
                 if hooks:
                     config = self._whole_config(first, overrides, idx, str(run_dir))
                     callbacks.on_job_start(config=config, task_function=self.task_function)
             configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose)
-            run = train_group([c[0] for c in copies], [c[3] for c in copies], [c[1] for c in copies])
+            run = train_group(
+                [c[0] for c in copies], [c[3] for c in copies], [c[1] for c in copies], config_texts=texts
+            )
             results, signum = run[0], run[1]
             diagnoses = run[2] if len(run) > 2 else [None] * len(results)
             returns = []
