@@ -255,6 +255,25 @@ def test_a_group_config_set_to_each_job_and_its_record_files_are_what_hydra_comp
         GlobalHydra.instance().clear()
 
 
+@pytest.mark.parametrize(
+    ("overrides", "why"),
+    [
+        ([], None),
+        (["monitor.sharpness=5"], "monitor.sharpness=5 (the sharpness monitor does not run on batched copies)"),
+        (["logger=csv"], "logger=csv (batched copies log to TensorBoard only)"),
+        (["trainer.gradient_clip_val=1"], "trainer.gradient_clip_val=1.0"),
+    ],
+)
+def test_why_not_batched_names_the_key_a_copy_does_not_support(overrides, why):
+    """The phrase the launcher's one line gives for a job that runs alone: the key and its value."""
+    from backprop_lab.batched.groups import why_not_batched
+
+    cfg = compose_config("model=sigmoid", *overrides)
+    assert why_not_batched(cfg) == why
+    if overrides == ["monitor.sharpness=5"]:  # the sweep's check refuses nothing: the job runs as a separate run
+        validate(cfg)
+
+
 def test_the_batched_sweeper_chooses_the_batched_launcher_and_refuses_what_hydra_refuses():
     """hydra/sweeper=batched: the batched launcher; a batch with a value Hydra cannot merge is refused as Hydra's
     own validation (composing every job) refuses it, with one composition per group."""

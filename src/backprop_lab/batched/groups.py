@@ -52,6 +52,9 @@ def why_not_batched(cfg: DictConfig) -> str | None:
         return f"logger={','.join(loggers) or '[]'} (batched copies log to TensorBoard only)"
     if cfg.callbacks:
         return f"callbacks.{next(iter(cfg.callbacks))}"
+    sharpness = cfg.get("monitor", {}).get("sharpness", 0)
+    if sharpness:
+        return f"monitor.sharpness={sharpness} (the sharpness monitor does not run on batched copies)"
     if cfg.get("resume") is not None:
         return "resume"
     hydra = cfg.get("hydra")
