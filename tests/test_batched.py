@@ -811,6 +811,36 @@ def test_a_signal_stops_a_batched_program_as_it_stops_each_separate_run(tmp_path
         _compare_runs(tmp_path / "batched" / lr, tmp_path / "ref" / lr, lr)  # every tag, the Backprop tab's too
 
 
+@pytest.mark.slow
+def test_an_interrupted_copys_closing_lines_say_how_to_continue_it_as_a_separate_runs_do(tmp_path):
+    """Ctrl-C during a batched sweep: each copy's train.log ends with the line a separate run prints last when
+    interrupted, ``to continue: backprop-lab <its overrides> resume=<its directory>``, naming its checkpoint."""
+    import time
+
+    from backprop_lab.resume import resume_command
+
+    from conftest import start_cli
+
+    args = ["model=sigmoid", "optim.lr=0.001,0.002", "trainer.max_steps=1000000", QUIET]
+    proc = start_cli("-m", "hydra/sweeper=batched", *args, "hydra.sweep.dir=sweep", cwd=tmp_path)
+    deadline = time.monotonic() + 120
+    while not list((tmp_path / "sweep").glob("*/events.out.tfevents.*.batched")):  # the program is training
+        assert proc.poll() is None, proc.communicate()[0]
+        assert time.monotonic() < deadline, "the program did not start"
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGINT)
+    out, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 130, out
+    runs = _runs(tmp_path / "sweep")
+    assert len(runs) == 2
+    for name, run in runs.items():
+        summary = json.loads((run / "summary.json").read_text())
+        assert summary["status"] == "interrupted" and (run / "checkpoints" / "last.ckpt").is_file(), name
+        last = (run / "train.log").read_text().splitlines()[-1].split("] - ", 1)[1]
+        assert last == f"to continue: {resume_command(summary['overrides'], f'sweep/{name}')}", name
+        assert f'resume="sweep/{name}"' in last  # the directory quoted for Hydra (its '=' and ',')
+
+
 def test_a_copy_of_a_group_stopped_by_sigterm_resumes_alone_as_its_uninterrupted_run(tmp_path):
     """SIGTERM in update 12 of a ReLU group: each copy still running gets its own checkpoints/last.ckpt, which
     resume.py accepts; ``resume=<copy dir>`` continues the copy alone (train()), and every scalar tag of its

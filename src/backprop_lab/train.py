@@ -346,10 +346,8 @@ def finish(
         return
     write_summary(Path(result.log_dir), {"overrides": list(overrides), **result.to_dict()})
     tensorboard = any(isinstance(logger, TensorBoardLogger) for logger in trainer.loggers)
-    for line in closing_lines(cfg, result, trainer.lightning_module.net, tensorboard, diagnoses):
+    for line in closing_lines(cfg, result, trainer.lightning_module.net, tensorboard, diagnoses, overrides):
         log.info(line)
-    if result.status == "interrupted" and cfg.trainer.enable_checkpointing:
-        log.info(f"to continue: {resume_command(overrides, relative_to_cwd(Path(result.log_dir)))}")
 
 
 def flat_hparams(cfg: DictConfig) -> dict[str, float | int | str | bool]:
@@ -464,10 +462,16 @@ def relative_to_cwd(path: Path) -> str:
 
 
 def closing_lines(
-    cfg: DictConfig, result: TrainResult, net, tensorboard: bool = True, diagnoses: list[Diagnosis] | None = None
+    cfg: DictConfig,
+    result: TrainResult,
+    net,
+    tensorboard: bool = True,
+    diagnoses: list[Diagnosis] | None = None,
+    overrides: Sequence[str] | None = None,
 ) -> list[str]:
     """What the run prints last: how it ended, what went wrong and why (the diagnoses, whose sentences are
-    written in :mod:`backprop_lab.diagnoses` only), where its logs are."""
+    written in :mod:`backprop_lab.diagnoses` only), where its logs are, and for an interrupted run with a
+    checkpoint the command that continues it (its ``overrides``, the command line's)."""
     lines = [
         f"run {result.status} after {result.steps} steps: loss {result.final_loss:.6g} "
         f"(best {result.best_loss:.6g}) in {result.wall_time_s:.1f} s"
@@ -479,4 +483,6 @@ def closing_lines(
         lines.append(backprop_tab_hint(Path(result.log_dir), diagnoses))
     if tensorboard:
         lines.append(story_hint(net))
+    if overrides is not None and result.status == "interrupted" and cfg.trainer.enable_checkpointing:
+        lines.append(f"to continue: {resume_command(overrides, relative_to_cwd(Path(result.log_dir)))}")
     return lines

@@ -199,7 +199,7 @@ class BatchedLauncher(Launcher):
                     group.set_job(overrides, idx)
                     group.set_output_dir(str(run_dir))
                 logging_.configure(str(run_dir))
-                for line in closing_lines(task_cfg, result, None, True, found):
+                for line in closing_lines(task_cfg, result, None, True, found, overrides):
                     logging.getLogger("backprop_lab").info(line)
                 ret = CopyReturn(overrides=list(overrides), cfg=task_cfg, working_dir=os.getcwd())
                 ret.make_hydra_cfg = functools.partial(self._hydra_cfg, first, overrides, idx, str(run_dir))
