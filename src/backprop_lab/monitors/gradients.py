@@ -136,17 +136,19 @@ class GradientMonitor(Callback):
             return
         metrics: dict[str, float] = {}
         tags = self._tags
+        isfinite = math.isfinite
         for n, s in record.params.items():
-            if not math.isfinite(s.grad):
+            grad = s.grad
+            if not isfinite(grad):
                 continue
             t = tags.get(n) or tags.setdefault(
                 n, tuple(f"{k}/{n}" for k in ("params", "grads", "grad_norm", "update_ratio"))
             )
             if s.numel == 1:
-                metrics[t[0]], metrics[t[1]] = s.value, s.grad
-            metrics[t[2]] = abs(s.grad)
+                metrics[t[0]], metrics[t[1]] = s.value, grad
+            metrics[t[2]] = abs(grad)
             ratio = s.update_ratio
-            if math.isfinite(ratio):
+            if isfinite(ratio):
                 metrics[t[3]] = ratio
         log_metrics(trainer, metrics, record.step)
 
