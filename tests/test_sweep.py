@@ -193,6 +193,7 @@ def test_sigmoid_lr_sweep_on_joblib_gives_three_named_runs_and_a_three_row_csv(t
         "model=sigmoid,optim.lr=0.01,trainer.max_steps=1",
         "model=sigmoid,optim.lr=0.1,trainer.max_steps=1",
         "model=sigmoid,optim.lr=1.0,trainer.max_steps=1",
+        "stability_edge",
         "sweep_summary",
     ]
     for name in names[:3]:
