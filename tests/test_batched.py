@@ -262,6 +262,15 @@ def test_a_group_config_set_to_each_job_and_its_record_files_are_what_hydra_comp
         (["monitor.sharpness=5"], "monitor.sharpness=5 (the sharpness monitor does not run on batched copies)"),
         (["logger=csv"], "logger=csv (batched copies log to TensorBoard only)"),
         (["trainer.gradient_clip_val=1"], "trainer.gradient_clip_val=1.0"),
+        (
+            ["+logger.tensorboard.prefix=run"],
+            "logger.tensorboard.prefix=run (batched copies take the preset's settings)",
+        ),
+        (
+            ["logger.tensorboard.default_hp_metric=true"],
+            "logger.tensorboard.default_hp_metric=True (batched copies take the preset's settings)",
+        ),
+        (["+logger.tensorboard.flush_every_s=5"], None),
     ],
 )
 def test_why_not_batched_names_the_key_a_copy_does_not_support(overrides, why):

@@ -50,6 +50,12 @@ def why_not_batched(cfg: DictConfig) -> str | None:
     loggers = {name: node.get("_target_") for name, node in cfg.logger.items()}
     if list(loggers.values()) != [TENSORBOARD]:
         return f"logger={','.join(loggers) or '[]'} (batched copies log to TensorBoard only)"
+    for name, node in cfg.logger.items():  # the preset's settings only: the copies' events are written as it writes
+        changed = sorted(set(node) - {"_target_", "name", "version", "default_hp_metric", "flush_every_s"})
+        if node.get("default_hp_metric"):
+            changed.insert(0, "default_hp_metric")
+        if changed:
+            return f"logger.{name}.{changed[0]}={node.get(changed[0])} (batched copies take the preset's settings)"
     if cfg.callbacks:
         return f"callbacks.{next(iter(cfg.callbacks))}"
     sharpness = cfg.get("monitor", {}).get("sharpness", 0)
