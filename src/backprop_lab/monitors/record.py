@@ -81,7 +81,6 @@ ACTIVATION_KINDS: dict[type[nn.Module], str] = {
     nn.Softplus: "softplus",
 }
 SATURATING = ("sigmoid", "tanh")
-SIGN_BUFFER_MAX = 2**22  # the largest ReLU activation (elements) whose sign a recorder keeps a CPU buffer for
 RELU_KINDS = ("relu", "leaky_relu")
 # Layers whose output's dim 1 is the channel axis: the units of a feature map that follows them.
 CHANNEL_LAYERS = (
@@ -393,7 +392,6 @@ class StepRecorder(Callback):
         self._signatures: dict[tuple[str, ...], tuple[list, list]] = {}  # entry names -> _signature, once
         self._param_module: dict[str, str] = {}
         self._unit_dims: dict[str, int] = {}  # entry -> the dim it was resolved to
-        self._sign_buffers: dict[tuple[str, int], Tensor] = {}  # per ReLU entry, on a CPU: sign(h) (_passing)
         self._plans: dict[tuple[str, int], tuple[int, int, list[int]]] = {}  # entry -> (h.dim(), unit dim, other dims)
         self._order: dict[tuple[str, int], None] = {}  # entries (module, call) in call order
         self._calls_per_pass: dict[str, int] = {}  # module -> the most calls seen in one forward pass
@@ -482,7 +480,6 @@ class StepRecorder(Callback):
         self._kinds.clear()
         self._info.clear()
         self._signatures.clear()
-        self._sign_buffers.clear()
         self._mode = None
 
     def state_dict(self) -> dict:
@@ -728,7 +725,7 @@ class StepRecorder(Callback):
         if self._armed and kind == "relu" and not at_zero and over:
             # ReLU′ = sign(h) (ReLU′(0) = 0, h ≥ 0): its per-unit sums are the samples each unit passes, which
             # give on the host both the zero count (their total) and the dead units (a sum of 0): one reduction
-            passing = self._passing(key, h, over)
+            passing = h.sign().sum(dim=over, dtype=torch.float32 if h.numel() < 2**24 else torch.float64)
             c.passing = _acc(c.passing, passing, torch.add)
             top = None
         else:
@@ -749,19 +746,6 @@ class StepRecorder(Callback):
                     output.register_hook(lambda g, c=c: c.add("dL_dh", g.double().sum(), c.grads))
                 if z is not None and z.requires_grad and z is not output:
                     z.register_hook(lambda g, c=c: c.add("dL_dz", g.double().sum(), c.grads))
-
-    def _passing(self, key: tuple[str, int], h: Tensor, over: list[int]) -> Tensor:
-        """Per unit, the samples on which ReLU′ = sign(h) is 1: one ``sign`` and one sum. On a CPU the sign goes
-        into a buffer kept per entry (up to ``SIGN_BUFFER_MAX`` elements): a fresh tensor the size of the
-        activations costs there more than the pass itself (new pages every step; measured ~3x on the MLP's
-        1024×256), where a GPU's caching allocator reuses its memory."""
-        dtype = torch.float32 if h.numel() < 2**24 else torch.float64
-        if not h.is_cpu or h.numel() > SIGN_BUFFER_MAX:
-            return h.sign().sum(dim=over, dtype=dtype)
-        buffer = self._sign_buffers.get(key)
-        if buffer is None or buffer.shape != h.shape or buffer.dtype != h.dtype or not buffer.is_cpu:
-            buffer = self._sign_buffers[key] = torch.empty(h.shape, dtype=h.dtype)
-        return torch.sign(h, out=buffer).sum(dim=over, dtype=dtype)
 
     def _on_output(self, module: nn.Module, inputs, output) -> None:
         if self._mode not in ("train", "final") or not isinstance(output, Tensor):
