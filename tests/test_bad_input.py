@@ -558,6 +558,8 @@ CASES = [
     hydras("monitor.sharpness=2.5", "monitor.sharpness"),
     ours("monitor.sharpness_iters=0", "monitor.sharpness_iters=0 is not accepted: use an integer >= 1"),
     hydras("monitor.sharpness_iters=many", "monitor.sharpness_iters"),
+    ours("logger.tensorboard.flush_every_s=soon", "logger.tensorboard is not accepted: flush_every_s='soon': use a number of seconds >= 0"),
+    ours("logger.tensorboard.flush_every_s=-1", "logger.tensorboard is not accepted: flush_every_s=-1: use a number of seconds >= 0"),
     ours("monitor.pictures=[unit_activity,unit_activity,grad_norm_by_layer,grad_norm_by_layer]", "given more than once: grad_norm_by_layer, unit_activity"),
     ours(f"{MLP} data=moons data.n_samples=1 data.batch_size=1", "data.n_samples=1 is not accepted: use an integer >= 2 (one point of each moon)"),
     ours(f"{MLP} data=moons data.n_probe=1", "data.n_probe=1 is not accepted: use an integer >= 2"),

@@ -51,9 +51,12 @@ class TensorBoardLogger(LightningTensorBoardLogger):
     the end."""
 
     def __init__(self, *args, prefix: str = "", flush_every_s: float = 1.0, **kwargs):
+        number = isinstance(flush_every_s, (int, float)) and not isinstance(flush_every_s, bool)
+        if not (number and math.isfinite(flush_every_s) and flush_every_s >= 0):
+            raise ValueError(f"flush_every_s={flush_every_s!r}: use a number of seconds >= 0 (0: flush at every step)")
         super().__init__(*args, prefix=prefix, **kwargs)
         self.metric_prefix = prefix  # with one, Lightning's own path names the tags
-        self.flush_every_s = flush_every_s
+        self.flush_every_s = float(flush_every_s)
         self._flushed_at = -math.inf
         self._pending: Summary | None = None  # the scalars of one step, not written yet
         self._pending_step: int | None = None
