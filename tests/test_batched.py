@@ -270,7 +270,7 @@ def test_a_group_config_set_to_each_job_and_its_record_files_are_what_hydra_comp
             ["logger.tensorboard.default_hp_metric=true"],
             "logger.tensorboard.default_hp_metric=True (batched copies take the preset's settings)",
         ),
-        (["+logger.tensorboard.flush_every_s=5"], None),
+        (["logger.tensorboard.flush_every_s=5"], None),
     ],
 )
 def test_why_not_batched_names_the_key_a_copy_does_not_support(overrides, why):
