@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import importlib.resources
+import math
 import os
 import re
 import sys
@@ -32,7 +33,7 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf, read_write
 from omegaconf.errors import OmegaConfBaseException
 
-from backprop_lab.config import ConfigError, unknown_top_level_key, validate
+from backprop_lab.config import FLOAT16_MAX, FLOAT32_MAX, SEED_MAX, ConfigError, unknown_top_level_key, validate
 from backprop_lab.preflight import check_instantiable
 from backprop_lab.run_lock import LOCK_FILE, is_secondary_rank, lock_run_dir, unlock_run_dir
 from backprop_lab.summary import SUMMARY_FILE
@@ -165,35 +166,126 @@ def check_written_inside(config: DictConfig, run_dir: Path) -> None:
 def check_job_written_inside(config: DictConfig, run_dir: Path) -> None:
     """:func:`check_written_inside` of a job's config as its job holds it: ``hydra.runtime.output_dir`` set to
     ``run_dir`` and HydraConfig set to it (the check of every job of a sweep sets one config per group)."""
-    job_name = str(hydra_value(config, "hydra.job.name"))
-    if not re.fullmatch(r"[\w.-]+", job_name) or set(job_name) == {"."}:
-        raise ConfigError(
-            f"hydra.job.name={job_name!r} is not accepted: it names the run's log file (<name>.log) in the run "
-            "directory; use letters, digits, '_', '-' and '.' only"
-        )
-    subdir = hydra_value(config, "hydra.output_subdir")
-    if subdir is not None:
-        _below("hydra.output_subdir", str(subdir), "Hydra's record of the run")
     base = run_dir.resolve()
+    for item in written_keys(config):
+        _check_written(item, hydra_value(config, item[0]), run_dir, base)
+
+
+def written_keys(config: DictConfig) -> list[tuple[str, str, str]]:
+    """What :func:`check_job_written_inside` reads, in its order: ``(key, kind, entry)``, the kind ``job_name``,
+    ``record``, ``directory`` (a logger's or callback's directory) or ``name`` (a path below the run directory)."""
+    keys = [("hydra.job.name", "job_name", ""), ("hydra.output_subdir", "record", "")]
     for group in ("logger", "callbacks"):
         for name, entry in (config.get(group) or {}).items():
             for key in DIRECTORY_KEYS:
-                if key == "save_dir" and group == "logger":
-                    continue  # the package sets it to the run directory
-                value = hydra_value(config, f"{group}.{name}.{key}") if key in entry else None
-                if value is None:
-                    continue
-                # relative to the working directory, as Lightning reads it
-                where = Path(str(value)).expanduser().resolve()
-                if where != base and base not in where.parents:
-                    raise ConfigError(
-                        f"{group}.{name}.{key}={str(value)!r} is not accepted: a run writes only inside its directory "
-                        f"{str(run_dir)!r}; use a path inside it, e.g. {key}=${{hydra:runtime.output_dir}}/{Path(str(value)).name or name}"
-                    )
-            for key in NAME_KEYS:
-                value = hydra_value(config, f"{group}.{name}.{key}") if key in entry else None
-                if value is not None:
-                    _below(f"{group}.{name}.{key}", str(value), "a path below the run directory")
+                if key in entry and not (key == "save_dir" and group == "logger"):  # the package sets that one
+                    keys.append((f"{group}.{name}.{key}", "directory", name))
+            keys += [(f"{group}.{name}.{key}", "name", name) for key in NAME_KEYS if key in entry]
+    return keys
+
+
+def _check_written(item: tuple[str, str, str], value: Any, run_dir: Path, base: Path) -> None:
+    key, kind, name = item
+    if kind == "job_name":
+        job_name = str(value)
+        if not re.fullmatch(r"[\w.-]+", job_name) or set(job_name) == {"."}:
+            raise ConfigError(
+                f"hydra.job.name={job_name!r} is not accepted: it names the run's log file (<name>.log) in the run "
+                "directory; use letters, digits, '_', '-' and '.' only"
+            )
+    elif value is None:
+        return
+    elif kind == "record":
+        _below(key, str(value), "Hydra's record of the run")
+    elif kind == "name":
+        _below(key, str(value), "a path below the run directory")
+    else:
+        where = Path(str(value)).expanduser().resolve()  # relative to the working directory, as Lightning reads it
+        if where != base and base not in where.parents:
+            leaf = key.rsplit(".", 1)[-1]
+            raise ConfigError(
+                f"{key}={str(value)!r} is not accepted: a run writes only inside its directory "
+                f"{str(run_dir)!r}; use a path inside it, e.g. {leaf}=${{hydra:runtime.output_dir}}/{Path(str(value)).name or name}"
+            )
+
+
+class GroupWrittenInside:
+    """:func:`check_job_written_inside` for each job of a batched group (one config set to each job in turn,
+    :class:`~backprop_lab.batched.groups.GroupConfig`): the keys it reads are found once, from the first job, and
+    a value that is no interpolation is read once (the jobs of a group differ only in the values their overrides
+    set, none of these); the others are resolved for each job, and every value is checked against its directory."""
+
+    def __init__(self, config: DictConfig):
+        self.keys = written_keys(config)
+        self.literal = {item[0]: hydra_value(config, item[0]) for item in self.keys if _literal(config, item[0])}
+
+    def check(self, config: DictConfig, run_dir: Path) -> None:
+        base = run_dir.resolve()
+        for item in self.keys:
+            key = item[0]
+            _check_written(item, self.literal[key] if key in self.literal else hydra_value(config, key), run_dir, base)
+
+
+def _literal(config: DictConfig, key: str) -> bool:
+    """Whether ``key`` holds a value as written: neither it nor a node above it is an interpolation."""
+    node: Any = config
+    for part in key.split("."):
+        if not isinstance(node, DictConfig) or part not in node or OmegaConf.is_interpolation(node, part):
+            return False
+        node = node[part]
+    return True
+
+
+def has_interpolation(config: DictConfig, skip: tuple[str, ...] = ("hydra",)) -> bool:
+    """Whether a value of ``config`` outside the ``skip`` keys is an interpolation (or holds one)."""
+
+    def holds(value: Any) -> bool:
+        if isinstance(value, dict):
+            return any(holds(v) for v in value.values())
+        if isinstance(value, list):
+            return any(holds(v) for v in value)
+        return isinstance(value, str) and "${" in value
+
+    task = OmegaConf.masked_copy(config, [key for key in config if key not in skip])
+    return holds(OmegaConf.to_container(task, resolve=False))
+
+
+def surely_valid(cfg: DictConfig, values: dict[str, Any]) -> bool:
+    """Whether :func:`~backprop_lab.config.validate` surely accepts ``cfg``, a job of a batched group whose first
+    job it accepted and whose config outside ``hydra`` holds no interpolation (:func:`has_interpolation`), so
+    that it differs from that job only in ``values``, the batchable values its overrides set (as set).
+
+    Each value is held to validate's ranges for its key (a finite float; 0 < optim.lr <= float32's largest,
+    0 <= optim.momentum < 1, optim.weight_decay >= 0 with optim.lr · optim.weight_decay < 1, a seed from 0 to
+    2**32 − 1, start weights within float32, float16 under 16-true) and nothing else is checked; a value out of
+    them, of another type, or a key not listed here gives False, and the caller validates the whole config,
+    which refuses it in validate's words or accepts it (tests/test_batched_speed.py holds these ranges to
+    validate's, value by value)."""
+    weights = any(key.startswith("model.") for key in values)
+    limit = FLOAT16_MAX if weights and cfg.trainer.precision == "16-true" else FLOAT32_MAX
+    for key, value in values.items():
+        if key == "seed":
+            if type(value) is not int or not 0 <= value <= SEED_MAX:
+                return False
+            continue
+        if type(value) is not float or not math.isfinite(value):
+            return False
+        if key == "optim.lr":
+            ok = 0 < value <= FLOAT32_MAX
+        elif key == "optim.momentum":
+            ok = 0 <= value < 1
+        elif key == "optim.weight_decay":
+            ok = value >= 0
+        elif key in ("model.w", "model.w1", "model.w2"):
+            ok = abs(value) <= limit
+        else:
+            return False
+        if not ok:
+            return False
+    if "optim.lr" in values or "optim.weight_decay" in values:
+        optim = cfg.optim
+        return optim.lr * optim.weight_decay < 1
+    return True
 
 
 def _below(key: str, value: str, what: str) -> None:
@@ -206,14 +298,15 @@ def _below(key: str, value: str, what: str) -> None:
         )
 
 
-def check_sweep_subdir(sweep_dir: str, subdir: str) -> None:
-    """A job's directory must lie inside the sweep's directory."""
+def check_sweep_subdir(sweep_dir: str, subdir: str) -> Path:
+    """A job's directory must lie inside the sweep's directory; that directory, resolved."""
     base = Path(sweep_dir).resolve()
     job = (base / subdir).resolve()
     if job == base or base not in job.parents:
         raise ConfigError(
             f"hydra.sweep.subdir={subdir!r} is not accepted: a job's directory must lie inside hydra.sweep.dir"
         )
+    return job
 
 
 def refuse_and_exit(error: ConfigError) -> None:

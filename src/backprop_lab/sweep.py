@@ -23,13 +23,19 @@ import math
 import re
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from hydra.experimental.callback import Callback
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
-from backprop_lab.checks import check_job_written_inside, check_sweep_subdir
+from backprop_lab.checks import (
+    GroupWrittenInside,
+    check_job_written_inside,
+    check_sweep_subdir,
+    has_interpolation,
+    surely_valid,
+)
 from backprop_lab.config import ConfigError, validate
 from backprop_lab.summary import read_summaries
 
@@ -163,9 +169,12 @@ def job_overrides(config: DictConfig, loader, arguments: list[str] | None = None
 def check_sweep(config: DictConfig) -> int:
     """Compose and validate every job of the sweep ``config`` describes; return the number of jobs.
 
-    On the batched launcher the first job of each group of copies is composed and the group's other jobs are
-    set into its config in turn (:class:`~backprop_lab.batched.groups.GroupConfig`: the config Hydra would
-    compose for them, without composing): every job is validated and its directory checked all the same.
+    On the batched launcher the first job of each group of copies is composed and checked as any job; the
+    group's other jobs are set into its config in turn (:class:`~backprop_lab.batched.groups.GroupConfig`: the
+    config Hydra would compose for them, without composing) and differ from it only in their batchable values:
+    each job's values are held to validate's ranges (:func:`~backprop_lab.checks.surely_valid`), and a job with a
+    value outside them, or any job of a group whose config holds an interpolation, is validated whole. Every
+    job's directory is checked (:class:`~backprop_lab.checks.GroupWrittenInside`).
 
     Sweepers other than Hydra's basic one (Optuna) choose their jobs as they go: for them the config
     without the swept keys is checked, and each job is checked again when it starts.
@@ -191,40 +200,42 @@ def check_sweep(config: DictConfig) -> int:
     loader = GlobalHydra.instance().config_loader()
     jobs = job_overrides(config, loader)
     seen: dict[Path, int] = {}
+    sweep_dir = str(config.hydra.sweep.dir)
     # hydra/launcher=batched: one composition per group of copies, each other job of the group set into it
     batched = launcher.endswith(".BatchedLauncher")
-    groups: dict[tuple, GroupConfig] = {}
+    groups: dict[tuple, _CheckedGroup] = {}
     parser = OverridesParser.create(config_loader=loader)
     hydra = HydraConfig.instance()
     previous = hydra.cfg
     try:
         for num, overrides in enumerate(jobs):
-            group = None
+            checked = None
             try:
                 if batched:
                     key = group_signature(parser, overrides)
-                    group = groups.get(key)
-                    if group is None:
-                        groups[key] = group = GroupConfig(loader.load_sweep_config(config, overrides), loader)
-                        composed = True
-                    else:
-                        composed = False
-                    group.set_job(overrides, num)
+                    checked = groups.get(key)
+                    group = (
+                        GroupConfig(loader.load_sweep_config(config, overrides), loader)
+                        if checked is None
+                        else checked.group
+                    )
+                    values = group.set_job(overrides, num)
                     job_cfg = group.config
+                    own = {k: v for k, v in values.items() if not k.startswith("hydra.")}
+                    if checked is None or not checked.plain or not surely_valid(job_cfg, own):
+                        _check_job(job_cfg, launcher)
+                    if checked is None:  # the other jobs of a group differ only in keys it does not read
+                        check_instantiable(job_cfg)
                 else:
-                    job_cfg, composed = loader.load_sweep_config(config, overrides), True
-                validate(job_cfg)
-                _check_not_resumed(job_cfg)
-                check_multirun_trainer(job_cfg, RunMode.MULTIRUN, launcher)
-                if composed:  # the other jobs of a group differ only in keys it does not read
+                    job_cfg = loader.load_sweep_config(config, overrides)
+                    _check_job(job_cfg, launcher)
                     check_instantiable(job_cfg)
+                    group = GroupConfig(job_cfg, loader, copy_first=False)
+                    group.set_job(overrides, num)  # its id and num, as the launcher sets them: a subdir may name them
             except (ConfigError, HydraException, OmegaConfBaseException) as error:
                 cause = error.__cause__ if not isinstance(error, ConfigError) else None  # ours name their cause
                 cause = f" ({str(cause).splitlines()[0]})" if cause else ""
                 raise ConfigError(f"job #{num} ({' '.join(overrides)}): {error}{cause}") from error
-            if group is None:
-                group = GroupConfig(job_cfg, loader, copy_first=False)
-                group.set_job(overrides, num)  # its id and num, as the launcher sets them: a subdir may name them
             with group.as_hydra_config(keep=True):
                 try:
                     subdir = str(job_cfg.hydra.sweep.subdir)
@@ -232,10 +243,16 @@ def check_sweep(config: DictConfig) -> int:
                     raise ConfigError(
                         f"hydra.sweep.subdir is not accepted: it does not resolve for job #{num} ({error})"
                     ) from None
-                check_sweep_subdir(str(config.hydra.sweep.dir), subdir)
-                job_dir = (Path(str(config.hydra.sweep.dir)) / subdir).resolve()
-                group.set_output_dir(str(job_dir.absolute()))
-                check_job_written_inside(group.config, job_dir)
+                job_dir = check_sweep_subdir(sweep_dir, subdir)
+                group.set_output_dir(str(job_dir))
+                if batched and checked is None:
+                    checked = groups[key] = _CheckedGroup(
+                        group, not has_interpolation(job_cfg), GroupWrittenInside(job_cfg)
+                    )
+                if checked is not None:
+                    checked.written.check(group.config, job_dir)
+                else:
+                    check_job_written_inside(group.config, job_dir)
             if job_dir in seen:
                 raise ConfigError(
                     f"jobs #{seen[job_dir]} and #{num} would write into the same directory {subdir!r}: "
@@ -246,6 +263,22 @@ def check_sweep(config: DictConfig) -> int:
     finally:
         hydra.cfg = previous
     return len(jobs)
+
+
+class _CheckedGroup(NamedTuple):
+    """A group of copies in :func:`check_sweep`: its config, whether its config outside ``hydra`` holds no
+    interpolation (then a job's batchable values are all that can set it apart), and its directory check."""
+
+    group: Any
+    plain: bool
+    written: GroupWrittenInside
+
+
+def _check_job(cfg: DictConfig, launcher: str) -> None:
+    """What every job is checked for before the sweep starts, but torch and Lightning's share."""
+    validate(cfg)
+    _check_not_resumed(cfg)
+    check_multirun_trainer(cfg, RunMode.MULTIRUN, launcher)
 
 
 def _check_not_resumed(cfg: DictConfig) -> None:
