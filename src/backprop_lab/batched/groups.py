@@ -13,7 +13,8 @@ from collections.abc import Iterator, Sequence
 from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
 # Keys in which the copies of one batched program may differ: each copy has its own parameters and its own
-# optimizer numbers; the post's networks draw nothing from the seed.
+# optimizer numbers; the post's networks draw nothing from the seed, an MLP copy draws its initial weights
+# and its data set and order from its own seed, as its separate run does (backprop_lab.batched.mlp).
 BATCHABLE_KEYS = ("optim.lr", "optim.momentum", "optim.weight_decay", "seed", "model.w", "model.w1", "model.w2")
 
 POST_NETS = {
@@ -21,7 +22,9 @@ POST_NETS = {
     "backprop_lab.models.SigmoidNet": "sigmoid",
     "backprop_lab.models.ReLUNet": "relu",
 }
+MLP = "backprop_lab.models.MLP"
 EXAMPLE_DATA = "backprop_lab.data.ExampleDataModule"
+MLP_DATA = {EXAMPLE_DATA, "backprop_lab.data.SineDataModule", "backprop_lab.data.MoonsDataModule"}
 TENSORBOARD = "backprop_lab.loggers.TensorBoardLogger"
 OPTIM_KEYS = {"_target_", "_partial_", "lr", "momentum", "weight_decay"}
 
@@ -29,9 +32,11 @@ OPTIM_KEYS = {"_target_", "_partial_", "lr", "momentum", "weight_decay"}
 def why_not_batched(cfg: DictConfig) -> str | None:
     """Why the job cannot be a copy of a batched program (a short phrase naming the key), or None."""
     target = cfg.model.get("_target_")
-    if target not in POST_NETS:
-        return f"model._target_={target} (the post's linear, sigmoid and relu nets are batched)"
-    if cfg.data.get("_target_") != EXAMPLE_DATA:
+    if target not in POST_NETS and target != MLP:
+        return f"model._target_={target} (the post's linear, sigmoid and relu nets and the MLP are batched)"
+    if target == MLP and cfg.data.get("_target_") not in MLP_DATA:
+        return f"data._target_={cfg.data.get('_target_')} (the MLP is batched on the package's data sets)"
+    if target != MLP and cfg.data.get("_target_") != EXAMPLE_DATA:
         return f"data._target_={cfg.data.get('_target_')} (the post's one example is batched)"
     if cfg.optim.get("_target_") != "torch.optim.SGD" or set(cfg.optim) - OPTIM_KEYS:
         extra = sorted(set(cfg.optim) - OPTIM_KEYS)

@@ -35,8 +35,9 @@ from torch import Tensor, nn
 
 from backprop_lab import functions as F
 from backprop_lab.batched.events import CopiesLogger
-from backprop_lab.batched.functions import stacked_linear, stacked_mse_loss
-from backprop_lab.batched.groups import POST_NETS
+from backprop_lab.batched.functions import stacked_bce_with_logits, stacked_linear, stacked_mse_loss
+from backprop_lab.batched.groups import MLP, POST_NETS
+from backprop_lab.batched.mlp import MLPRecorder, StackedMLP, seeds_data, stacked_mlp
 from backprop_lab.batched.step_record import CopiesRecorder
 from backprop_lab.config import ConfigError
 from backprop_lab.diagnoses import Diagnosis
@@ -114,9 +115,24 @@ class StackedSGD(torch.optim.Optimizer):
 class BatchedModule(L.LightningModule):
     """Trains the copies of ``net``; per copy: its status, its losses, its logs (``copies``)."""
 
-    def __init__(self, net: StackedPostNet, lrs, momenta, weight_decays, tol: float, gradients: bool):
+    def __init__(
+        self,
+        net: StackedPostNet | StackedMLP,
+        lrs,
+        momenta,
+        weight_decays,
+        tol: float,
+        gradients: bool,
+        loss_fn=stacked_mse_loss,
+        seed_index: Sequence[int] | None = None,
+    ):
         super().__init__()
         self.net = net
+        self.loss_fn = loss_fn
+        # the MLP: minibatches (a copy's final pass takes the batch of its last step), its own recorder, and with
+        # several seeds each copy's batch picked from its seed's (seed_index: copy → seed)
+        self.mlp = isinstance(net, StackedMLP)
+        self.seed_index = None if seed_index is None else torch.as_tensor(list(seed_index), dtype=torch.long)
         k = len(lrs)
         self.lrs = np.asarray(lrs, dtype=np.float64)  # η as the config gives it: update_ratio is ‖η·g‖/‖w‖
         self.register_buffer("lr", torch.tensor(lrs, dtype=torch.float64))
@@ -145,7 +161,12 @@ class BatchedModule(L.LightningModule):
         return StackedSGD(self.net.parameters(), self.lr, self.momentum, self.weight_decay)
 
     def _params(self, which: np.ndarray) -> dict[int, dict[str, float]]:
-        values = {n: p.detach().reshape(-1).double().cpu().numpy() for n, p in self.net.named_parameters()}
+        """``params/<p>`` of the copies ``which`` for their one-element parameters (every one of a post net)."""
+        values = {
+            n: p.detach().reshape(-1).double().cpu().numpy()
+            for n, p in self.net.named_parameters()
+            if p[0].numel() == 1
+        }
         return {int(k): {f"params/{n}": float(v[k]) for n, v in values.items()} for k in np.flatnonzero(which)}
 
     def _final_pass(self, losses: np.ndarray, which: np.ndarray, step: int, nodes=None, losses_t=None) -> None:
@@ -166,19 +187,37 @@ class BatchedModule(L.LightningModule):
         self.copies.log_copy_metrics(rows, step)
         self.running[which] = False
 
+    def _copies_batch(self, batch: tuple[Tensor, Tensor]) -> tuple[Tensor, Tensor]:
+        """The MLP's batch as (1 or K, B, …): shared, or with several seeds each copy's seed's."""
+        x, y = batch
+        if self.seed_index is not None:  # (seeds, B, …) → (K, B, …)
+            index = self.seed_index.to(x.device)
+            return x[index], y[index]
+        return x.unsqueeze(0), y.unsqueeze(0)
+
     def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor | None:
+        step = self.global_step
+        if self.mlp:
+            batch = self._copies_batch(batch)
+            ending = self.running & self.ending
+            if ending.any() and self._batch is not None:  # a separate run's final pass takes its last step's batch
+                with torch.no_grad():
+                    last = self.loss_fn(self.net(self._batch[0]), self._batch[1])
+                self._final_pass(last.cpu().double().numpy(), ending, step, dict(self.net.nodes), last)
         x, y = batch
         self._batch = batch
-        step = self.global_step
-        losses_t = stacked_mse_loss(self.net(x), y)
+        losses_t = self.loss_fn(self.net(x), y)
         losses = losses_t.detach().cpu().double().numpy()  # one host sync per step, as a separate run's .item()
         nodes = dict(self.net.nodes)
-        if self.recorder is not None:
-            self.recorder.forward(x, y, nodes, list(self.net.parameters()))
+        params = list(self.net.parameters())
+        if self.recorder is not None and not self.mlp:
+            self.recorder.forward(x, y, nodes, params)
         ending = self.running & self.ending
         if ending.any():
             self._final_pass(losses, ending, step, nodes, losses_t)
         live = self.running.copy()
+        if self.recorder is not None and self.mlp:
+            self.recorder.forward(x, y, nodes, params, step, live)
         self._step = (step, live, losses_t)
         if self.recorder is not None and step % self.recorder.probe_every == 0:
             self.recorder.probe(self.net, live, step)  # the weights before this step's update
@@ -213,7 +252,7 @@ class BatchedModule(L.LightningModule):
     def on_before_optimizer_step(self, optimizer) -> None:
         # Lightning calls this hook even when training_step returned None (no copy steps: every copy still
         # running ended or diverged at this step), with backward skipped and every gradient None.
-        if not self.gradients or not self.stepping.any():
+        if not self.gradients or not self.stepping.any() or self.mlp:  # the MLP's: MLPRecorder.step_rows
             return
         step, which = self.global_step, np.flatnonzero(self.stepping)
         rows: dict[int, dict[str, float]] = {int(k): {} for k in which}
@@ -271,7 +310,8 @@ class BatchedModule(L.LightningModule):
         buffers = self.optimizers().optimizer.state
         for k in np.flatnonzero(which).tolist():
             cfg = cfgs[k]
-            weights = {f"net.{n}": p.detach()[k].clone().cpu() for n, p in params.items()}
+            own = self.net.copy_state(k) if self.mlp else {n: p.detach()[k].clone() for n, p in params.items()}
+            weights = {f"net.{n}": w.cpu() for n, w in own.items()}
             alone = [torch.nn.Parameter(w.clone()) for w in weights.values()]
             sgd = torch.optim.SGD(
                 alone,
@@ -282,7 +322,7 @@ class BatchedModule(L.LightningModule):
             for i, p in enumerate(params.values()):
                 buf = buffers.get(p, {}).get("momentum_buffer")
                 if float(self.momentum[k]) != 0 and buf is not None:
-                    sgd["state"][i] = {"momentum_buffer": buf[k].clone().cpu()}
+                    sgd["state"][i] = {"momentum_buffer": buf[k].clone().cpu().reshape(alone[i].shape)}
             states = self.recorder.monitor_states(k) if self.recorder is not None else {}
             callbacks = {}
             for callback in monitors(cfg.monitor):
@@ -323,7 +363,7 @@ class BatchedModule(L.LightningModule):
             if self.recorder is not None:  # the record's forward pass under the weights it stops with
                 x, y = self._batch
                 with torch.no_grad():
-                    losses_t = stacked_mse_loss(self.net(x), y)
+                    losses_t = self.loss_fn(self.net(x), y)
                 self.recorder.final_rows(
                     which, self.global_step, dict(self.net.nodes), losses_t, list(self.net.parameters())
                 )
@@ -336,7 +376,7 @@ class BatchedModule(L.LightningModule):
             return
         x, y = self._batch
         with torch.no_grad():
-            losses_t = stacked_mse_loss(self.net(x), y)
+            losses_t = self.loss_fn(self.net(x), y)
         losses = losses_t.cpu().double().numpy()
         self._final_pass(losses, self.running.copy(), self.global_step, dict(self.net.nodes), losses_t)
 
@@ -475,26 +515,62 @@ def train_group(
 
     started = time.perf_counter()
     cfg = cfgs[0]
+    mlp = cfg.model._target_ == MLP
+    datas: dict[int, L.LightningDataModule] = {}
+
+    def data_for_seed(seed: int) -> L.LightningDataModule:
+        if seed not in datas:
+            datas[seed] = instantiate(cfg.data, seed=seed)
+            datas[seed].setup()
+        return datas[seed]
+
     L.seed_everything(cfg.seed, workers=True, verbose=False)
-    data = instantiate(cfg.data, seed=cfg.seed)
-    data.setup()
+    data = data_for_seed(int(cfg.seed))
+    if mlp:  # each copy from its separate run's draws; with several seeds, each seed's data and order
+        net = stacked_mlp(cfgs, data_for_seed, data.in_features, data.out_features)
+        seeds = list(datas)
+        if len(seeds) > 1:
+            data = seeds_data([datas[s] for s in seeds])
     optim = [c.optim for c in cfgs]
     momenta = [float(o.get("momentum", 0.0)) for o in optim]
     decays = [float(o.get("weight_decay", 0.0)) for o in optim]
     module = BatchedModule(
-        build_net(cfgs),
+        net if mlp else build_net(cfgs),
         lrs=[float(o.lr) for o in optim],
         momenta=momenta,
         weight_decays=decays,
         tol=float(cfg.tol),
         gradients=bool(cfg.monitor.gradients),
+        loss_fn=stacked_bce_with_logits if data.task == "classification" else stacked_mse_loss,
+        seed_index=[seeds.index(int(c.seed)) for c in cfgs] if mlp and len(seeds) > 1 else None,
     )
     if cfg.trainer.enable_checkpointing:  # each copy's checkpoint, written where a signal stops the program
         module.jobs = (cfgs, run_dirs)
     copies = CopiesLogger(run_dirs)
     monitor = cfg.monitor
-    post_net = instantiate(cfg.model)  # the first job's network, as a separate run builds it
-    if monitor.gradients or monitor.dead_relu or monitor.backprop_view or monitor.pictures:  # as train.monitors
+    post_net = None if mlp else instantiate(cfg.model)  # the first job's network, as a separate run builds it
+    recorded = monitor.gradients or monitor.dead_relu or monitor.backprop_view or monitor.pictures  # train.monitors
+    if recorded and mlp:
+        probe_x = data.probe_x
+        if probe_x is not None:  # (1 or K, P, in): shared, or each copy's seed's
+            probe_x = probe_x[module.seed_index] if module.seed_index is not None else probe_x.unsqueeze(0)
+        module.recorder = MLPRecorder(
+            module.net,
+            optimizer=str(cfg.optim._target_).rsplit(".", 1)[-1],
+            lrs=module.lrs,
+            momenta=momenta,
+            weight_decays=decays,
+            copies=copies,
+            gradients=bool(monitor.gradients),
+            dead_relu=bool(monitor.dead_relu),
+            view=bool(monitor.backprop_view),
+            probe_every=int(monitor.probe_every_n_steps),
+            histogram_every=int(monitor.histogram_every_n_steps),
+            probe_x=probe_x,
+            double=str(cfg.trainer.precision) in ("64-true", "64"),
+            saturation_threshold=float(monitor.saturation_threshold),
+        )
+    elif recorded:
         module.recorder = CopiesRecorder(
             module.net.kind,
             post_net,
@@ -516,7 +592,9 @@ def train_group(
         yaml = OmegaConf.to_yaml(c, resolve=False) if yaml is None else yaml
         config = "\n".join("    " + line for line in yaml.splitlines())
         summaries = [text("config", config), custom_scalars(custom_scalars_layout())]
-        if c.replay.to_tensorboard:  # the post's step 0 replayed, from the copy's own start (log_replay's text)
+        if (
+            c.replay.to_tensorboard and not mlp
+        ):  # the post's step 0 replayed, from the copy's own start (log_replay's text)
             key = (
                 *(float(c.model[n]) for n, _ in post_net.named_parameters()),
                 float(optim[k].lr),
@@ -560,6 +638,12 @@ def train_group(
     results = []
     for k, (c, run_dir) in enumerate(zip(cfgs, run_dirs)):
         logged = relu and recorder.last_step[k] >= 0  # the dead-ReLU monitor logged this copy
+        if mlp:
+            dead_since = recorder.dead_since(k) if recorder is not None else {}
+            final_dead = recorder.final_dead_fraction(k) if recorder is not None else None
+        else:
+            dead_since = {"h": recorder.dead_since[k]} if logged else {}
+            final_dead = float(recorder.last_dead_fraction[k]) if logged else None
         result = TrainResult(
             status=module.status(k, cfg.trainer.max_steps),
             final_loss=float(module.final_loss[k]),
@@ -567,9 +651,9 @@ def train_group(
             steps=int(module.steps[k]),
             log_dir=str(run_dir),
             diverged_at=module.diverged_at[k],
-            dead_since={"h": recorder.dead_since[k]} if logged else {},
+            dead_since=dead_since,
             wall_time_s=wall,
-            final_dead_fraction=float(recorder.last_dead_fraction[k]) if logged else None,
+            final_dead_fraction=final_dead,
         )
         if found[k]:  # the Text tab's diagnoses, at the step the copy ended (as fit_run writes them)
             lines = "\n\n".join(f"**step {d.step}**: {d.text}" for d in found[k])
