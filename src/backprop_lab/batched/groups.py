@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import pickle
 import re
 from collections.abc import Iterator, Sequence
 
@@ -198,7 +199,7 @@ class GroupConfig:
         self.hydra_view: DictConfig | None = None  # HydraConfig's copy of config.hydra, while it is set
         self.values: dict = {}  # the current job's own values (see _job_values), output_dir too once set
         self._nodes: dict[tuple[int, str], tuple[DictConfig, str]] = {}  # (config, key) → (its parent, leaf)
-        self._task: DictConfig | None = None  # the config without hydra, kept set to the job (task_config)
+        self._task: bytes | None = None  # the config without hydra, pickled (task_config)
 
     def _put(self, config: DictConfig, key: str, value):
         """``config``'s ``key`` set to ``value``; the value as stored. The parent node of each key is looked up
@@ -230,8 +231,6 @@ class GroupConfig:
                 self.values[key] = self._put(self.config, key, value)
                 if self.hydra_view is not None:
                     self._put(self.hydra_view, key, value)
-            elif self._task is not None:
-                self._put(self._task, key, value)
         return self.values
 
     def set_output_dir(self, output_dir: str) -> None:
@@ -241,11 +240,20 @@ class GroupConfig:
             self._put(self.hydra_view, "hydra.runtime.output_dir", output_dir)
 
     def task_config(self) -> DictConfig:
-        """A copy of the current job's config without ``hydra``: the job's config, as the task receives it (a copy
-        of one such config kept set to the job: two thirds of the cost of copying it out of the whole one)."""
+        """A copy of the current job's config without ``hydra``: the job's config, as the task receives it. That
+        part of the config is pickled once, at the first call; each call unpickles it (a config of its own, ~0.2 ms
+        where ``copy.deepcopy`` of it takes ~0.9) and sets the job's own values into it."""
         if self._task is None:
-            self._task = OmegaConf.masked_copy(self.config, [k for k in self.config if k != "hydra"])
-        return copy.deepcopy(self._task)
+            task = OmegaConf.masked_copy(self.config, [k for k in self.config if k != "hydra"])
+            self._task = pickle.dumps(task, protocol=pickle.HIGHEST_PROTOCOL)
+        task = pickle.loads(self._task)
+        for key, value in self.values.items():
+            if not key.startswith("hydra."):
+                parent, _, leaf = key.rpartition(".")
+                node = OmegaConf.select(task, parent) if parent else task
+                with read_write(node):
+                    node[leaf] = value
+        return task
 
     @contextlib.contextmanager
     def as_hydra_config(self, keep: bool = False) -> Iterator[DictConfig]:
