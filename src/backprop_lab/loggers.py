@@ -1,6 +1,7 @@
 """The package's loggers: Lightning's TensorBoard and CSV loggers, each with one change.
 
-TensorBoard: the ``log_metrics`` calls of one step written as one event, flushed at most once a second.
+TensorBoard: the ``log_metrics`` calls of one step written as one event (with the Backprop tab's tensor of that
+step, :meth:`TensorBoardLogger.add_summary`), flushed at most once a second.
 
 Lightning's ``TensorBoardLogger.log_metrics`` writes one event per scalar (``SummaryWriter.add_scalar``),
 each serialised, queued and checksummed on its own: about 26 µs a scalar here, so the ~20 scalars a
@@ -42,7 +43,6 @@ from lightning.pytorch.loggers import WandbLogger as LightningWandbLogger
 from lightning.pytorch.utilities import rank_zero_only
 from tensorboard.compat.proto.summary_pb2 import Summary
 from tensorboard.plugins.hparams import api_pb2, metadata, plugin_data_pb2
-from torch import Tensor
 
 
 class TensorBoardLogger(LightningTensorBoardLogger):
@@ -96,8 +96,22 @@ class TensorBoardLogger(LightningTensorBoardLogger):
             self._pending, self._pending_step = Summary(), step
         add = self._pending.value.add
         for k, v in metrics.items():
-            add(tag=k, simple_value=float(v.item() if isinstance(v, Tensor) else v))
+            add(tag=k, simple_value=float(v))  # a float, or a one-element tensor's value (Tensor.__float__)
         self._pending_tags.update(metrics)
+
+    @rank_zero_only
+    def add_summary(self, summary: Summary, step: int) -> None:
+        """``summary``'s values (a plugin's tensor, say) at ``step``, in that step's one event with its scalars, by
+        the rule of :meth:`log_metrics`: one event less a step, and its bytes, for the writer to checksum."""
+        if self.experiment.file_writer is None:
+            return  # closed: nothing written, as SummaryWriter.file_writer.add_summary would not either
+        tags = [v.tag for v in summary.value]
+        if self._pending is not None and (step != self._pending_step or not self._pending_tags.isdisjoint(tags)):
+            self._write_pending()
+        if self._pending is None:
+            self._pending, self._pending_step = Summary(), step
+        self._pending.value.extend(summary.value)  # copies: the caller may reuse its summary
+        self._pending_tags.update(tags)
 
     def _write_pending(self) -> None:
         summary, self._pending = self._pending, None
@@ -107,8 +121,9 @@ class TensorBoardLogger(LightningTensorBoardLogger):
         writer = self.experiment.file_writer
         if writer is not None:
             writer.add_summary(summary, global_step=self._pending_step)
-        else:  # closed since: Lightning's own path opens it again
-            super().log_metrics({v.tag: v.simple_value for v in summary.value}, self._pending_step)
+        else:  # closed since: Lightning's own path opens it again (scalars only: it writes no other kind)
+            scalars = {v.tag: v.simple_value for v in summary.value if v.WhichOneof("value") == "simple_value"}
+            super().log_metrics(scalars, self._pending_step)
 
     @rank_zero_only
     def log_hparams_record(

@@ -39,6 +39,7 @@ from backprop_lab.monitors import (
     BackpropViewMonitor,
     DeadReLUMonitor,
     GradientMonitor,
+    MonitorGroup,
     PictureMonitor,
     SharpnessMonitor,
     StepRecorder,
@@ -186,7 +187,9 @@ def build_run(
         net, optimizer=instantiate(cfg.optim), loss_fn=LOSS_BY_TASK[data.task], tol=cfg.tol, config=run_config(cfg)
     )
 
-    callbacks = [*monitors(cfg.monitor), *extra_callbacks(cfg.callbacks), *callbacks]
+    watching = monitors(cfg.monitor)
+    # One callback runs them all: Lightning dispatches each of a step's hooks once, not once per monitor.
+    callbacks = [*([MonitorGroup(watching)] if watching else []), *extra_callbacks(cfg.callbacks), *callbacks]
     callbacks.append(GracefulStop(notes))
     if cfg.trainer.enable_progress_bar and not any(isinstance(c, ProgressBar) for c in callbacks):
         callbacks.append(StepProgressBar(refresh_rate=cfg.progress_every_n_steps))  # a bar of the user's own wins
@@ -242,6 +245,10 @@ def after_last_event_file(run_dir: Path) -> None:
         time.sleep(wait)
 
 
+# The checkpoint keys of the monitors' states (each class's Callback.state_key, its name).
+MONITOR_KEYS = tuple(c.__qualname__ for c in (StepRecorder, DeadReLUMonitor, BackpropViewMonitor, SharpnessMonitor))
+
+
 def monitors(monitor: DictConfig) -> list[Callback]:
     """The package's monitors that ``monitor.*`` turns on, each watching the module's ``net``: the sharpness
     first (its products run the network before the step record starts the step), then the one record of each
@@ -280,6 +287,10 @@ def expected_warnings() -> Iterator[None]:
         warnings.filterwarnings("ignore", ".*is smaller than the logging interval.*")
         # Lightning's own use of a torch API that torch 2.13 deprecates; nothing a user can act on.
         warnings.filterwarnings("ignore", ".*isinstance\\(treespec, LeafSpec\\)` is deprecated.*")
+        # On resume, Lightning names the checkpoint's states that no callback of the trainer holds: the monitors'
+        # own, which their MonitorGroup restores (monitors/group.py). Silenced where it names only those.
+        warnings.filterwarnings("ignore", f"Be aware that when using `ckpt_path`.*Please add the following callbacks: "
+                                          f"\\[(?:'(?:{'|'.join(MONITOR_KEYS)})'(?:, )?)+\\]")  # fmt: skip
         yield
 
 

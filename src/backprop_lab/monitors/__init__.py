@@ -7,7 +7,9 @@
 - :class:`PictureMonitor`: pictures in TensorBoard's Images tab, drawn from the record;
 - :class:`BackpropViewMonitor`: the data of the Backprop tab (``backprop_lab.tensorboard_plugin``);
 - :class:`SharpnessMonitor`: λ_max of the loss Hessian beside 2/η, every n steps (its own Hessian-vector
-  products, not the record).
+  products, not the record);
+- :class:`MonitorGroup`: several of them run as one Lightning callback (what ``backprop-lab`` does: Lightning
+  then dispatches each hook once, not once per monitor).
 
 Scalars go to every logger of the trainer (``logger.log_metrics``), as Lightning's own monitors do;
 histograms, images and text go to the TensorBoard logger's writer where there is one. This package imports
@@ -19,6 +21,7 @@ torch, Lightning and TensorBoard only (no Hydra, no OmegaConf). On your own mode
 from backprop_lab.monitors.backprop_view import BackpropViewMonitor
 from backprop_lab.monitors.dead_relu import DeadReLUMonitor
 from backprop_lab.monitors.gradients import GradientMonitor
+from backprop_lab.monitors.group import MonitorGroup
 from backprop_lab.monitors.layout import custom_scalars_layout
 from backprop_lab.monitors.pictures import PictureMonitor
 from backprop_lab.monitors.record import StepRecord, StepRecorder
@@ -28,6 +31,7 @@ __all__ = [
     "BackpropViewMonitor",
     "DeadReLUMonitor",
     "GradientMonitor",
+    "MonitorGroup",
     "PictureMonitor",
     "SharpnessMonitor",
     "StepRecord",

@@ -84,6 +84,7 @@ class BackpropViewMonitor(Callback):
         self._typecode = "d"
         self._first: set[int] = set()  # ids of the writers that have had the layout
         self._resumed: dict | None = None  # the history of a checkpoint, until training starts
+        self._drives = True  # whether this monitor's hooks drive the recorder's step
 
     def state_dict(self) -> dict:
         """The written history, so a resumed run keeps it: steps and values as two tensors (a checkpoint then
@@ -109,23 +110,33 @@ class BackpropViewMonitor(Callback):
         self._every = self.every_n_steps or (1 if n_params <= SMALL_NET else trainer.log_every_n_steps)
         recorder.record_every(self._every)
         recorder.want_final_pass()
+        self._drives = not self.recorder.leads(trainer, self)  # else the recorder's own hooks ran first
 
     def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         self._writers = []
-        if trainer.is_global_zero:
-            self._writers = [lg.experiment for lg in trainer.loggers if isinstance(lg, TensorBoardLogger)]
+        if trainer.is_global_zero:  # (writer, the logger where it gathers a step's values into one event, else None)
+            self._writers = [
+                (lg.experiment, lg if callable(getattr(lg, "add_summary", None)) else None)
+                for lg in trainer.loggers
+                if isinstance(lg, TensorBoardLogger)
+            ]
         self._layout = None
 
     # --- a step ----------------------------------------------------------------------------------------
 
     def on_train_batch_start(self, trainer: Trainer, pl_module: LightningModule, batch, batch_idx: int) -> None:
-        self.recorder.batch_start(trainer, pl_module, batch, batch_idx)
+        if self._drives:
+            self.recorder.batch_start(trainer, pl_module, batch, batch_idx)
 
     def on_before_optimizer_step(self, trainer: Trainer, pl_module: LightningModule, optimizer) -> None:
-        self.recorder.before_optimizer_step(trainer, pl_module, optimizer)
+        if self._drives:
+            self.recorder.before_optimizer_step(trainer, pl_module, optimizer)
 
     def on_train_batch_end(self, trainer: Trainer, pl_module: LightningModule, outputs, batch, batch_idx: int) -> None:
-        record = self.recorder.batch_end(trainer, pl_module, outputs, batch, batch_idx)
+        recorder = self.recorder
+        record = (
+            recorder.batch_end(trainer, pl_module, outputs, batch, batch_idx) if self._drives else recorder.finished
+        )
         if record is not None and (record.step == 0 or is_log_step(trainer, self._every, record.step)):
             self._write_record(trainer, record)
 
@@ -179,13 +190,17 @@ class BackpropViewMonitor(Callback):
     def _write(self, step: int, row: list[float]) -> None:
         value = self._summary.value[0]
         value.tensor.tensor_content = array(self._typecode, row).tobytes()
-        for writer in self._writers:
+        for writer, gathers in self._writers:
             # The layout travels with a writer's first event: TensorBoard keeps a tag's first metadata.
             first = id(writer) not in self._first
             if first:
                 value.metadata.CopyFrom(self._metadata)
                 self._first.add(id(writer))
-            if writer.file_writer is not None:  # None once the writer is closed
+            if writer.file_writer is None:  # closed
+                pass
+            elif gathers is not None:  # backprop_lab's TensorBoardLogger: in the step's event with its scalars
+                gathers.add_summary(self._summary, step)
+            else:
                 writer.file_writer.add_summary(self._summary, global_step=step)
             if first:
                 value.ClearField("metadata")

@@ -13,6 +13,8 @@ from lightning.pytorch import Callback, Trainer
 from lightning.pytorch.loggers import TensorBoardLogger
 from torch import Tensor
 
+from backprop_lab.monitors.group import MonitorGroup
+
 
 def log_metrics(trainer: Trainer, metrics: Mapping[str, float], step: int) -> None:
     """``metrics`` at ``step`` to every logger of ``trainer`` (each logger writes on rank 0 only)."""
@@ -44,6 +46,14 @@ def probe_set(trainer: Trainer) -> tuple[Tensor, Tensor] | None:
     return (x, y) if x is not None and y is not None else None
 
 
+def all_callbacks(trainer: Trainer) -> list[Callback]:
+    """The trainer's callbacks in the order Lightning calls them, each :class:`MonitorGroup` by its members."""
+    out: list[Callback] = []
+    for cb in trainer.callbacks:
+        out.extend(cb.callbacks if isinstance(cb, MonitorGroup) else (cb,))
+    return out
+
+
 def find_callback(trainer: Trainer, kind: type[Callback]) -> Callback | None:
-    """The trainer's first callback of type ``kind``; None if it has none."""
-    return next((cb for cb in trainer.callbacks if isinstance(cb, kind)), None)
+    """The trainer's first callback of type ``kind``, a member of a :class:`MonitorGroup` too; None if it has none."""
+    return next((cb for cb in all_callbacks(trainer) if isinstance(cb, kind)), None)

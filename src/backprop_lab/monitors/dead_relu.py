@@ -73,6 +73,7 @@ class DeadReLUMonitor(Callback):
         self._finished = False
         self.dead_since: dict[str, int | None] = {}
         self.last_dead_fraction: dict[str, float] = {}
+        self._drives = True  # whether this monitor's hooks drive the recorder's step
 
     def state_dict(self) -> dict:
         """What the statistics of later steps and the end of the run depend on, for a resumed run."""
@@ -93,6 +94,7 @@ class DeadReLUMonitor(Callback):
         self.recorder = StepRecorder.attach(trainer, pl_module, self.root, self._given)
         if self.log_every_n_steps:
             self.recorder.record_every(self.log_every_n_steps)
+        self._drives = not self.recorder.leads(trainer, self)  # else the recorder's own hooks ran first
 
     def _layers(self) -> list[str]:
         return self.recorder.entries(kinds=RELU_KINDS, types=self.layer_types)
@@ -100,16 +102,21 @@ class DeadReLUMonitor(Callback):
     # --- per step ---------------------------------------------------------------------------------------
 
     def on_train_batch_start(self, trainer: Trainer, pl_module: LightningModule, batch, batch_idx: int) -> None:
-        self.recorder.batch_start(trainer, pl_module, batch, batch_idx)
+        if self._drives:
+            self.recorder.batch_start(trainer, pl_module, batch, batch_idx)
         self._step = trainer.global_step
 
     def on_before_optimizer_step(self, trainer: Trainer, pl_module: LightningModule, optimizer) -> None:
-        self.recorder.before_optimizer_step(trainer, pl_module, optimizer)
+        if self._drives:
+            self.recorder.before_optimizer_step(trainer, pl_module, optimizer)
         if trainer.global_step % self.probe_every_n_steps == 0:
             self._log_probe(trainer, trainer.global_step)  # the parameters before this step's update
 
     def on_train_batch_end(self, trainer: Trainer, pl_module: LightningModule, outputs, batch, batch_idx: int) -> None:
-        record = self.recorder.batch_end(trainer, pl_module, outputs, batch, batch_idx)
+        recorder = self.recorder
+        record = (
+            recorder.batch_end(trainer, pl_module, outputs, batch, batch_idx) if self._drives else recorder.finished
+        )
         step = self._step
         if step is None or trainer.global_step == step:
             return  # another micro-batch of this step follows

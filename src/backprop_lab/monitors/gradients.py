@@ -108,17 +108,21 @@ class GradientMonitor(Callback):
         self._given = recorder
         self._histogram_step: int | None = None
         self._tags: dict[str, tuple[str, ...]] = {}  # per parameter: its four tags, formatted once
+        self._drives = True  # whether this monitor's hooks drive the recorder's step
 
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
         self.recorder = StepRecorder.attach(trainer, pl_module, self.root, self._given)
         if self.log_every_n_steps:
             self.recorder.record_every(self.log_every_n_steps)
+        self._drives = not self.recorder.leads(trainer, self)  # else the recorder's own hooks ran first
 
     def on_train_batch_start(self, trainer: Trainer, pl_module: LightningModule, batch, batch_idx: int) -> None:
-        self.recorder.batch_start(trainer, pl_module, batch, batch_idx)
+        if self._drives:
+            self.recorder.batch_start(trainer, pl_module, batch, batch_idx)
 
     def on_before_optimizer_step(self, trainer: Trainer, pl_module: LightningModule, optimizer) -> None:
-        self.recorder.before_optimizer_step(trainer, pl_module, optimizer)
+        if self._drives:
+            self.recorder.before_optimizer_step(trainer, pl_module, optimizer)
         # Histograms of whole tensors at their own cadence: the parameters before the update, read (not hooked).
         self._histogram_step = None
         if trainer.global_step % self.histogram_every_n_steps == 0:
@@ -126,7 +130,10 @@ class GradientMonitor(Callback):
             self._histograms(trainer, "params", self._larger(lambda p: p), trainer.global_step)
 
     def on_train_batch_end(self, trainer: Trainer, pl_module: LightningModule, outputs, batch, batch_idx: int) -> None:
-        record = self.recorder.batch_end(trainer, pl_module, outputs, batch, batch_idx)
+        recorder = self.recorder
+        record = (
+            recorder.batch_end(trainer, pl_module, outputs, batch, batch_idx) if self._drives else recorder.finished
+        )
         if self._histogram_step is not None and trainer.global_step != self._histogram_step:  # the update is taken
             self._histograms(trainer, "grads", self._larger(lambda p: p.grad), self._histogram_step)
             self._histogram_step = None

@@ -339,6 +339,7 @@ class PictureMonitor(Callback):
         self.recorder = recorder
         self._given = recorder
         self._surface = False  # a network of one or two trainable numbers: the loss surface applies
+        self._drives = True  # whether this monitor's hooks drive the recorder's step
 
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
         self.recorder = StepRecorder.attach(trainer, pl_module, self.root, self._given)
@@ -346,18 +347,22 @@ class PictureMonitor(Callback):
         self._surface = "loss_surface" in self.pictures and 1 <= numbers <= 2
         if self._surface:
             self.recorder.record_every(1)  # the path: the parameters before every update
+        self._drives = not self.recorder.leads(trainer, self)  # else the recorder's own hooks ran first
 
     def on_train_batch_start(self, trainer: Trainer, pl_module: LightningModule, batch, batch_idx: int) -> None:
-        self.recorder.batch_start(trainer, pl_module, batch, batch_idx)
+        if self._drives:
+            self.recorder.batch_start(trainer, pl_module, batch, batch_idx)
 
     def on_before_optimizer_step(self, trainer: Trainer, pl_module: LightningModule, optimizer) -> None:
-        self.recorder.before_optimizer_step(trainer, pl_module, optimizer)
+        if self._drives:
+            self.recorder.before_optimizer_step(trainer, pl_module, optimizer)
         step = trainer.global_step
         if step > 0 and step % self.every_n_steps == 0:
             self.draw(trainer, pl_module, step)
 
     def on_train_batch_end(self, trainer: Trainer, pl_module: LightningModule, outputs, batch, batch_idx: int) -> None:
-        self.recorder.batch_end(trainer, pl_module, outputs, batch, batch_idx)
+        if self._drives:
+            self.recorder.batch_end(trainer, pl_module, outputs, batch, batch_idx)
 
     def on_train_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         self.recorder.train_end(trainer, pl_module)

@@ -33,7 +33,7 @@ from torch.func import functional_call, grad, vjp
 
 from backprop_lab.diagnoses import SharpnessPoint
 from backprop_lab.monitors.backprop_view import BackpropViewMonitor
-from backprop_lab.monitors.common import log_metrics
+from backprop_lab.monitors.common import all_callbacks, log_metrics
 from backprop_lab.monitors.dead_relu import DeadReLUMonitor
 from backprop_lab.monitors.gradients import GradientMonitor
 from backprop_lab.monitors.pictures import PictureMonitor
@@ -202,7 +202,8 @@ class SharpnessMonitor(Callback):
             )
         # The products run the network's forward. Before the step record starts the step they pass its hooks
         # unseen; after, the record would take them for the step's own forward passes.
-        before = trainer.callbacks[: trainer.callbacks.index(self)] if self in trainer.callbacks else []
+        ordered = all_callbacks(trainer)  # a MonitorGroup's members in their turn
+        before = ordered[: ordered.index(self)] if self in ordered else []
         recording = [type(cb).__name__ for cb in before if isinstance(cb, RECORDING)]
         if recording:
             raise ValueError(
