@@ -48,13 +48,13 @@ class BatchedLauncher(Launcher):
         self.config, self.hydra_context, self.task_function = config, hydra_context, task_function
 
     def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
-        from backprop_lab.batched.groups import JobConfigs, group_overrides, why_not_batched
+        from backprop_lab.batched.groups import group_overrides
+        from backprop_lab.sweep import spared_heap
 
         setup_globals()
         configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose)
         Path(str(self.config.hydra.sweep.dir)).mkdir(parents=True, exist_ok=True)
         groups = group_overrides(self.hydra_context.config_loader, job_overrides)
-        job_config = JobConfigs(self.config, self.hydra_context.config_loader)
         batched = [g for g in groups if len(g) > 1]
         n_batched = sum(map(len, batched))
         log.info(
@@ -62,6 +62,16 @@ class BatchedLauncher(Launcher):
             f"{len(job_overrides) - n_batched} one at a time"
         )
         returns: list[JobReturn | None] = [None] * len(job_overrides)
+        with spared_heap():  # the copies' configs, records and program: thousands of objects a copy
+            self._launch_groups(groups, job_overrides, initial_job_idx, returns)
+            self._stability_edge()
+        return returns
+
+    def _launch_groups(self, groups, job_overrides, initial_job_idx: int, returns: list) -> None:
+        """Each group's jobs: a batched program, or one at a time (a group of one, or jobs that cannot be copies)."""
+        from backprop_lab.batched.groups import JobConfigs, why_not_batched
+
+        job_config = JobConfigs(self.config, self.hydra_context.config_loader)
         for group in groups:
             first = job_config(job_overrides[group[0]], initial_job_idx + group[0])
             why = why_not_batched(first) if len(group) > 1 else None
@@ -87,8 +97,6 @@ class BatchedLauncher(Launcher):
             for i, ret in zip(group, self._run_group(first, jobs)):
                 returns[i] = ret
             configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose)
-        self._stability_edge()
-        return returns
 
     def _stability_edge(self) -> None:
         """The sweep's stability-edge figure (:mod:`backprop_lab.batched.edge`), from every job so far."""
@@ -143,6 +151,7 @@ class BatchedLauncher(Launcher):
         from backprop_lab.batched.program import train_group
         from backprop_lab.batched.records import FILES, JobLogging, RecordTemplate, job_yaml
         from backprop_lab.summary import write_summary
+        from backprop_lab.sweep import no_collection
         from backprop_lab.train import closing_lines
 
         callbacks = self.hydra_context.callbacks
@@ -153,64 +162,66 @@ class BatchedLauncher(Launcher):
         for overrides, idx in jobs:
             log.info(f"\t#{idx} : {' '.join(filter_overrides(overrides))}")
         with group.as_hydra_config() as hydra_cfg:
-            template = logging_ = None
-            for overrides, idx in jobs:
-                values = group.set_job(overrides, idx)
-                config = group.config
-                output_dir = os.path.abspath(os.path.join(str(config.hydra.sweep.dir), str(config.hydra.sweep.subdir)))
-                group.set_output_dir(output_dir)
-                task_cfg = group.task_config()
-                if template is None:
-                    template, logging_ = RecordTemplate(task_cfg, hydra_cfg, values), JobLogging(group)
-                files = None if template.ok else job_yaml(task_cfg, hydra_cfg, hydra_cfg.hydra.overrides.task)
-                run_dir = Path(output_dir)
-                run_dir.mkdir(parents=True, exist_ok=True)  # as run_job makes it (the sweep's lock covers it)
-                copies.append((task_cfg, overrides, idx, run_dir, dict(values), files))
-            rendered = template.render_all([c[4] for c in copies]) if template.ok else None
-            subdir = config.hydra.output_subdir
-            texts: list[str | None] = [None] * len(copies)  # each config.yaml: the Text tab's config too
-            for k, (_, overrides, idx, run_dir, _, files) in enumerate(copies):
-                if subdir is not None:  # as run_job writes them
-                    if files is None and rendered is None:  # the template cannot write this group's
-                        group.set_job(overrides, idx)
-                        group.set_output_dir(str(run_dir))
-                        files = job_yaml(group.task_config(), hydra_cfg, hydra_cfg.hydra.overrides.task)
-                    record = run_dir / str(subdir)
-                    record.mkdir(parents=True, exist_ok=True)
-                    for name in FILES:
-                        (record / name).write_text((files or rendered[k])[name], encoding="utf-8")
-                    texts[k] = (files or rendered[k])["config.yaml"]
-                elif rendered is not None:
-                    texts[k] = rendered[k]["config.yaml"]
-                if hooks:
-                    config = self._whole_config(first, overrides, idx, str(run_dir))
-                    callbacks.on_job_start(config=config, task_function=self.task_function)
+            with no_collection():  # the copies' configs and records, for the program
+                template = logging_ = None
+                for overrides, idx in jobs:
+                    values = group.set_job(overrides, idx)
+                    config = group.config
+                    output_dir = os.path.abspath(os.path.join(str(config.hydra.sweep.dir), group.sweep_subdir()))
+                    group.set_output_dir(output_dir)
+                    task_cfg = group.task_config()
+                    if template is None:
+                        template, logging_ = RecordTemplate(task_cfg, hydra_cfg, values), JobLogging(group)
+                    files = None if template.ok else job_yaml(task_cfg, hydra_cfg, hydra_cfg.hydra.overrides.task)
+                    run_dir = Path(output_dir)
+                    run_dir.mkdir(parents=True, exist_ok=True)  # as run_job makes it (the sweep's lock covers it)
+                    copies.append((task_cfg, overrides, idx, run_dir, dict(values), files))
+                rendered = template.render_all([c[4] for c in copies]) if template.ok else None
+                subdir = config.hydra.output_subdir
+                texts: list[str | None] = [None] * len(copies)  # each config.yaml: the Text tab's config too
+                for k, (_, overrides, idx, run_dir, _, files) in enumerate(copies):
+                    if subdir is not None:  # as run_job writes them
+                        if files is None and rendered is None:  # the template cannot write this group's
+                            group.set_job(overrides, idx)
+                            group.set_output_dir(str(run_dir))
+                            files = job_yaml(group.task_config(), hydra_cfg, hydra_cfg.hydra.overrides.task)
+                        record = run_dir / str(subdir)
+                        record.mkdir(parents=True, exist_ok=True)
+                        for name in FILES:
+                            (record / name).write_text((files or rendered[k])[name], encoding="utf-8")
+                        texts[k] = (files or rendered[k])["config.yaml"]
+                    elif rendered is not None:
+                        texts[k] = rendered[k]["config.yaml"]
+                    if hooks:
+                        config = self._whole_config(first, overrides, idx, str(run_dir))
+                        callbacks.on_job_start(config=config, task_function=self.task_function)
             configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose)
             run = train_group(
                 [c[0] for c in copies], [c[3] for c in copies], [c[1] for c in copies], config_texts=texts
             )
             results, signum = run[0], run[1]
             diagnoses = run[2] if len(run) > 2 else [None] * len(results)
-            returns = []
-            for (task_cfg, overrides, idx, run_dir, _, _), result, found in zip(copies, results, diagnoses):
-                write_summary(run_dir, {"overrides": list(overrides), **result.to_dict()})
-                # its train.log (made here: nothing is logged to one copy alone before) and its closing lines
-                if not logging_.fast:
-                    group.set_job(overrides, idx)
-                    group.set_output_dir(str(run_dir))
-                logging_.configure(str(run_dir))
-                for line in closing_lines(task_cfg, result, None, True, found, overrides):
-                    logging.getLogger("backprop_lab").info(line)
-                ret = CopyReturn(overrides=list(overrides), cfg=task_cfg, working_dir=os.getcwd())
-                ret.make_hydra_cfg = functools.partial(self._hydra_cfg, first, overrides, idx, str(run_dir))
-                ret.return_value = result.final_loss if math.isfinite(result.final_loss) else math.inf
-                ret.status = JobStatus.COMPLETED
-                ret.task_name = str(first.hydra.job.name)
-                if hooks:
-                    config = self._whole_config(first, overrides, idx, str(run_dir))
-                    callbacks.on_job_end(config=config, job_return=ret)
-                self._edge_jobs.append((task_cfg, str(run_dir), ret.overrides))
-                returns.append(ret)
+            with no_collection():  # the copies' returns
+                returns = []
+                for (task_cfg, overrides, idx, run_dir, _, _), result, found in zip(copies, results, diagnoses):
+                    write_summary(run_dir, {"overrides": list(overrides), **result.to_dict()})
+                    # its train.log (made here: nothing is logged to one copy alone before) and its closing lines
+                    if not logging_.fast:
+                        group.set_job(overrides, idx)
+                        group.set_output_dir(str(run_dir))
+                    logging_.configure(str(run_dir))
+                    for line in closing_lines(task_cfg, result, None, True, found, overrides):
+                        logging.getLogger("backprop_lab").info(line)
+                    ret = CopyReturn(overrides=list(overrides), cfg=task_cfg, working_dir=os.getcwd())
+                    ret.make_hydra_cfg = functools.partial(self._hydra_cfg, first, overrides, idx, str(run_dir))
+                    ret.return_value = result.final_loss if math.isfinite(result.final_loss) else math.inf
+                    ret.status = JobStatus.COMPLETED
+                    ret.task_name = str(first.hydra.job.name)
+                    if hooks:
+                        config = self._whole_config(first, overrides, idx, str(run_dir))
+                        callbacks.on_job_end(config=config, job_return=ret)
+                    self._edge_jobs.append((task_cfg, str(run_dir), ret.overrides))
+                    returns.append(ret)
             if signum is not None:  # as a separate run: the record complete, then the shell's status for it
                 raise SystemExit(128 + signum)
             return returns
