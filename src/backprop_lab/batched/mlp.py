@@ -49,6 +49,7 @@ from backprop_lab.batched.functions import stacked_linear
 from backprop_lab.batched.step_record import ScalarColumns
 from backprop_lab.diagnoses import SATURATION_THRESHOLD, Diagnosis, History, diagnose
 from backprop_lab.monitors.backprop_view import LAYERS_TAG, PLUGIN_NAME, describe
+from backprop_lab.monitors.gradients import HISTOGRAM_BINS
 from backprop_lab.monitors.record import (
     ACTIVATION_KINDS,
     RELU_KINDS,
@@ -120,6 +121,18 @@ class StackedMLP(nn.Module):
         self.nodes = nodes
         return x
 
+    def copies_pass(self, x: Tensor, index: Tensor) -> dict[str, tuple[Tensor, Tensor]]:
+        """A no-grad pass of the copies ``index`` only (x of shape (1 or len(index), N, in)): each activation's
+        (z, h), per copy the numbers the whole stack's pass gives it."""
+        nodes = {}
+        for name, module in self.named_children():
+            if isinstance(module, StackedLinear):
+                x = stacked_linear(x, module.weight[index], module.bias[index])
+            else:
+                z, x = x, module(x)
+                nodes[name] = (z, x)
+        return nodes
+
     def copy_state(self, k: int) -> dict[str, Tensor]:
         """Copy k's parameters, named and shaped as its separate run's network has them."""
         out = {}
@@ -159,6 +172,49 @@ def _numbers(params: Sequence[Tensor]) -> Tensor:
         k = p.shape[0]
         out.append(p.reshape(k) if p[0].numel() == 1 else torch.linalg.vector_norm(p.reshape(k, -1), dim=1))
     return torch.stack(out)
+
+
+def stacked_histograms(values: Tensor, bins: int = HISTOGRAM_BINS) -> list[dict | None]:
+    """:func:`~backprop_lab.monitors.gradients.histogram_stats` of each row of ``values`` (copies × numbers), for all
+    rows at once: the same extremes, equal-width buckets (``histc``'s: bucket ⌊(v − lo)·bins/(hi − lo)⌋ in the
+    values' dtype, the last edge in the last bucket), edges (``linspace``, per row) and sum, bit for bit; the sum of squares is ``torch.dot``'s in the values' dtype, here summed in another order (equal to
+    its rounding). Rows with a non-finite value go through the monitor's own function."""
+    from backprop_lab.monitors.gradients import histograms_stats
+
+    v = values if values.dtype == torch.float64 else values.float()
+    k = v.shape[0]
+    smallest, largest = torch.aminmax(v, dim=1)
+    same = smallest == largest
+    lo = torch.where(same, smallest.double() - 0.5, smallest.double())  # as np.histogram (and the monitor)
+    hi = torch.where(same, largest.double() + 0.5, largest.double())
+    lo_v, hi_v = lo.to(v.dtype).unsqueeze(1), hi.to(v.dtype).unsqueeze(1)
+    where = ((v - lo_v) * bins / (hi_v - lo_v)).to(torch.int64).clamp_(0, bins - 1)
+    counts = torch.zeros(k, bins, dtype=torch.float64, device=v.device).scatter_add_(
+        1, where, torch.ones_like(v, dtype=torch.float64)
+    )
+    sums = v.sum(dim=1, dtype=torch.float64)
+    squares = torch.bmm(v.unsqueeze(1), v.unsqueeze(2)).reshape(k).double()
+    host = torch.cat([smallest.double().unsqueeze(1), largest.double().unsqueeze(1), sums.unsqueeze(1),
+                      squares.unsqueeze(1), counts], dim=1).cpu().numpy()  # fmt: skip
+    out: list[dict | None] = []
+    for j, row in enumerate(host.tolist()):
+        if not (math.isfinite(row[0]) and math.isfinite(row[1])):  # NaN or ±inf among its values
+            out.append(histograms_stats([values[j]], bins)[0])
+            continue
+        lo, hi = (row[0] - 0.5, row[1] + 0.5) if row[0] == row[1] else (row[0], row[1])
+        limits = torch.linspace(lo, hi, bins + 1, dtype=torch.float64).tolist()  # its own rounding (fused on a CPU)
+        out.append(
+            {
+                "min": row[0],
+                "max": row[1],
+                "num": v.shape[1],
+                "sum": row[2],
+                "sum_squares": row[3],
+                "bucket_limits": limits,
+                "bucket_counts": [0.0, *row[4 : 4 + bins]],
+            }
+        )
+    return out
 
 
 class LayerEvents:
@@ -436,22 +492,17 @@ class MLPRecorder:
 
     def _histograms(self, prefix: str, tensors: Sequence[Tensor | None], which: np.ndarray, step: int) -> None:
         """``params/<p>``/``grads/<p>`` histograms of the larger parameters of the copies ``which`` (a mask), each
-        copy's from its own slice by the monitor's function (``histograms_stats``)."""
+        copy's as the monitor makes it from its tensor (:func:`stacked_histograms`)."""
         from torch.utils.tensorboard.summary import histogram_raw
 
-        from backprop_lab.monitors.gradients import histograms_stats
-
-        idx = np.flatnonzero(which).tolist()
+        idx = np.flatnonzero(which)
         named = [(n, t) for n, t, one in zip(self.names, tensors, self.one) if not one and t is not None]
-        if not idx or not named:
+        if not idx.size or not named:
             return
-        slices = [t.detach()[k] for k in idx for _, t in named]
-        stats = histograms_stats(slices)
-        for j, k in enumerate(idx):
-            summaries = []
-            for (n, _), s in zip(named, stats[j * len(named) : (j + 1) * len(named)]):
-                if s is not None:
-                    summaries.append(histogram_raw(f"{prefix}/{n}", **s))
+        index = torch.as_tensor(idx, device=named[0][1].device)
+        stats = [stacked_histograms(t.detach()[index].reshape(len(idx), -1)) for _, t in named]
+        for j, k in enumerate(idx.tolist()):
+            summaries = [histogram_raw(f"{prefix}/{n}", **st[j]) for (n, _), st in zip(named, stats) if st[j]]
             self.copies.log_copy_summaries(k, summaries, step)
 
     def final_rows(self, which: np.ndarray, step: int, nodes: dict, losses: Tensor, params) -> None:
@@ -504,19 +555,21 @@ class MLPRecorder:
         the whole probe set (ReLU′ = 0 on every sample), from one no-grad pass of the stacked network."""
         if not self.relu or self.probe_x is None or not which.any():
             return
+        idx = np.flatnonzero(which)
         with torch.no_grad():
             p = next(net.parameters())
-            net(self.probe_x.to(device=p.device, dtype=p.dtype))
+            index = torch.as_tensor(idx, device=p.device)
+            x = self.probe_x.to(device=p.device, dtype=p.dtype)
+            nodes = net.copies_pass(x if x.shape[0] == 1 else x[index], index)  # only the copies probed
             cols = []
             for name, module in self.acts:
                 if name in self.relu_layers:
-                    z, h = net.nodes[name]
+                    z, h = nodes[name]
                     passing = passing_fraction(module.kind, z, h, module.grad_at_zero, module.negative_slope, [1])
                     cols.append((passing == 0).double().mean(dim=1))
             dead = torch.stack(cols, dim=1).cpu().numpy()
-        idx = np.flatnonzero(which)
         tags = [f"relu/probe_dead_fraction/{n}" for n in self.relu_layers]
-        self.copies.log_copy_events(self._tags(tags).events(step, idx, dead[idx]))
+        self.copies.log_copy_events(self._tags(tags).events(step, idx, dead))
         self.last_probe[idx] = step
 
     def after_update(self, net: StackedMLP, step: int) -> None:
