@@ -456,3 +456,17 @@ def test_the_record_survives_a_checkpoint_as_it_was(tmp_path):
     assert {n: t.tolist() for n, t in restored.last_active().items()} == {
         n: t.tolist() for n, t in recorder.last_active().items()
     }
+
+
+def test_records_of_earlier_steps_join_the_history_and_its_checkpoint():
+    torch.manual_seed(0)
+    recorder = fit(ReusedReLU(), data((16, 4), (16, 1), n=3), steps=3, lr=0.05)
+    given = StepRecorder()
+    given.extend(recorder.history[:2])
+    given.extend(recorder.history[2:])
+    assert given.history == recorder.history  # the same objects, in order
+    restored = StepRecorder()
+    restored.load_state_dict(given.state_dict())  # and so in its checkpoints
+    assert [repr(r) for r in restored.history] == [repr(r) for r in recorder.history]
+    with pytest.raises(ValueError, match="step 0 comes after step 2"):
+        given.extend(recorder.history[:1])

@@ -49,6 +49,7 @@ import functools
 import math
 import weakref
 from array import array
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from operator import attrgetter
 
@@ -523,6 +524,16 @@ class StepRecorder(Callback):
         self._info.clear()  # entry names follow the calls per pass
         self._entries.clear()
         self._signatures.clear()
+
+    def extend(self, records: Iterable[StepRecord]) -> None:
+        """Add records of earlier steps, taken elsewhere (a batched run's copy resumed from its checkpoint, say), to
+        :attr:`history` in step order, before the steps this recorder takes: its readers, its diagnoses and its
+        checkpoints then hold them as its own."""
+        for r in records:
+            if self.history and r.step < self.history[-1].step:
+                raise ValueError(f"StepRecorder.extend: step {r.step} comes after step {self.history[-1].step}")
+            self.history.append(r)
+            _pack_row(r, self._segments)
 
     # --- which steps ------------------------------------------------------------------------------------
 
