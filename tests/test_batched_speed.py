@@ -131,3 +131,46 @@ def test_a_bad_value_in_one_job_of_a_long_batched_sweep_is_refused_naming_it_bef
     first_bad = 80 + (0 if "momentum" in values else next(i for i, lr in enumerate(lrs) if lr * 200 >= 1))
     assert line.startswith(f"error: job #{first_bad} (model=sigmoid optim.") and says in line, line
     assert not (tmp_path / "s").exists() or not any(p.is_dir() for p in (tmp_path / "s").iterdir())
+
+
+@pytest.mark.parametrize("subdir", [None, "job${hydra.job.num}_${hydra.job.override_dirname}"])
+def test_a_groups_record_files_and_directories_are_each_jobs_own(tmp_path, subdir):
+    """RecordTemplate writing each distinct value once (-0.0 and 0.0 apart, 1 and 1.0 as the schema stores them)
+    gives every job's .hydra files as Hydra writes them; GroupConfig.sweep_subdir is each job's directory name as
+    OmegaConf resolves it, for the package's hydra.sweep.subdir (computed by run_name) and for another."""
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.core.hydra_config import HydraConfig
+    from test_batched import _as_run_job, _hydra_configs
+
+    from backprop_lab.batched.groups import GroupConfig
+    from backprop_lab.batched.records import RecordTemplate, job_yaml
+
+    extra = [] if subdir is None else [f"hydra.sweep.subdir={subdir}"]
+    w1s = ["0.0", "-0.0", "0", "1", "1.0", "-2.5", "0.0"]
+    jobs = [[*extra, "model=sigmoid", f"model.w1={w}", f"optim.lr={lr}"] for w, lr in zip(w1s, ["1", "1.0"] * 4)]
+    jobs[-1][-1] = "optim.lr=3"
+    try:
+        master, loader = _hydra_configs()
+        group = GroupConfig(loader.load_sweep_config(master, jobs[0]), loader)
+        values, names = [], []
+        with group.as_hydra_config() as view:
+            for i, job in enumerate(jobs):
+                group.set_job(job, i)
+                names.append((group.sweep_subdir(), str(group.config.hydra.sweep.subdir)))
+                group.set_output_dir(str(tmp_path / f"run{i}"))
+                values.append(dict(group.values))
+                if i == 0:
+                    template = RecordTemplate(group.task_config(), view, values[0])
+        assert (group._run_name is True) == (subdir is None)
+        assert [mine for mine, _ in names] == [omegaconf for _, omegaconf in names]
+        assert len(set(names)) == len(jobs)
+        rendered = template.render_all(values)
+        assert template.ok and rendered is not None
+        for i, job in enumerate(jobs):
+            composed = loader.load_sweep_config(master, job)
+            composed.hydra.job.id = composed.hydra.job.num = i
+            task, hydra_cfg = _as_run_job(composed, values[i]["hydra.runtime.output_dir"])
+            assert rendered[i] == job_yaml(task, hydra_cfg, composed.hydra.overrides.task), i
+    finally:
+        HydraConfig.instance().cfg = None
+        GlobalHydra.instance().clear()

@@ -295,6 +295,7 @@ def check_sweep(config: DictConfig) -> int:
                 seen[job_dir] = num
         finally:
             hydra.cfg = previous
+    _CHECKED[str(Path(sweep_dir).absolute())] = {tuple(job) for job in jobs}
     return len(jobs)
 
 
@@ -305,6 +306,16 @@ class _CheckedGroup(NamedTuple):
     group: Any
     plain: bool
     written: GroupWrittenInside
+
+
+_CHECKED: dict[str, set[tuple[str, ...]]] = {}  # sweep dir → the jobs check_sweep composed or set in it
+
+
+def checked_jobs(sweep_dir: str) -> set[tuple[str, ...]]:
+    """The jobs (overrides) that :func:`check_sweep` composed, or set into their group's config, for the sweep in
+    ``sweep_dir`` in this process (a sweep dir holds one sweep: :func:`~backprop_lab.checks.check_new_sweep_dir`):
+    the batched sweeper does not merge them again."""
+    return _CHECKED.get(str(Path(sweep_dir).absolute()), set())
 
 
 def _check_job(cfg: DictConfig, launcher: str) -> None:

@@ -92,10 +92,13 @@ class RecordTemplate:
                 flat.append(values[key] if item is None else values[key][item])
         if any(isinstance(v, str) and (not v or re.search(r"\s", v)) for v in flat):
             return None
-        lines = OmegaConf.to_yaml(flat).splitlines() if flat else []
-        if len(lines) != len(flat) or any(not line.startswith("- ") or line.startswith('- "') for line in lines):
+        keys = [(type(v), repr(v)) for v in flat]
+        distinct = dict(zip(keys, flat))  # each value written once: a group's jobs repeat many of theirs
+        where = {key: i for i, key in enumerate(distinct)}
+        lines = OmegaConf.to_yaml(list(distinct.values())).splitlines() if flat else []
+        if len(lines) != len(distinct) or any(not line.startswith("- ") or line.startswith('- "') for line in lines):
             return None
-        texts = [line[2:] for line in lines]
+        texts = [lines[where[key]][2:] for key in keys]
         n = len(self.slots)
         return [texts[i * n : (i + 1) * n] for i in range(len(jobs_values))]
 

@@ -77,9 +77,15 @@ class BatchedSweeper(Sweeper):
         return returns
 
     def validate_batch_is_legal(self, batch: Sequence[Sequence[str]]) -> None:
-        """Every job of ``batch`` composes: one job per group composed, the others' values merged into it."""
+        """Every job of ``batch`` composes: one job per group composed, the others' values merged into it; nothing
+        to do where the package's check of every job (:func:`backprop_lab.sweep.check_sweep`, which Hydra calls
+        before the sweep) has done that for every job of the batch in this sweep."""
         from backprop_lab.batched.groups import GroupConfig, group_overrides
+        from backprop_lab.sweep import checked_jobs
 
+        checked = checked_jobs(str(self.config.hydra.sweep.dir))
+        if all(tuple(job) in checked for job in batch):
+            return
         loader = self.hydra_context.config_loader
         for group in group_overrides(loader, batch):
             first = loader.load_sweep_config(master_config=self.config, sweep_overrides=list(batch[group[0]]))
