@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import os
 from pathlib import Path
 
 import numpy as np
@@ -26,6 +27,8 @@ from backprop_lab.batched.functions import stacked_bce_with_logits, stacked_line
 from backprop_lab.batched.groups import why_not_batched
 
 from conftest import compose_config, event_accumulator, read_scalars
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def _histograms(run: Path) -> dict[str, dict[int, object]]:
@@ -174,3 +177,52 @@ def test_the_stacked_cross_entropy_is_each_copys_loss_and_gradient():
         [torch.nn.functional.binary_cross_entropy_with_logits(y64[c], y.double()[c]).item() for c in range(4)],
         rtol=1e-12,
     )
+
+
+@pytest.mark.slow
+def test_the_gpu_sweep_script_runs_on_the_cpu_with_small_k(tmp_path):
+    """scripts/gpu_sweep.sh, prepared for a GPU machine, run here on the CPU with K = 4 and 3 copies: both sweeps
+    run batched and the script prints its figures."""
+    import subprocess
+
+    env = {
+        **os.environ,
+        "GPU_SWEEP_ACCELERATOR": "cpu",
+        "GPU_SWEEP_K_SIGMOID": "4",
+        "GPU_SWEEP_K_MLP": "3",
+        "GPU_SWEEP_OUT": str(tmp_path),
+        "GPU_SWEEP_SINGLE": "0",
+        "PYTHONWARNINGS": "ignore",
+    }
+    done = subprocess.run(
+        ["bash", str(ROOT / "scripts" / "gpu_sweep.sh")], capture_output=True, text=True, env=env, cwd=ROOT
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    lines = [line for line in done.stdout.splitlines() if line.startswith("gpu_sweep ")]
+    assert [line.split()[1] for line in lines] == ["sigmoid", "mlp"], done.stdout
+    assert "K=4" in lines[0] and "K=3" in lines[1]
+    for net, k in (("sigmoid", 4), ("mlp", 3)):
+        runs = [p for p in (tmp_path / net).iterdir() if (p / "summary.json").exists()]
+        assert len(runs) == k
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("model", ["mlp", "sigmoid"])
+def test_a_batched_program_trains_on_the_gpu_as_on_the_cpu(tmp_path, model):
+    """The same group trained with trainer.accelerator=gpu and on the CPU: the same statuses and steps, final
+    losses within float32 rounding of two devices' kernels."""
+    from backprop_lab.batched.program import train_group
+
+    jobs = [["optim.lr=0.01"], ["optim.lr=0.1", "optim.momentum=0.9"], ["optim.lr=100"]]
+    found = {}
+    for accelerator in ("cpu", "gpu"):
+        cfgs = [compose_config(f"trainer.accelerator={accelerator}", f"model={model}", *job) for job in jobs]
+        dirs = [tmp_path / accelerator / str(i) for i in range(len(jobs))]
+        for d in dirs:
+            d.mkdir(parents=True)
+        found[accelerator] = train_group(cfgs, dirs, jobs).results
+    for cpu, gpu in zip(found["cpu"], found["gpu"]):
+        assert (cpu.status, cpu.steps) == (gpu.status, gpu.steps)
+        if math.isfinite(cpu.final_loss):
+            assert math.isclose(cpu.final_loss, gpu.final_loss, rel_tol=1e-3)
