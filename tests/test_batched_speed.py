@@ -174,3 +174,44 @@ def test_a_groups_record_files_and_directories_are_each_jobs_own(tmp_path, subdi
     finally:
         HydraConfig.instance().cfg = None
         GlobalHydra.instance().clear()
+
+
+def test_framed_records_are_tensorboards_record_format():
+    """frame (every record of a length framed at once) writes what TensorBoard's own record writer writes."""
+    import io
+
+    import numpy as np
+    from tensorboard.summary.writer.record_writer import RecordWriter
+
+    from backprop_lab.batched.events import frame
+
+    rng = np.random.default_rng(1)
+    records = [rng.integers(0, 256, size=n, dtype=np.uint8).tobytes() for n in (0, 5, 5, 300, 5, 0, 129, 300)]
+    want = []
+    for record in records:
+        stream = io.BytesIO()
+        RecordWriter(stream).write(record)
+        want.append(stream.getvalue())
+    assert frame(records) == want
+
+
+def test_copies_with_the_same_tags_get_the_events_each_would_get_alone(tmp_path):
+    """log_copy_metrics writes many copies' events with the same tags as columns: each copy's event is the bytes
+    scalars_event (held to protobuf's own) writes for it alone, whatever the values (beyond float32, nan, ±0)."""
+    import numpy as np
+
+    from backprop_lab.batched.events import COLUMNS_FROM, CopiesLogger, scalars_event
+
+    k = COLUMNS_FROM + 5
+    logger = CopiesLogger([tmp_path / f"c{i}" for i in range(k + 1)])
+    logger._pending = [[] for _ in range(k + 1)]
+    values = [0.0, -0.0, 1.0, -2.5, 1e-45, 3.5e38, 1e39, -1e300, math.inf, -math.inf, math.nan, np.float64(0.1), 7]
+    per_copy = {
+        i: {"train/loss": values[i % len(values)], "params/w1": values[(3 * i) % len(values)]} for i in range(k)
+    }
+    per_copy[k] = {"train/loss": 0.5}  # other tags: alone
+    logger.log_copy_metrics(per_copy, 12)
+    for i, metrics in per_copy.items():
+        (event,) = logger._pending[i]
+        got, want = event[9:], scalars_event(1.0, 12, metrics)[9:]  # after the wall time (written at the call)
+        assert got == want, i

@@ -36,7 +36,7 @@ from tensorboard.compat.proto.tensor_shape_pb2 import TensorShapeProto
 from tensorboard.compat.proto.types_pb2 import DT_DOUBLE, DT_FLOAT
 from torch import Tensor, nn
 
-from backprop_lab.batched.events import CopiesLogger, scalars_event
+from backprop_lab.batched.events import CopiesLogger, ScalarColumns
 from backprop_lab.diagnoses import Diagnosis, History, diagnose
 from backprop_lab.monitors.backprop_view import GRAPH_TAG, PLUGIN_NAME, describe
 from backprop_lab.monitors.record import local_derivative, max_derivative, passing_fraction
@@ -94,35 +94,6 @@ class GraphEvents:
             value.tensor.tensor_content = content
             out[k] = Event(wall_time=now, step=step, summary=Summary(value=[value])).SerializeToString()
         return out
-
-
-class ScalarColumns:
-    """Scalar events of many copies at one step, the same tags for each: one event's bytes
-    (:func:`~backprop_lab.batched.events.scalars_event`) repeated, each copy's float32 values written into it
-    with numpy, where a dict and an event a copy would cost ~10 µs each."""
-
-    SENTINEL = 1.2345679  # a float32 whose four bytes are all non-zero: where a tag's value lies in the event
-
-    def __init__(self, tags: list[str]):
-        self.tags = list(tags)
-        zeros = scalars_event(1.0, 1, dict.fromkeys(self.tags, 0.0))
-        self._from_end = []  # each value's place counted from the event's end (the step's varint comes first)
-        for tag in self.tags:
-            marked = scalars_event(1.0, 1, {t: self.SENTINEL if t == tag else 0.0 for t in self.tags})
-            first = next(i for i, (a, b) in enumerate(zip(zeros, marked)) if a != b)
-            self._from_end.append(len(zeros) - first)
-
-    def events(self, step: int, which: np.ndarray, values: np.ndarray) -> dict[int, bytes]:
-        """``{copy: event}`` for the copies ``which`` and their ``values`` (copies × tags)."""
-        template = np.frombuffer(scalars_event(time.time(), step, dict.fromkeys(self.tags, 0.0)), np.uint8)
-        size, n = len(template), len(which)
-        rows = np.tile(template, (n, 1))
-        with np.errstate(over="ignore"):  # beyond float32: ±inf, as protobuf stores it
-            data = np.asarray(values, dtype=np.float64).reshape(n, len(self.tags)).astype("<f4")
-        for i, back in enumerate(self._from_end):
-            rows[:, size - back : size - back + 4] = np.ascontiguousarray(data[:, i]).view(np.uint8).reshape(n, 4)
-        blob = rows.tobytes()
-        return {k: blob[j * size : (j + 1) * size] for j, k in enumerate(which.tolist())}
 
 
 class CopiesRecorder:
