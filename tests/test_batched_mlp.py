@@ -226,3 +226,56 @@ def test_a_batched_program_trains_on_the_gpu_as_on_the_cpu(tmp_path, model):
         assert (cpu.status, cpu.steps) == (gpu.status, gpu.steps)
         if math.isfinite(cpu.final_loss):
             assert math.isclose(cpu.final_loss, gpu.final_loss, rel_tol=1e-3)
+
+
+@pytest.mark.parametrize(
+    "shared",
+    [["trainer.max_steps=30"], ["data=moons", "model.activation=sigmoid", "trainer.max_steps=30"]],
+    ids=["sine", "moons-seeds"],
+)
+def test_an_mlp_copy_stopped_by_sigterm_resumes_alone_as_its_uninterrupted_run(tmp_path, shared):
+    """SIGTERM in update 12 (mid-epoch: 8 batches an epoch) of an MLP group: each copy's checkpoint continues it
+    alone (``resume=<copy dir>``, train()) through the same batches, and every scalar tag and Backprop-tab row of
+    its directory equals the job's trained alone without a stop (with several seeds: each its own data order)."""
+    import signal
+
+    from test_batched import _SignalAt, _tensors
+
+    from backprop_lab.batched.program import train_group
+    from backprop_lab.config import validate
+    from backprop_lab.resume import check_resumable
+    from backprop_lab.train import train
+
+    quiet = "trainer.enable_progress_bar=false"
+    seeds = shared[0] == "data=moons"
+    jobs = [["optim.lr=0.1", "seed=1" if seeds else "seed=0"], ["optim.lr=0.3", "optim.momentum=0.5", "seed=0"]]
+    cfgs = [compose_config("trainer.accelerator=cpu", quiet, "model=mlp", *job, *shared) for job in jobs]
+    names = [",".join(job) for job in jobs]
+    dirs = [tmp_path / "batched" / n for n in names]
+    for cfg, d in zip(cfgs, dirs):
+        validate(cfg)
+        d.mkdir(parents=True)
+    results, signum, _ = train_group(cfgs, dirs, jobs, callbacks=[_SignalAt(12, signal.SIGTERM)])
+    assert signum == signal.SIGTERM and {r.status for r in results} == {"interrupted"}
+    for cfg, job, run, name in zip(cfgs, jobs, dirs, names):
+        resumed = compose_config("trainer.accelerator=cpu", quiet, "model=mlp", *job, *shared)
+        resumed.resume = str(run)
+        validate(resumed)
+        assert check_resumable(resumed, run) == 13
+        result = train(resumed, run_dir=run)
+        ref = tmp_path / "ref" / name
+        want = train(cfg, run_dir=ref)
+        assert (result.status, result.steps, result.dead_since) == (want.status, want.steps, want.dead_since)
+        assert result.final_loss == want.final_loss
+        got, wanted = read_scalars(run), read_scalars(ref)
+        assert sorted(got) == sorted(wanted), name
+        for tag, values in wanted.items():
+            assert sorted(got[tag]) == sorted(values), (name, tag)
+            np.testing.assert_allclose(
+                [got[tag][s] for s in sorted(values)], [values[s] for s in sorted(values)], rtol=1e-5, err_msg=tag
+            )
+        (got_t, got_layout), (want_t, want_layout) = _tensors(run), _tensors(ref)
+        assert got_layout == want_layout
+        assert sorted(got_t["backprop/layers"]) == sorted(want_t["backprop/layers"])
+        for step, row in want_t["backprop/layers"].items():
+            np.testing.assert_allclose(got_t["backprop/layers"][step], row, rtol=1e-5, err_msg=f"{name} {step}")

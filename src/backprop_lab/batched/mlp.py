@@ -611,11 +611,18 @@ class MLPRecorder:
         return float(sum(self.last_dead[k].tolist()) / len(self.relu_layers))
 
     def monitor_states(self, k: int) -> dict[str, dict]:
-        """Copy k's dead-ReLU monitor state and its units' last active steps, in the monitors' own formats (its
-        checkpoint at an interrupt); the step history and probe activity are not kept per copy."""
+        """Copy k's monitors' states for its checkpoint at an interrupt, in the monitors' own formats: the dead-ReLU
+        monitor's, its units' last active steps, and (``view``) the Backprop tab's rows written so far as the
+        :class:`~backprop_lab.diagnoses.History` the view monitor keeps; the step record's history and the probe
+        activity are not kept per copy."""
+        out: dict = {}
+        if self.events is not None and self._rows:
+            mine = [(at[0], rows[idx == k]) for idx, at, rows in zip(self._copy_idx, self._steps, self._rows)]
+            written = [(int(step), rows[0, : len(self.fields)]) for step, rows in mine if len(rows)]
+            out["view"] = History.from_rows(self.layouts[k], written)
         if not self.relu or self.last_step[k] < 0:
-            return {}
-        return {
+            return out
+        return out | {
             "recorder": {
                 "activity_steps": [],
                 "activity": {},
@@ -705,6 +712,8 @@ def seeds_data(datas):
     import lightning as L
     from torch.utils.data import DataLoader
 
+    from backprop_lab.data import EpochSampler, ResumableLoader, _keep_batch
+
     class SeedsData(L.LightningDataModule):
         def __init__(self):
             super().__init__()
@@ -718,8 +727,15 @@ def seeds_data(datas):
         def train_dataloader(self) -> DataLoader:
             epoch = _Epoch()
             pairs = _SeedsPairs(datas, epoch)
-            return DataLoader(
-                pairs, batch_size=datas[0].batch_size, sampler=_Positions(len(pairs), epoch), collate_fn=lambda b: b
-            )
+            batch = datas[0].batch_size
+            # its state is where training stands, as a separate run's loader's: what a copy's checkpoint carries
+            return ResumableLoader(
+                pairs, batch_size=batch, sampler=_Positions(len(pairs), epoch), collate_fn=_keep_batch,
+                epoch_sampler=EpochSampler(len(pairs), 0), global_batch=batch, position=self._position,
+            )  # fmt: skip
+
+        def _position(self) -> tuple[int, int]:
+            trainer = self.trainer
+            return trainer.current_epoch, trainer.fit_loop.epoch_loop.batch_progress.current.processed
 
     return SeedsData()

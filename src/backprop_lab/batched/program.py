@@ -390,6 +390,24 @@ class BatchedModule(L.LightningModule):
         return "stopped" if max_steps > 0 and self.steps[k] < max_steps else "finished"
 
 
+_STORY_NETS: dict[str, nn.Module] = {}
+
+
+def story_net(cfg: DictConfig) -> nn.Module:
+    """A network of the job's shape (its parameters' names and sizes, not its values), for the closing lines'
+    TensorBoard link (:func:`backprop_lab.train.story_hint` pins ``params/*`` of a one-number weight,
+    ``grad_norm/*`` of a larger one): one per model config and data set, built without touching the RNG."""
+    mlp = cfg.model._target_ == MLP
+    key = f"{cfg.model._target_} {cfg.model.hidden} {cfg.data.get('_target_')}" if mlp else cfg.model._target_
+    if key not in _STORY_NETS:
+        from backprop_lab.train import sizes_from_data
+
+        with torch.random.fork_rng(devices=[]):
+            data = instantiate(cfg.data, seed=cfg.seed) if mlp else None
+            _STORY_NETS[key] = instantiate(cfg.model, **(sizes_from_data(cfg.model, data) if data else {}))
+    return _STORY_NETS[key]
+
+
 def copy_net(net: nn.Module, cfg: DictConfig) -> nn.Module:
     """``net`` (a post network) with the weights of ``cfg.model``: what ``instantiate(cfg.model)`` builds for a
     job of the same group (each weight a float32 1×1 matrix), in a twentieth of its time."""
