@@ -148,7 +148,7 @@ class BatchedLauncher(Launcher):
         ``train.log`` from one resolved logging config (:class:`~backprop_lab.batched.records.JobLogging`):
         what a copy costs beyond its training is well under its share of a basic sweep's composition."""
         from backprop_lab.batched.groups import GroupConfig
-        from backprop_lab.batched.program import train_group
+        from backprop_lab.batched.program import story_net, train_group
         from backprop_lab.batched.records import FILES, JobLogging, RecordTemplate, job_yaml
         from backprop_lab.summary import write_summary
         from backprop_lab.sweep import no_collection
@@ -210,7 +210,7 @@ class BatchedLauncher(Launcher):
                         group.set_job(overrides, idx)
                         group.set_output_dir(str(run_dir))
                     logging_.configure(str(run_dir))
-                    for line in closing_lines(task_cfg, result, None, True, found, overrides):
+                    for line in closing_lines(task_cfg, result, story_net(task_cfg), True, found, overrides):
                         logging.getLogger("backprop_lab").info(line)
                     ret = CopyReturn(overrides=list(overrides), cfg=task_cfg, working_dir=os.getcwd())
                     ret.make_hydra_cfg = functools.partial(self._hydra_cfg, first, overrides, idx, str(run_dir))
