@@ -22,7 +22,7 @@ for every copy at once, and writes each copy's share to its own run:
 * per copy, the history the closing diagnoses read (with the sigmoid layers' saturation, as ``history_of``).
 
 Per step: a few reductions over the K copies and one host copy; each copy's events written from one event's
-bytes (:class:`~backprop_lab.batched.step_record.ScalarColumns`).
+bytes (:class:`~backprop_lab.batched.events.ScalarColumns`).
 """
 
 from __future__ import annotations
@@ -44,9 +44,8 @@ from torch import Tensor, nn
 
 from backprop_lab import functions as F
 from backprop_lab import models
-from backprop_lab.batched.events import CopiesLogger
+from backprop_lab.batched.events import CopiesLogger, ScalarColumns
 from backprop_lab.batched.functions import stacked_linear
-from backprop_lab.batched.step_record import ScalarColumns
 from backprop_lab.diagnoses import SATURATION_THRESHOLD, Diagnosis, History, diagnose
 from backprop_lab.monitors.backprop_view import LAYERS_TAG, PLUGIN_NAME, describe
 from backprop_lab.monitors.gradients import HISTOGRAM_BINS
