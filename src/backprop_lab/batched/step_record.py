@@ -316,7 +316,8 @@ class CopiesRecorder:
         if not self.relu or self.probe_x is None or not which.any():
             return
         with torch.no_grad():
-            net(self.probe_x.to(next(net.parameters()).dtype))
+            p = next(net.parameters())
+            net(self.probe_x.to(device=p.device, dtype=p.dtype))  # the probe set where the copies are (a GPU)
             z, h = net.nodes["z1"], net.nodes["h"]
             over = list(range(1, h.dim() - 1))
             passing = passing_fraction("relu", z, h, self.grad_at_zero, 0.0, over).cpu().numpy()  # (K, units)
