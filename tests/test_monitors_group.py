@@ -154,3 +154,25 @@ def test_the_group_calls_only_the_hooks_a_member_defines():
     assert group._calls["on_train_batch_end"] == []
     group.on_train_batch_start(None, None, None, 7)
     assert calls == [7]
+
+
+@pytest.mark.parametrize(
+    "keys, shown",
+    [(["StepRecorder", "DeadReLUMonitor", "BackpropViewMonitor"], False), (["StepRecorder", "Mine"], True)],
+)
+def test_a_run_silences_lightnings_resume_warning_only_where_it_names_the_groups_members(keys, shown):
+    import warnings
+
+    from lightning.pytorch.utilities import rank_zero_warn
+
+    from backprop_lab.train import expected_warnings
+
+    message = (
+        "Be aware that when using `ckpt_path`, callbacks used to create the checkpoint need to be provided during "
+        f"`Trainer` instantiation. Please add the following callbacks: {keys}."
+    )  # Lightning's words (trainer/call.py, _call_callbacks_on_load_checkpoint)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with expected_warnings():
+            rank_zero_warn(message)
+    assert bool(caught) is shown

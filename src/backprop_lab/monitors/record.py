@@ -39,7 +39,9 @@ holds the records.
 warning.
 
 The monitors find a shared recorder with :meth:`StepRecorder.attach` (one per trainer and watched
-module) or take the one you pass them; each drives it from its own hooks, and every step is taken once
+module) or take the one you pass them. A monitor that Lightning calls after the recorder (a callback of the
+trainer, or a :class:`~backprop_lab.monitors.group.MonitorGroup`'s member, that comes earlier) reads the step it
+took (:attr:`StepRecorder.finished`); otherwise each drives it from its own hooks, and every step is taken once
 whichever callback comes first.
 """
 
