@@ -1,6 +1,8 @@
 """Section ``sweep_batched``: batched sweeps against the basic launcher, whole process against whole process,
-on the post's sigmoid and ReLU nets (K learning rates from 0.001 to 100, every other setting the default:
-200 steps, tol 1e-8, every monitor on), and against one default single run of the same net.
+on the post's sigmoid and ReLU nets and the issue's small MLP, 2→64→64→1 (``model=mlp data=moons
+model.hidden=[64,64]``: the moons' two inputs, the data's default settings) (K learning rates from 0.001 to 100,
+every other setting the default: 200 steps, tol 1e-8, every monitor on), and against one default single run of
+the same net.
 
     python scripts/bench.py --only sweep_batched      # K = 16 and 64 on both launchers, K = 1024 batched
 
@@ -9,7 +11,7 @@ per group where Hydra's basic sweeper composes every job); K = 1024 runs batched
 time there extrapolated from its per-job cost, (T(64) − T(16)) / 48 seconds a job, and marked as such. One
 default single run (``scripts/train.py model=sigmoid``, the same whole process) runs before and after the
 sweeps, its median the row the K = 1024 sweep is set against (target: at most 3×). The sigmoid net's figures
-are the top-level keys (the targets are set on it); the ReLU net's carry the prefix ``relu_``.
+are the top-level keys (the targets are set on it); the ReLU net's carry the prefix ``relu_``, the MLP's ``mlp_``.
 """
 
 from __future__ import annotations
@@ -27,7 +29,13 @@ from benchmarks.timing import ROOT
 
 BOTH = (16, 64)
 BATCHED_ONLY = (1024,)
-NETS = ("sigmoid", "relu")  # the first is the one the targets are set on
+NETS = ("sigmoid", "relu", "mlp")  # the first is the one the targets are set on
+# the overrides that make each net of the section (a post net is its model=)
+NET_OVERRIDES = {"mlp": ["model=mlp", "data=moons", "model.hidden=[64,64]"]}
+
+
+def net_overrides(net: str) -> list[str]:
+    return NET_OVERRIDES.get(net, [f"model={net}"])
 
 
 def learning_rates(k: int) -> str:
@@ -47,7 +55,7 @@ def sweep_s(tmp: str, name: str, k: int, batched: bool, net: str = "sigmoid") ->
     """Wall time of one whole ``scripts/train.py -m`` process sweeping K learning rates."""
     cmd = [
         sys.executable, str(ROOT / "scripts" / "train.py"), "-m", *(["hydra/sweeper=batched"] if batched else []),
-        f"model={net}", f"optim.lr={learning_rates(k)}", "trainer.enable_progress_bar=false",
+        *net_overrides(net), f"optim.lr={learning_rates(k)}", "trainer.enable_progress_bar=false",
         f"hydra.sweep.dir={tmp}/{name}",
     ]  # fmt: skip
     return _wall_s(cmd, f"sweep {name}")
@@ -56,7 +64,7 @@ def sweep_s(tmp: str, name: str, k: int, batched: bool, net: str = "sigmoid") ->
 def single_s(tmp: str, name: str, net: str = "sigmoid") -> float:
     """Wall time of one whole default single run, ``scripts/train.py model=<net>``."""
     cmd = [
-        sys.executable, str(ROOT / "scripts" / "train.py"), f"model={net}", "trainer.enable_progress_bar=false",
+        sys.executable, str(ROOT / "scripts" / "train.py"), *net_overrides(net), "trainer.enable_progress_bar=false",
         f"hydra.run.dir={tmp}/{name}",
     ]  # fmt: skip
     return _wall_s(cmd, f"single run {name}")
@@ -157,9 +165,10 @@ def render(res: dict, table) -> None:
                 [k, basic, batched, basic / batched if basic and batched else None,
                  batched / single if single and batched else None, note]
             )  # fmt: skip
-        rows.append(["1 (single run)", None, single, None, 1.0, f"scripts/train.py model={net}"])
+        rows.append(["1 (single run)", None, single, None, 1.0, f"scripts/train.py {' '.join(net_overrides(net))}"])
+        what = "MLP 2→64→64→1 (moons)" if net == "mlp" else f"post {net}"
         table(
-            f"Batched sweep: post {net}, K learning rates, whole processes (s), 1-min load up to {section['load_avg']:.1f}",
+            f"Batched sweep: {what}, K learning rates, whole processes (s), 1-min load up to {section['load_avg']:.1f}",
             ["K", "basic launcher", "hydra/sweeper=batched", "speed-up", "× single run", ""],
             rows,
         )
