@@ -205,10 +205,26 @@ class CopiesLogger(Logger):
                 for k in copies:
                     self._pending[k].append(scalars_event(now, step, per_copy[k]))
                 continue
-            columns = self._columns.get(tags) or self._columns.setdefault(tags, ScalarColumns(list(tags)))
             values = [float(v) for k in copies for v in per_copy[k].values()]
-            for k, event in columns.events(step, np.array(copies), np.array(values), now).items():
-                self._pending[k].append(event)
+            self._log_columns(tags, np.array(copies), np.array(values), step, now)
+        self._flush_every(step)
+
+    def log_copy_columns(self, tags: Sequence[str], which: np.ndarray, values: np.ndarray, step: int) -> None:
+        """The copies ``which`` (indices), each its row of ``values`` (copies × tags) at ``step``: the events
+        :meth:`log_copy_metrics` writes for ``{k: dict(zip(tags, values[i]))}``, without the dicts."""
+        tags = tuple(tags)
+        if len(which) < COLUMNS_FROM or step <= 0:
+            self.log_copy_metrics({int(k): dict(zip(tags, row)) for k, row in zip(which.tolist(), values)}, step)
+            return
+        self._log_columns(tags, which, values, step, time.time())
+        self._flush_every(step)
+
+    def _log_columns(self, tags: tuple[str, ...], which: np.ndarray, values: np.ndarray, step: int, now: float):
+        columns = self._columns.get(tags) or self._columns.setdefault(tags, ScalarColumns(list(tags)))
+        for k, event in columns.events(step, which, values, now).items():
+            self._pending[k].append(event)
+
+    def _flush_every(self, step: int) -> None:
         if step - self._last_flush >= self.flush_every_n_steps:
             self._last_flush = step
             self.flush()

@@ -89,6 +89,10 @@ class StackedSGD(torch.optim.Optimizer):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
+        # once a step, not once a parameter (each a host sync on a GPU): every copy updated (the frozen ones
+        # kept by torch.where otherwise), weight decay, momentum
+        everyone = bool(self.active.all())
+        decay, momentum = bool((self.weight_decay != 0).any()), bool((self.momentum != 0).any())
         for group in self.param_groups:
             for p in group["params"]:
                 if p.grad is None:
@@ -97,15 +101,23 @@ class StackedSGD(torch.optim.Optimizer):
                 lr, mu, wd = (t.to(p.dtype).reshape(shape) for t in (self.lr, self.momentum, self.weight_decay))
                 active = self.active.reshape(shape)
                 g = p.grad
-                if bool((self.weight_decay != 0).any()):
+                if decay:
                     g = torch.addcmul(g, p, wd)
-                if bool((self.momentum != 0).any()):
+                if momentum:
                     state = self.state[p]
                     buf = state.get("momentum_buffer")
-                    buf = g.clone() if buf is None else torch.where(active, buf * mu + g, buf)
+                    if buf is None:
+                        buf = g.clone()
+                    elif everyone:
+                        buf = buf * mu + g
+                    else:
+                        buf = torch.where(active, buf * mu + g, buf)
                     state["momentum_buffer"] = buf
                     g = buf
-                p.copy_(torch.where(active, torch.addcmul(p, g, -lr), p))
+                if everyone:  # the same numbers: addcmul_ is addcmul written into p
+                    p.addcmul_(g, -lr)
+                else:
+                    p.copy_(torch.where(active, torch.addcmul(p, g, -lr), p))
         return loss
 
 
@@ -224,10 +236,9 @@ class BatchedModule(L.LightningModule):
         finite = np.isfinite(losses)
         diverging = live & ~finite
         self.stepping = live & finite
-        epoch = float(self.current_epoch)
-        self.copies.log_copy_metrics(
-            {int(k): {"train/loss": losses[k], "epoch": epoch} for k in np.flatnonzero(live)}, step
-        )
+        which = np.flatnonzero(live)  # each copy's train/loss and epoch, as one log_metrics call of a separate run
+        values = np.stack([losses[which], np.full(len(which), float(self.current_epoch))], axis=1)
+        self.copies.log_copy_columns(("train/loss", "epoch"), which, values, step)
         if diverging.any():  # frozen before this update; its parameters are logged at the next step, as Lightning
             for k in np.flatnonzero(diverging):  # counts the skipped update of a separate run's diverged step
                 self.diverged_at[k] = step
@@ -605,11 +616,12 @@ def train_group(
             double=str(cfg.trainer.precision) in ("64-true", "64"),
         )
     replays: dict[tuple, list] = {}  # the replay reads the weights and SGD's numbers: copies differing in seed share it
+    layout = custom_scalars(custom_scalars_layout())  # the same for every copy
     for k, c in enumerate(cfgs):  # the Text tab and the Custom Scalars layout, as a separate run writes them
         yaml = config_texts[k] if config_texts is not None and config_texts[k] is not None else None
         yaml = OmegaConf.to_yaml(c, resolve=False) if yaml is None else yaml
         config = "\n".join("    " + line for line in yaml.splitlines())
-        summaries = [text("config", config), custom_scalars(custom_scalars_layout())]
+        summaries = [text("config", config), layout]
         if (
             c.replay.to_tensorboard and not mlp
         ):  # the post's step 0 replayed, from the copy's own start (log_replay's text)
