@@ -127,15 +127,17 @@ class Replay:
 # --- the step -----------------------------------------------------------------------------------
 
 
-def replay(cfg: DictConfig, net: nn.Module | None = None) -> Replay:
+def replay(cfg: DictConfig, net: nn.Module | None = None, optimizer=None) -> Replay:
     """One training step of ``cfg.model`` on ``cfg.data`` with ``cfg.optim``, quantity by quantity.
 
     ``net``: replay a float64 copy of this network (training passes its own, before it trains) instead
-    of a fresh ``instantiate(cfg.model)``. Raises ConfigError for a network or data the post has not.
+    of a fresh ``instantiate(cfg.model)``. ``optimizer``: what ``instantiate(cfg.optim)`` makes (a partial
+    taking the parameters), where the caller has it (a batched sweep makes it once for its copies).
+    Raises ConfigError for a network or data the post has not.
     """
     name, net = _post_network(cfg, net)
     x, y = (torch.tensor([[float(cfg.data[k])]], dtype=torch.float64) for k in ("x", "y"))
-    v = _one_step(net, x, y, instantiate(cfg.optim)(net.parameters()))
+    v = _one_step(net, x, y, (optimizer or instantiate(cfg.optim))(net.parameters()))
     v.update(x=float(cfg.data.x), y=float(cfg.data.y), weight_decay=float(cfg.optim.weight_decay))
     v.update({f"lr_{p}": float(cfg.optim.lr) for p, _ in net.named_parameters()})
 

@@ -617,6 +617,15 @@ def train_group(
         )
     replays: dict[tuple, list] = {}  # the replay reads the weights and SGD's numbers: copies differing in seed share it
     layout = custom_scalars(custom_scalars_layout())  # the same for every copy
+    start_nets: dict[tuple, nn.Module] = {}  # per starting weights, the net the replay copies
+    optimizer = instantiate(cfg.optim) if not mlp else None  # the jobs differ only in batchable keys
+
+    def copy_optim(optim: DictConfig):
+        """``instantiate(optim)`` for a job of the group: the first job's partial (called as Hydra's partial is)
+        given the job's own values of the batchable keys, as its config holds them."""
+        own = {k: optim[k] for k in ("lr", "momentum", "weight_decay") if k in optimizer.keywords}
+        return lambda params: optimizer(params, **own)
+
     for k, c in enumerate(cfgs):  # the Text tab and the Custom Scalars layout, as a separate run writes them
         yaml = config_texts[k] if config_texts is not None and config_texts[k] is not None else None
         yaml = OmegaConf.to_yaml(c, resolve=False) if yaml is None else yaml
@@ -634,7 +643,10 @@ def train_group(
             if key not in replays:
                 replays[key] = []
                 with contextlib.suppress(ConfigError):  # not the post's example: nothing to replay, as log_replay
-                    replays[key] = [text("replay", to_markdown(replay(c, copy_net(post_net, c))))]
+                    start = key[:-3]  # the copy's starting weights: replay copies the net it is given
+                    if start not in start_nets:
+                        start_nets[start] = copy_net(post_net, c)
+                    replays[key] = [text("replay", to_markdown(replay(c, start_nets[start], copy_optim(c.optim))))]
             summaries += replays[key]
         copies.log_copy_summaries(k, summaries)
     notes = SignalNotes().__enter__()  # from here a signal is noted; the program stops after that update
