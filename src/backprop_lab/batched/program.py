@@ -266,19 +266,28 @@ class BatchedModule(L.LightningModule):
         if not self.gradients or not self.stepping.any() or self.mlp:  # the MLP's: MLPRecorder.step_rows
             return
         step, which = self.global_step, np.flatnonzero(self.stepping)
-        rows: dict[int, dict[str, float]] = {int(k): {} for k in which}
+        tags, columns, whole = [], [], np.ones(len(which), dtype=bool)
         for n, p in self.net.named_parameters():
-            w = p.detach().reshape(-1).double().cpu().numpy()
-            g = p.grad.detach().reshape(-1).double().cpu().numpy()
+            w = p.detach().reshape(-1).double().cpu().numpy()[which]
+            g = p.grad.detach().reshape(-1).double().cpu().numpy()[which]
             with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
-                ratio = np.abs(self.lrs * g / w)
-            for k in which:
-                if not math.isfinite(g[k]):
+                ratio = np.abs(self.lrs[which] * g / w)
+            tags += [f"params/{n}", f"grads/{n}", f"grad_norm/{n}", f"update_ratio/{n}"]
+            columns += [w, g, np.abs(g), ratio]
+            whole &= np.isfinite(g) & (w != 0) & np.isfinite(ratio)
+        values = np.stack(columns, axis=1)  # copies × tags
+        # every tag of a copy whose gradients are finite and whose ratios exist: one event's bytes, the values put in
+        self.copies.log_copy_columns(tags, which[whole], values[whole], step)
+        rows: dict[int, dict[str, float]] = {}  # the others leave out a non-finite gradient's tags, a missing ratio
+        for i in np.flatnonzero(~whole).tolist():
+            row = rows[int(which[i])] = {}
+            for j in range(0, len(tags), 4):
+                w, g, _, ratio = values[i, j : j + 4]
+                if not math.isfinite(g):
                     continue
-                row = rows[int(k)]
-                row[f"params/{n}"], row[f"grads/{n}"], row[f"grad_norm/{n}"] = w[k], g[k], abs(g[k])
-                if w[k] != 0 and math.isfinite(ratio[k]):
-                    row[f"update_ratio/{n}"] = ratio[k]
+                row[tags[j]], row[tags[j + 1]], row[tags[j + 2]] = w, g, abs(g)
+                if w != 0 and math.isfinite(ratio):
+                    row[tags[j + 3]] = ratio
         self.copies.log_copy_metrics(rows, step)
 
     def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
