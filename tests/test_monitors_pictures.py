@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import math
 
+import numpy as np
 import pytest
 import torch
 from PIL import Image
@@ -109,3 +110,19 @@ def test_loss_surface_path_is_recorded_before_every_update_whatever_the_log_cade
 def test_picture_monitor_refuses_an_unknown_picture():
     with pytest.raises(ValueError, match="unknown pictures \\['surface'\\]"):
         PictureMonitor(pictures=["surface"])
+
+
+@pytest.mark.parametrize(
+    ("first", "last", "ratio"),
+    [(2.0, 0.5, "4"), (1e-6, 1e-3, "0.001"), (np.inf, np.inf, None), (np.nan, 1.0, None), (1.0, 0.0, None)],
+)
+def test_the_gradient_norm_title_gives_the_first_to_last_ratio_only_where_it_is_a_number(first, last, ratio):
+    from backprop_lab.monitors.pictures import _grad_norm_title
+
+    norms = {"fc1.weight": np.array([1.0, first]), "out.weight": np.array([1.0, last])}
+    title = _grad_norm_title(np.array([0, 7]), norms, ["fc1.weight", "out.weight"], 7)
+    assert title.splitlines()[0] == "gradient norm by layer, step 7"
+    if ratio is None:
+        assert len(title.splitlines()) == 1
+    else:
+        assert title.splitlines()[1] == f"‖g‖ of fc1.weight / ‖g‖ of out.weight = {ratio} at step 7"

@@ -280,7 +280,7 @@ def draw_grad_norms(steps: np.ndarray, norms: dict[str, np.ndarray], step: int):
 def _grad_norm_title(steps: np.ndarray, norms: dict[str, np.ndarray], weights: list[str], step: int) -> str:
     title = f"gradient norm by layer, step {step}"
     first, last = norms[weights[0]][-1], norms[weights[-1]][-1]
-    if len(weights) > 1 and last > 0:
+    if len(weights) > 1 and np.isfinite(first) and np.isfinite(last) and last > 0:  # no "nan" ratio once diverged
         title += f"\n‖g‖ of {weights[0]} / ‖g‖ of {weights[-1]} = {first / last:.3g} at step {steps[-1]}"
     return title
 
