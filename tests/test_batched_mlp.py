@@ -279,3 +279,33 @@ def test_an_mlp_copy_stopped_by_sigterm_resumes_alone_as_its_uninterrupted_run(t
         assert sorted(got_t["backprop/layers"]) == sorted(want_t["backprop/layers"])
         for step, row in want_t["backprop/layers"].items():
             np.testing.assert_allclose(got_t["backprop/layers"][step], row, rtol=1e-5, err_msg=f"{name} {step}")
+
+
+def test_stacked_sgd_with_no_copy_frozen_is_torch_sgd_per_copy_on_the_mlps_shapes():
+    """StackedSGD's path for a step that freezes no copy (in place, no torch.where) gives each copy of an MLP's
+    stacked weights and biases, with its own η, momentum and weight decay, what torch.optim.SGD gives it alone."""
+    from backprop_lab.batched.program import StackedSGD
+
+    gen = torch.Generator().manual_seed(5)
+    k = 6
+    lrs = torch.logspace(-3, 1, k, dtype=torch.float64)
+    momenta = torch.tensor([0.0, 0.9, 0.5, 0.0, 0.99, 0.1], dtype=torch.float64)
+    decays = torch.tensor([0.0, 0.01, 0.0, 0.2, 0.0, 1e-4], dtype=torch.float64)
+    shapes = [(k, 8, 2), (k, 8), (k, 1, 8), (k, 1)]
+    starts = [torch.randn(s, generator=gen) for s in shapes]
+    grads = [[torch.randn(s, generator=gen) for s in shapes] for _ in range(5)]
+    stacked = [torch.nn.Parameter(s.clone()) for s in starts]
+    opt = StackedSGD(stacked, lrs, momenta, decays)
+    for step in grads:
+        for p, g in zip(stacked, step):
+            p.grad = g.clone()
+        opt.step()  # every copy active: the default
+    for c in range(k):
+        alone = [torch.nn.Parameter(s[c].clone()) for s in starts]
+        ref = torch.optim.SGD(alone, lr=float(lrs[c]), momentum=float(momenta[c]), weight_decay=float(decays[c]))
+        for step in grads:
+            for p, g in zip(alone, step):
+                p.grad = g[c].clone()
+            ref.step()
+        for p, a in zip(stacked, alone):
+            assert torch.equal(p.detach()[c], a.detach()), c
