@@ -231,7 +231,7 @@ class CopiesLogger(Logger):
 
     def log_copy_events(self, events: Mapping[int, bytes]) -> None:
         """``{copy: serialized Event}``: events made by the caller (one tensor row per copy and step, built from
-        a prefix shared by the copies: :class:`~backprop_lab.batched.step_record.GraphEvents`)."""
+        a prefix shared by the copies: :class:`~backprop_lab.batched.step_record.TabRowEvents`)."""
         for k, event in events.items():
             self._pending[k].append(event)
 

@@ -27,27 +27,21 @@ bytes (:class:`~backprop_lab.batched.events.ScalarColumns`).
 
 from __future__ import annotations
 
-import json
 import math
-import time
 from array import array
 from collections.abc import Sequence
 
 import numpy as np
 import torch
-from tensorboard.compat.proto.event_pb2 import Event
-from tensorboard.compat.proto.summary_pb2 import DATA_CLASS_TENSOR, Summary, SummaryMetadata
-from tensorboard.compat.proto.tensor_pb2 import TensorProto
-from tensorboard.compat.proto.tensor_shape_pb2 import TensorShapeProto
-from tensorboard.compat.proto.types_pb2 import DT_DOUBLE, DT_FLOAT
 from torch import Tensor, nn
 
 from backprop_lab import functions as F
 from backprop_lab import models
 from backprop_lab.batched.events import CopiesLogger, ScalarColumns
 from backprop_lab.batched.functions import stacked_linear
+from backprop_lab.batched.step_record import TabRowEvents
 from backprop_lab.diagnoses import SATURATION_THRESHOLD, Diagnosis, History, diagnose
-from backprop_lab.monitors.backprop_view import LAYERS_TAG, PLUGIN_NAME, describe
+from backprop_lab.monitors.backprop_view import LAYERS_TAG, describe
 from backprop_lab.monitors.gradients import HISTOGRAM_BINS
 from backprop_lab.monitors.record import (
     ACTIVATION_KINDS,
@@ -216,53 +210,6 @@ def stacked_histograms(values: Tensor, bins: int = HISTOGRAM_BINS) -> list[dict 
     return out
 
 
-class LayerEvents:
-    """The ``backprop/layers`` events of K copies: the first of each copy with its layout (TensorBoard keeps a
-    tag's first metadata), the others as the step's prefix and the copy's row of float32 (float64) bytes."""
-
-    def __init__(self, layouts: list[dict], double: bool):
-        self.dtype = np.float64 if double else np.float32
-        shape = TensorShapeProto(dim=[TensorShapeProto.Dim(size=len(layouts[0]["fields"]))])
-        self._tensor = TensorProto(dtype=DT_DOUBLE if double else DT_FLOAT, tensor_shape=shape)
-        self._metadata = [
-            SummaryMetadata(
-                summary_description="The Backprop tab's data (backprop_lab.monitors.BackpropViewMonitor)",
-                data_class=DATA_CLASS_TENSOR,
-                plugin_data=SummaryMetadata.PluginData(
-                    plugin_name=PLUGIN_NAME, content=json.dumps(lay).encode("utf-8")
-                ),
-            )
-            for lay in layouts
-        ]
-        self._started = np.zeros(len(layouts), dtype=bool)
-
-    def events(self, which: np.ndarray, rows: np.ndarray, step: int) -> dict[int, bytes]:
-        now = time.time()
-        data = rows.astype(self.dtype)
-        width = data.shape[1] * data.itemsize
-        placeholder = b"\x7f" * width
-        tensor = TensorProto()
-        tensor.CopyFrom(self._tensor)
-        tensor.tensor_content = placeholder
-        whole = Event(
-            wall_time=now, step=step, summary=Summary(value=[Summary.Value(tag=LAYERS_TAG, tensor=tensor)])
-        ).SerializeToString()
-        assert whole.endswith(placeholder)  # the tensor's bytes come last: fields are written in number order
-        prefix = whole[:-width]
-        blob = data.tobytes()
-        out: dict[int, bytes] = {}
-        for i, k in enumerate(which.tolist()):
-            content = blob[i * width : (i + 1) * width]
-            if self._started[k]:
-                out[k] = prefix + content
-                continue
-            self._started[k] = True
-            value = Summary.Value(tag=LAYERS_TAG, tensor=tensor, metadata=self._metadata[k])
-            value.tensor.tensor_content = content
-            out[k] = Event(wall_time=now, step=step, summary=Summary(value=[value])).SerializeToString()
-        return out
-
-
 def _columns(copies: CopiesLogger, tags: list[str], step: int, which: np.ndarray, values: np.ndarray, cache: dict):
     """Scalar events of the copies ``which`` (indices) with ``values`` (copies × tags): rows with a non-finite
     value leave that tag out, as a monitor skips it; the copies with every value finite share one template."""
@@ -337,7 +284,7 @@ class MLPRecorder:
         ]
         self.fields = list(base["fields"])
         self.col = {f: j for j, f in enumerate(self.fields)}
-        self.events = LayerEvents(self.layouts, double) if view else None
+        self.events = TabRowEvents(LAYERS_TAG, self.layouts, double) if view else None
         self._scalar_cache: dict = {}
         # the history of every copy (the rows and, for the diagnoses, the sigmoid layers' saturation)
         self._copy_idx: list[np.ndarray] = []

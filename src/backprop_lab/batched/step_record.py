@@ -44,13 +44,15 @@ from backprop_lab.monitors.record import local_derivative, max_derivative, passi
 RELU_LAYER = "h"  # the post's hidden unit: the activation module's name in a separate run
 
 
-class GraphEvents:
-    """The ``backprop/graph`` events of K copies: the first of each copy with its layout (TensorBoard keeps a
-    tag's first metadata), the others as the step's prefix and the copy's row of float32 (float64) bytes."""
+class TabRowEvents:
+    """The Backprop tab's events of K copies under ``tag`` (``backprop/graph`` of a post net, ``backprop/layers``
+    of an MLP): the first of each copy with its layout (TensorBoard keeps a tag's first metadata), the others as
+    the step's prefix and the copy's row of float32 (float64) bytes."""
 
-    def __init__(self, layouts: list[dict], double: bool):
+    def __init__(self, tag: str, layouts: list[dict], double: bool):
         import json
 
+        self.tag = tag
         self.n_fields = len(layouts[0]["fields"])
         self.dtype = np.float64 if double else np.float32
         dt = DT_DOUBLE if double else DT_FLOAT
@@ -78,7 +80,7 @@ class GraphEvents:
         tensor.CopyFrom(self._tensor)
         tensor.tensor_content = placeholder
         whole = Event(
-            wall_time=now, step=step, summary=Summary(value=[Summary.Value(tag=GRAPH_TAG, tensor=tensor)])
+            wall_time=now, step=step, summary=Summary(value=[Summary.Value(tag=self.tag, tensor=tensor)])
         ).SerializeToString()
         assert whole.endswith(placeholder)  # the tensor's bytes come last: fields are written in number order
         prefix = whole[:-width]
@@ -90,7 +92,7 @@ class GraphEvents:
                 out[k] = prefix + content
                 continue
             self._started[k] = True
-            value = Summary.Value(tag=GRAPH_TAG, tensor=tensor, metadata=self._metadata[k])
+            value = Summary.Value(tag=self.tag, tensor=tensor, metadata=self._metadata[k])
             value.tensor.tensor_content = content
             out[k] = Event(wall_time=now, step=step, summary=Summary(value=[value])).SerializeToString()
         return out
@@ -136,7 +138,7 @@ class CopiesRecorder:
         self.relu = dead_relu and kind == "relu"
         self.grad_at_zero = int(relu_grad_at_zero)
         self.probe_every, self.probe_x = probe_every, probe_x
-        self.graph = GraphEvents(self.layouts, double) if view else None
+        self.graph = TabRowEvents(GRAPH_TAG, self.layouts, double) if view else None
         # the history every copy's diagnoses read: per recorded step, (copies, steps, rows)
         self._copy_idx: list[np.ndarray] = []
         self._steps: list[np.ndarray] = []
