@@ -26,7 +26,7 @@ from backprop_lab import functions as F
 from backprop_lab.batched.functions import stacked_bce_with_logits, stacked_linear
 from backprop_lab.batched.groups import why_not_batched
 
-from conftest import compose_config, event_accumulator, read_scalars
+from conftest import built_run, compose_config, event_accumulator, read_scalars
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -309,3 +309,44 @@ def test_stacked_sgd_with_no_copy_frozen_is_torch_sgd_per_copy_on_the_mlps_shape
             ref.step()
         for p, a in zip(stacked, alone):
             assert torch.equal(p.detach()[c], a.detach()), c
+
+
+@pytest.mark.parametrize(
+    ("activation", "data", "seed"), [("relu", "sine", 0), ("sigmoid", "sine", 3), ("leaky_relu", "moons", 1)]
+)
+def test_an_mlp_sweeps_stability_bound_is_two_over_the_top_eigenvalue_of_its_start_hessian(
+    tmp_path, activation, data, seed
+):
+    """λ_max at the start of an MLP job against stock PyTorch's Hessian of its full-batch loss, in float64, at the
+    weights its separate run starts from (the run built by ``build_run``), written here with native ops."""
+    from backprop_lab.batched.program import sharpness_at_start, stability_bound
+
+    overrides = ("model=mlp", f"data={data}", "model.hidden=[5,4]", f"model.activation={activation}", f"seed={seed}")
+    cfg = compose_config(*overrides)
+    module, datamodule, _ = built_run(tmp_path, *overrides)
+    start = {n: p.detach().double() for n, p in module.net.named_parameters()}
+    names, shapes = list(start), [p.shape for p in start.values()]
+    x, y = (t.double() for t in datamodule.make_probe())
+    act = {
+        "relu": torch.relu,
+        "sigmoid": torch.sigmoid,
+        "leaky_relu": lambda z: torch.nn.functional.leaky_relu(z, 0.01),
+    }
+    nn_f = torch.nn.functional
+
+    def loss(flat):
+        w = dict(zip(names, (t.reshape(s) for t, s in zip(flat.split([s.numel() for s in shapes]), shapes))))
+        h = x
+        for i in (1, 2):
+            h = act[activation](nn_f.linear(h, w[f"fc{i}.weight"], w[f"fc{i}.bias"]))
+        out = nn_f.linear(h, w["out.weight"], w["out.bias"])
+        return nn_f.mse_loss(out, y) if data == "sine" else nn_f.binary_cross_entropy_with_logits(out, y)
+
+    flat = torch.cat([p.flatten() for p in start.values()])
+    want = float(torch.linalg.eigvalsh(torch.autograd.functional.hessian(loss, flat)).max())
+    assert want > 0
+    rng = torch.get_rng_state()
+    assert sharpness_at_start(cfg) == pytest.approx(want, rel=1e-9)
+    assert torch.equal(torch.get_rng_state(), rng)  # the global RNG as it was
+    bound, label = stability_bound(cfg)
+    assert bound == pytest.approx(2 / want, rel=1e-9) and label == "η = 2/λ_max at the start"

@@ -27,6 +27,7 @@ from lightning.pytorch.callbacks import Callback, ProgressBar
 from lightning.pytorch.loggers import Logger, MLFlowLogger, TensorBoardLogger
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf
+from torch import nn
 
 from backprop_lab.checks import CHECKPOINT, check_run_dir
 from backprop_lab.diagnoses import Diagnosis, diagnose, divergence_without_history
@@ -179,10 +180,7 @@ def build_run(
     that step on before it stopped (its ``purge_step``), so no step is shown twice."""
     run_dir = Path(run_dir)
     L.seed_everything(cfg.seed, workers=True, verbose=False)
-
-    data = instantiate(cfg.data, seed=cfg.seed)
-    data.setup()  # draws from its own seeded generator: the model's init below is the same either way
-    net = instantiate(cfg.model, **sizes_from_data(cfg.model, data))
+    net, data = build_net_and_data(cfg)
     module = BackpropModule(
         net, optimizer=instantiate(cfg.optim), loss_fn=LOSS_BY_TASK[data.task], tol=cfg.tol, config=run_config(cfg)
     )
@@ -209,6 +207,14 @@ def build_run(
 
 
 # --- the parts of a run ------------------------------------------------------------------------------
+
+
+def build_net_and_data(cfg: DictConfig) -> tuple[nn.Module, L.LightningDataModule]:
+    """The run's network and data, in the order a run draws them: the data set (from its own seeded generator),
+    then the network's initial weights from torch's global RNG, which the caller has seeded."""
+    data = instantiate(cfg.data, seed=cfg.seed)
+    data.setup()  # draws from its own seeded generator: the model's init below is the same either way
+    return instantiate(cfg.model, **sizes_from_data(cfg.model, data)), data
 
 
 def sizes_from_data(model_cfg: DictConfig, data: L.LightningDataModule) -> dict[str, int]:

@@ -36,8 +36,8 @@ def edge_rows(jobs: Sequence[tuple[DictConfig, dict, Sequence[str]]], bound_of=N
     """One row per job with an η: {curve, lr, final_loss, status, bound, bound_label}; ``curve`` names the job's
     other overrides (the jobs of one curve differ only in η). ``bound_of(cfg)``: (η, label) or None; by default
     the linear net's 1/x² (:func:`backprop_lab.batched.program.stability_bound` adds 2/λ_max); it reads no more
-    of a config than ``model``, ``data``, ``optim.momentum`` and ``optim.weight_decay``, so it is computed once
-    for the jobs that share them."""
+    of a config than ``model``, ``data``, ``optim.momentum``, ``optim.weight_decay`` and ``seed`` (an MLP's
+    initial weights), so it is computed once for the jobs that share them."""
     if bound_of is None:
 
         def bound_of(cfg):
@@ -45,7 +45,7 @@ def edge_rows(jobs: Sequence[tuple[DictConfig, dict, Sequence[str]]], bound_of=N
             return None if bound is None else (bound, "η = 1/x²")
 
     rows = []
-    bounds: dict[str, tuple[float, str] | None] = {}  # by what a bound reads: the net, its data, momentum, decay
+    bounds: dict[str, tuple[float, str] | None] = {}  # by what a bound reads: the net, its data, momentum, decay, seed
     for cfg, summary, overrides in jobs:
         if "lr" not in cfg.get("optim", {}):
             continue
@@ -53,7 +53,7 @@ def edge_rows(jobs: Sequence[tuple[DictConfig, dict, Sequence[str]]], bound_of=N
         loss = float(summary.get("final_loss", math.nan))
         key = repr(
             [OmegaConf.to_container(cfg[k], resolve=True) for k in ("model", "data")]
-            + [cfg.optim.get("momentum"), cfg.optim.get("weight_decay")]
+            + [cfg.optim.get("momentum"), cfg.optim.get("weight_decay"), cfg.get("seed")]  # an MLP's start
         )
         if key not in bounds:  # the copies of a sweep over η share it (each a Hessian: ~5 ms)
             bounds[key] = bound_of(cfg)

@@ -43,6 +43,7 @@ from backprop_lab.config import ConfigError
 from backprop_lab.diagnoses import Diagnosis
 from backprop_lab.interrupts import GracefulStop
 from backprop_lab.loggers import TensorBoardLogger
+from backprop_lab.module import LOSS_BY_TASK
 from backprop_lab.replay import replay, to_markdown
 from backprop_lab.signal_notes import SignalNotes
 from backprop_lab.train import TrainResult, expected_warnings, log_hparams
@@ -446,14 +447,16 @@ def build_net(cfgs: Sequence[DictConfig]) -> StackedPostNet:
 
 
 def sharpness_at_start(cfg: DictConfig) -> float | None:
-    """λ_max, the largest eigenvalue of the loss Hessian at the job's initial weights, for the post's nets (None
-    for others, or where the power iteration does not settle): :func:`~backprop_lab.monitors.sharpness.
+    """λ_max, the largest eigenvalue of the loss Hessian at the job's initial weights, for the post's nets and the
+    MLP (None for others, or where the power iteration does not settle): :func:`~backprop_lab.monitors.sharpness.
     hessian_top_eigenvalue` (the monitor's: power iteration on Hessian-vector products, forward over reverse
     through the hand-written Functions' ``jvp`` and ``backward``), in float64 to 1e-12. Gradient descent near
     that point is stable for η < 2/λ_max; for the linear net λ_max = 2x², so 2/λ_max = 1/x², the exact bound."""
     from backprop_lab.monitors.sharpness import hessian_top_eigenvalue
 
     kind = POST_NETS.get(cfg.model.get("_target_"))
+    if cfg.model.get("_target_") == MLP:
+        return _mlp_sharpness_at_start(cfg)
     if kind is None or "x" not in cfg.data:
         return None
     names = ("w",) if kind == "linear" else ("w1", "w2")
@@ -474,9 +477,34 @@ def sharpness_at_start(cfg: DictConfig) -> float | None:
     return top.value if top.converged else None
 
 
+def _mlp_sharpness_at_start(cfg: DictConfig) -> float | None:
+    """λ_max of the MLP's loss over its whole training set (the full-batch loss) at the weights its run starts
+    from: the data and network drawn as the run draws them (torch's RNG seeded with the job's seed, restored
+    after), in float64."""
+    from torch.func import functional_call
+
+    from backprop_lab.monitors.sharpness import hessian_top_eigenvalue
+    from backprop_lab.train import build_net_and_data
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(int(cfg.seed))  # what L.seed_everything sets for torch in the run
+        net, data = build_net_and_data(cfg)
+    net = net.double()
+    x, y = (t.double() for t in data.make_probe())
+    loss_fn = LOSS_BY_TASK[data.task]
+    w0 = {name: p.detach() for name, p in net.named_parameters()}
+
+    def loss(w: dict[str, Tensor]) -> Tensor:
+        return loss_fn(functional_call(net, w, (x,)), y)
+
+    top = hessian_top_eigenvalue(loss, w0, iters=1000, tol=1e-12, generator=torch.Generator().manual_seed(0))
+    return top.value if top.converged else None
+
+
 def stability_bound(cfg: DictConfig) -> tuple[float, str] | None:
     """The bound the stability-edge figure draws for a job: η = 1/x² (exact) for the linear net, 2/λ_max at the
-    start for the other post nets; plain gradient descent only (no momentum, no weight decay)."""
+    start for the other post nets and the MLP (its full-batch loss); plain gradient descent only (no momentum,
+    no weight decay)."""
     if float(cfg.optim.get("momentum", 0.0)) != 0.0 or float(cfg.optim.get("weight_decay", 0.0)) != 0.0:
         return None
     sharpness = sharpness_at_start(cfg)
