@@ -96,7 +96,12 @@ def test_dead_and_dying_relu_layers():
     rows = [norms(1, 1, 0.25), norms(1, 1, 0.5), norms(1, 1, 0.75), norms(1, 1, 1.0), norms(1, 1, 1.0)]
     (dead,) = diagnose(layers_history(rows))
     assert (dead.kind, dead.step, dead.where) == ("dead_layer", 30, "act2")
-    assert "every unit" in dead.text and "ReLU′(z) = 0 on every sample" in dead.text and "at step 0: 25%" in dead.text
+    assert (
+        "all the units (" in dead.text
+        and " have ReLU′" in dead.text
+        and "ReLU′(z) = 0 on every sample" in dead.text
+        and "at step 0: 25%" in dead.text
+    )
     (dying,) = diagnose(layers_history(rows[:3]))
     assert (dying.kind, dying.step, dying.where) == ("dying_layer", 10, "act2") and "75% of the units" in dying.text
 

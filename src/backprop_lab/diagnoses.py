@@ -283,7 +283,7 @@ def _dead_layers(h: History) -> list[Diagnosis]:
         fractions = h.column(f"{name}/dead_fraction")
         last = fractions[-1]
         if last >= 1.0:
-            kind, share = "dead_layer", "every unit"
+            kind, share = "dead_layer", "all the units"
             since = streak_start([f >= 1.0 for f in fractions], h.steps, len(fractions) - 1)
         elif last >= DYING_FRACTION:
             kind, share = "dying_layer", f"{last:.0%} of the units"
@@ -292,7 +292,7 @@ def _dead_layers(h: History) -> list[Diagnosis]:
             continue
         text = (
             f"Layer {name} is {'dead' if kind == 'dead_layer' else 'dying'} since step {since}: {share} "
-            f"({layer.get('units', '?')} in all) have ReLU′(z) = 0 on every sample of the batch (z ≤ 0, or z < 0 "
+            f"({layer.get('units', '?')} in the layer) have ReLU′(z) = 0 on every sample of the batch (z ≤ 0, or z < 0 "
             "where ReLU′(0) = 1), so no gradient reaches the weights that feed them; such units never come back "
             f"(at step {h.steps[0]}: {fractions[0]:.0%}). "
             "What helps: a smaller learning rate η (large first updates push z below 0 for every input), "
