@@ -428,17 +428,33 @@ def _hparams_record(run: Path) -> tuple:
     return experiment, start, end, steps, (run / "hparams.yaml").read_text()
 
 
-def _compare_runs(run: Path, ref: Path, name: str, chaotic: bool = False) -> None:
-    """Every scalar tag and every tensor summary of ``run`` against ``ref``: the same steps, the same values."""
+def _same_scalars(run: Path, ref: Path, name: str, values: bool = True) -> None:
+    """Every scalar tag of ``run`` against ``ref`` (read as TensorBoard reads them): the same tags at the same
+    steps and, with ``values``, the same values to rtol 1e-5."""
     got, want = read_scalars(run), read_scalars(ref)
     assert sorted(got) == sorted(want), name
     for tag in want:
         assert sorted(got[tag]) == sorted(want[tag]), (name, tag)  # the same steps
-        if not chaotic:
+        if values:
             steps = sorted(want[tag])
             np.testing.assert_allclose(
                 [got[tag][s] for s in steps], [want[tag][s] for s in steps], rtol=1e-5, err_msg=f"{name} {tag}"
             )
+
+
+def _same_tab_rows(run: Path, ref: Path, name: str, tag: str) -> None:
+    """The Backprop tab's layout and its rows under ``tag`` (``backprop/graph`` or ``backprop/layers``) of
+    ``run`` against ``ref``: the same steps, the same values to rtol 1e-5."""
+    (got, got_layout), (want, want_layout) = _tensors(run), _tensors(ref)
+    assert got_layout == want_layout, name
+    assert sorted(got[tag]) == sorted(want[tag]), name
+    for step, row in want[tag].items():
+        np.testing.assert_allclose(got[tag][step], row, rtol=1e-5, err_msg=f"{name} {step}")
+
+
+def _compare_runs(run: Path, ref: Path, name: str, chaotic: bool = False) -> None:
+    """Every scalar tag and every tensor summary of ``run`` against ``ref``: the same steps, the same values."""
+    _same_scalars(run, ref, name, values=not chaotic)
     _compare_tensors(run, ref, name, values=not chaotic)
     if not chaotic:  # the HParams tab's record (final loss among its values) and hparams.yaml
         assert _hparams_record(run) == _hparams_record(ref), name
@@ -702,14 +718,7 @@ def test_a_64_value_batched_sigmoid_sweep_writes_64_runs_each_equal_to_its_separ
         ref = tmp_path / "ref" / lr
         train(compose_config(QUIET, "model=sigmoid", f64, f"optim.lr={lr}"), run_dir=ref)  # as the CLI composes it
         chaotic = _sigmoid_sweep_is_chaotic(float(lr))
-        got, want = read_scalars(run), read_scalars(ref)
-        assert sorted(got) == sorted(want), lr
-        for tag, values in want.items():
-            assert sorted(got[tag]) == sorted(values), (lr, tag)  # the same steps, chaotic or not
-            if not chaotic:
-                np.testing.assert_allclose(
-                    [got[tag][s] for s in sorted(values)], [values[s] for s in sorted(values)], rtol=1e-5, err_msg=lr
-                )
+        _same_scalars(run, ref, lr, values=not chaotic)  # the same tags at the same steps, chaotic or not
         if not chaotic:  # a chaotic copy's texts (its diagnoses) follow its own trajectory
             _compare_tensors(run, ref, lr)
         assert (
@@ -933,15 +942,5 @@ def test_a_copy_of_a_group_stopped_by_sigterm_resumes_alone_as_its_uninterrupted
         want = train(cfg, run_dir=ref)
         assert (result.status, result.steps, result.dead_since) == (want.status, want.steps, want.dead_since)
         assert result.final_loss == want.final_loss and result.final_dead_fraction == want.final_dead_fraction
-        got, wanted = read_scalars(run), read_scalars(ref)
-        assert sorted(got) == sorted(wanted), name
-        for tag, values in wanted.items():
-            assert sorted(got[tag]) == sorted(values), (name, tag)
-            np.testing.assert_allclose(
-                [got[tag][s] for s in sorted(values)], [values[s] for s in sorted(values)], rtol=1e-5, err_msg=tag
-            )
-        (got_t, got_layout), (want_t, want_layout) = _tensors(run), _tensors(ref)
-        assert got_layout == want_layout
-        assert sorted(got_t["backprop/graph"]) == sorted(want_t["backprop/graph"])
-        for step, row in want_t["backprop/graph"].items():
-            np.testing.assert_allclose(got_t["backprop/graph"][step], row, rtol=1e-5, err_msg=f"{name} {step}")
+        _same_scalars(run, ref, name)
+        _same_tab_rows(run, ref, name, "backprop/graph")

@@ -20,7 +20,7 @@ import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from test_batched import _compare_runs, _separate_and_batched
+from test_batched import _compare_runs, _same_scalars, _same_tab_rows, _separate_and_batched
 
 from backprop_lab import functions as F
 from backprop_lab.batched.functions import stacked_bce_with_logits, stacked_linear
@@ -239,7 +239,7 @@ def test_an_mlp_copy_stopped_by_sigterm_resumes_alone_as_its_uninterrupted_run(t
     its directory equals the job's trained alone without a stop (with several seeds: each its own data order)."""
     import signal
 
-    from test_batched import _SignalAt, _tensors
+    from test_batched import _SignalAt
 
     from backprop_lab.batched.program import train_group
     from backprop_lab.config import validate
@@ -267,18 +267,8 @@ def test_an_mlp_copy_stopped_by_sigterm_resumes_alone_as_its_uninterrupted_run(t
         want = train(cfg, run_dir=ref)
         assert (result.status, result.steps, result.dead_since) == (want.status, want.steps, want.dead_since)
         assert result.final_loss == want.final_loss
-        got, wanted = read_scalars(run), read_scalars(ref)
-        assert sorted(got) == sorted(wanted), name
-        for tag, values in wanted.items():
-            assert sorted(got[tag]) == sorted(values), (name, tag)
-            np.testing.assert_allclose(
-                [got[tag][s] for s in sorted(values)], [values[s] for s in sorted(values)], rtol=1e-5, err_msg=tag
-            )
-        (got_t, got_layout), (want_t, want_layout) = _tensors(run), _tensors(ref)
-        assert got_layout == want_layout
-        assert sorted(got_t["backprop/layers"]) == sorted(want_t["backprop/layers"])
-        for step, row in want_t["backprop/layers"].items():
-            np.testing.assert_allclose(got_t["backprop/layers"][step], row, rtol=1e-5, err_msg=f"{name} {step}")
+        _same_scalars(run, ref, name)
+        _same_tab_rows(run, ref, name, "backprop/layers")
 
 
 def test_stacked_sgd_with_no_copy_frozen_is_torch_sgd_per_copy_on_the_mlps_shapes():
