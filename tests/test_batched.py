@@ -460,6 +460,22 @@ def _compare_runs(run: Path, ref: Path, name: str, chaotic: bool = False) -> Non
         assert _hparams_record(run) == _hparams_record(ref), name
 
 
+def _group_stopped_by_sigterm(tmp_path: Path, shared: tuple[str, ...], jobs: list[list[str]], at: int):
+    """The ``jobs`` (with the ``shared`` overrides) trained as one group that a real SIGTERM stops in update ``at``;
+    every copy ends ``interrupted``. Returns (the copies' configs, their run dirs, their names)."""
+    from backprop_lab.batched.program import train_group
+
+    cfgs = [compose_config("trainer.accelerator=cpu", QUIET, *shared, *job) for job in jobs]
+    names = [",".join(job) for job in jobs]
+    dirs = [tmp_path / "batched" / n for n in names]
+    for cfg, d in zip(cfgs, dirs):
+        validate(cfg)
+        d.mkdir(parents=True)
+    results, signum, _ = train_group(cfgs, dirs, jobs, callbacks=[_SignalAt(at, signal.SIGTERM)])
+    assert signum == signal.SIGTERM and {r.status for r in results} == {"interrupted"}
+    return cfgs, dirs, names
+
+
 def _separate_and_batched(tmp_path: Path, model: str, jobs: list[list[str]], callbacks=(), ref_root=None):
     """Each job of ``jobs`` (overrides of batchable keys) trained alone by train() and as a copy of one
     train_group program; returns (the copies' run dirs, the separate runs' dirs, the group's results).
@@ -917,20 +933,12 @@ def test_a_copy_of_a_group_stopped_by_sigterm_resumes_alone_as_its_uninterrupted
     resume.py accepts; ``resume=<copy dir>`` continues the copy alone (train()), and every scalar tag of its
     directory (the dead-ReLU monitor's, whose state the checkpoint carries, among them) and the Backprop tab's
     rows equal those of the job trained alone without a stop."""
-    from backprop_lab.batched.program import train_group
     from backprop_lab.checks import CHECKPOINT
     from backprop_lab.resume import check_resumable
     from backprop_lab.train import train
 
     jobs = [["optim.lr=0.1"], ["optim.lr=0.03", "optim.momentum=0.5", "optim.weight_decay=0.01"], ["optim.lr=1"]]
-    cfgs = [compose_config("trainer.accelerator=cpu", QUIET, "model=relu", *job) for job in jobs]
-    names = [",".join(job) for job in jobs]
-    dirs = [tmp_path / "batched" / n for n in names]
-    for cfg, d in zip(cfgs, dirs):
-        validate(cfg)
-        d.mkdir(parents=True)
-    results, signum, _ = train_group(cfgs, dirs, jobs, callbacks=[_SignalAt(12, signal.SIGTERM)])
-    assert signum == signal.SIGTERM and {r.status for r in results} == {"interrupted"}
+    cfgs, dirs, names = _group_stopped_by_sigterm(tmp_path, ("model=relu",), jobs, at=12)
     for cfg, job, run, name in zip(cfgs, jobs, dirs, names):
         assert (run / CHECKPOINT).is_file()
         resumed = compose_config("trainer.accelerator=cpu", QUIET, "model=relu", *job)

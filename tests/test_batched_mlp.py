@@ -237,11 +237,9 @@ def test_an_mlp_copy_stopped_by_sigterm_resumes_alone_as_its_uninterrupted_run(t
     """SIGTERM in update 12 (mid-epoch: 8 batches an epoch) of an MLP group: each copy's checkpoint continues it
     alone (``resume=<copy dir>``, train()) through the same batches, and every scalar tag and Backprop-tab row of
     its directory equals the job's trained alone without a stop (with several seeds: each its own data order)."""
-    import signal
 
-    from test_batched import _SignalAt
+    from test_batched import _group_stopped_by_sigterm
 
-    from backprop_lab.batched.program import train_group
     from backprop_lab.config import validate
     from backprop_lab.resume import check_resumable
     from backprop_lab.train import train
@@ -249,14 +247,7 @@ def test_an_mlp_copy_stopped_by_sigterm_resumes_alone_as_its_uninterrupted_run(t
     quiet = "trainer.enable_progress_bar=false"
     seeds = shared[0] == "data=moons"
     jobs = [["optim.lr=0.1", "seed=1" if seeds else "seed=0"], ["optim.lr=0.3", "optim.momentum=0.5", "seed=0"]]
-    cfgs = [compose_config("trainer.accelerator=cpu", quiet, "model=mlp", *job, *shared) for job in jobs]
-    names = [",".join(job) for job in jobs]
-    dirs = [tmp_path / "batched" / n for n in names]
-    for cfg, d in zip(cfgs, dirs):
-        validate(cfg)
-        d.mkdir(parents=True)
-    results, signum, _ = train_group(cfgs, dirs, jobs, callbacks=[_SignalAt(12, signal.SIGTERM)])
-    assert signum == signal.SIGTERM and {r.status for r in results} == {"interrupted"}
+    cfgs, dirs, names = _group_stopped_by_sigterm(tmp_path, ("model=mlp", *shared), jobs, at=12)
     for cfg, job, run, name in zip(cfgs, jobs, dirs, names):
         resumed = compose_config("trainer.accelerator=cpu", quiet, "model=mlp", *job, *shared)
         resumed.resume = str(run)
