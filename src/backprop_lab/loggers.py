@@ -41,6 +41,7 @@ from lightning.pytorch.loggers import MLFlowLogger as LightningMLFlowLogger
 from lightning.pytorch.loggers import TensorBoardLogger as LightningTensorBoardLogger
 from lightning.pytorch.loggers import WandbLogger as LightningWandbLogger
 from lightning.pytorch.utilities import rank_zero_only
+from tensorboard.compat.proto.event_pb2 import Event
 from tensorboard.compat.proto.summary_pb2 import Summary
 from tensorboard.plugins.hparams import api_pb2, metadata, plugin_data_pb2
 
@@ -58,7 +59,7 @@ class TensorBoardLogger(LightningTensorBoardLogger):
         self.metric_prefix = prefix  # with one, Lightning's own path names the tags
         self.flush_every_s = float(flush_every_s)
         self._flushed_at = -math.inf
-        self._pending: Summary | None = None  # the scalars of one step, not written yet
+        self._pending: Event | None = None  # the scalars of one step (its ``summary``), not written yet
         self._pending_step: int | None = None
         self._pending_tags: set[str] = set()
 
@@ -93,8 +94,8 @@ class TensorBoardLogger(LightningTensorBoardLogger):
         if self._pending is not None and (step != self._pending_step or not self._pending_tags.isdisjoint(metrics)):
             self._write_pending()  # another step, or a tag logged twice at one step: an event of its own
         if self._pending is None:
-            self._pending, self._pending_step = Summary(), step
-        add = self._pending.value.add
+            self._pending, self._pending_step = Event(), step
+        add = self._pending.summary.value.add
         for k, v in metrics.items():
             add(tag=k, simple_value=float(v))  # a float, or a one-element tensor's value (Tensor.__float__)
         self._pending_tags.update(metrics)
@@ -109,20 +110,21 @@ class TensorBoardLogger(LightningTensorBoardLogger):
         if self._pending is not None and (step != self._pending_step or not self._pending_tags.isdisjoint(tags)):
             self._write_pending()
         if self._pending is None:
-            self._pending, self._pending_step = Summary(), step
-        self._pending.value.extend(summary.value)  # copies: the caller may reuse its summary
+            self._pending, self._pending_step = Event(), step
+        self._pending.summary.value.extend(summary.value)  # copies: the caller may reuse its summary
         self._pending_tags.update(tags)
 
     def _write_pending(self) -> None:
-        summary, self._pending = self._pending, None
+        event, self._pending = self._pending, None
         self._pending_tags = set()
-        if summary is None:
+        if event is None:
             return
         writer = self.experiment.file_writer
         if writer is not None:
-            writer.add_summary(summary, global_step=self._pending_step)
+            writer.add_event(event, step=self._pending_step)  # built as an Event: not copied into one
         else:  # closed since: Lightning's own path opens it again (scalars only: it writes no other kind)
-            scalars = {v.tag: v.simple_value for v in summary.value if v.WhichOneof("value") == "simple_value"}
+            values = event.summary.value
+            scalars = {v.tag: v.simple_value for v in values if v.WhichOneof("value") == "simple_value"}
             super().log_metrics(scalars, self._pending_step)
 
     @rank_zero_only
