@@ -169,10 +169,10 @@ def _numbers(params: Sequence[Tensor]) -> Tensor:
 
 def stacked_histograms(values: Tensor, bins: int = HISTOGRAM_BINS) -> list[dict | None]:
     """:func:`~backprop_lab.monitors.gradients.histogram_stats` of each row of ``values`` (copies × numbers), for all
-    rows at once: the same extremes, equal-width buckets (``histc``'s: bucket ⌊(v − lo)·bins/(hi − lo)⌋ in the
+    rows at once: the same extremes, equal-width buckets (``equal_width_counts``, histc's: bucket ⌊(v − lo)·bins/(hi − lo)⌋ in the
     values' dtype, the last edge in the last bucket), edges (``linspace``, per row) and sum, bit for bit; the sum of squares is ``torch.dot``'s in the values' dtype, here summed in another order (equal to
     its rounding). Rows with a non-finite value go through the monitor's own function."""
-    from backprop_lab.monitors.gradients import histograms_stats
+    from backprop_lab.monitors.gradients import equal_width_counts, histograms_stats
 
     v = values if values.dtype == torch.float64 else values.float()
     k = v.shape[0]
@@ -180,11 +180,7 @@ def stacked_histograms(values: Tensor, bins: int = HISTOGRAM_BINS) -> list[dict 
     same = smallest == largest
     lo = torch.where(same, smallest.double() - 0.5, smallest.double())  # as np.histogram (and the monitor)
     hi = torch.where(same, largest.double() + 0.5, largest.double())
-    lo_v, hi_v = lo.to(v.dtype).unsqueeze(1), hi.to(v.dtype).unsqueeze(1)
-    where = ((v - lo_v) * bins / (hi_v - lo_v)).to(torch.int64).clamp_(0, bins - 1)
-    counts = torch.zeros(k, bins, dtype=torch.float64, device=v.device).scatter_add_(
-        1, where, torch.ones_like(v, dtype=torch.float64)
-    )
+    counts = equal_width_counts(v, lo.to(v.dtype).unsqueeze(1), hi.to(v.dtype).unsqueeze(1), bins)
     sums = v.sum(dim=1, dtype=torch.float64)
     squares = torch.bmm(v.unsqueeze(1), v.unsqueeze(2)).reshape(k).double()
     host = torch.cat([smallest.double().unsqueeze(1), largest.double().unsqueeze(1), sums.unsqueeze(1),

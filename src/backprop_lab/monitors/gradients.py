@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
 from torch import Tensor
@@ -12,6 +13,56 @@ from backprop_lab.monitors.common import is_log_step, log_metrics, tensorboard_w
 from backprop_lab.monitors.record import StepRecorder
 
 HISTOGRAM_BINS = 64  # equal-width bins between the smallest and the largest value
+
+_NUMPY_FLOATS = {torch.float64: np.float64, torch.float32: np.float32, torch.float16: np.float16}
+_HISTC_BELOW = 4096  # fewer values on a CPU: histc itself (≈ 4 µs + 3.2 ns a value against ≈ 12 µs + 0.7 ns)
+
+
+def equal_width_counts(values: Tensor, lo: float | Tensor, hi: float | Tensor, bins: int) -> Tensor:
+    """``torch.histc(values, bins, min=lo, max=hi)``'s counts, exactly, as float64: ``bins`` counts for 1-D
+    ``values``, (rows, ``bins``) for 2-D ones (a histogram per row; ``lo``, ``hi`` then (rows, 1) tensors).
+    The one home of the bucket rule: value v goes to bucket ⌊(v − lo)·bins/(hi − lo)⌋, computed in the
+    values' dtype with ``lo`` and ``hi`` rounded to it (histc's edges), the right edge ``hi`` in the last bucket.
+
+    Every value must lie in [lo, hi] (histc leaves the others out; here they would land in an end bucket), and
+    (hi − lo)·bins must be finite in the dtype (else histc's buckets mean nothing either). Numbers ``lo``, ``hi``
+    that are one number in the dtype go to histc (its bucket then is no rule's: ±1 around equal edges, or a NaN
+    cast to an index); tensor edges equal in a row put that row in bucket 0.
+
+    On a CPU: histc itself for fewer than ``_HISTC_BELOW`` values (1-D, numbers ``lo``, ``hi``), else a few
+    elementwise ops and one ``bincount`` (single-threaded 59 µs against histc's 210 µs on 64k float32 values).
+    Elsewhere ``scatter_add_`` (``bincount`` reads its largest index back to the host), dividing by a tensor on
+    the device: CUDA divides by a host scalar as a product with its reciprocal, not histc's rule."""
+    dtype, device = values.dtype, values.device
+    cpu = device.type == "cpu"
+    numbers = not (isinstance(lo, Tensor) or isinstance(hi, Tensor))
+    if cpu and numbers and values.dim() == 1 and values.numel() < _HISTC_BELOW:  # fewer ops: faster when small
+        return torch.histc(values, bins, min=lo, max=hi).to(torch.float64)
+    if numbers and dtype in _NUMPY_FLOATS:  # the edges and their difference in the dtype, on the host
+        as_dtype = _NUMPY_FLOATS[dtype]
+        lo_v, width = float(as_dtype(lo)), float(as_dtype(hi) - as_dtype(lo))
+        if width == 0:  # the edges are one number in the dtype (one huge value ± 0.5): histc's own bucket
+            return torch.histc(values, bins, min=lo, max=hi).to(torch.float64)
+        if not cpu:
+            width = torch.full((), width, dtype=dtype, device=device)
+    else:
+        lo_v, hi_v = (
+            x.to(device=device, dtype=dtype) if isinstance(x, Tensor) else torch.full((), x, dtype=dtype, device=device)
+            for x in (lo, hi)
+        )
+        width = hi_v - lo_v
+    t = values - lo_v
+    t.mul_(bins).div_(width)
+    if not cpu:
+        where = t.to(torch.int64).clamp_(0, bins - 1)  # NaN and overflows too: an index in range
+        counts = torch.zeros((*values.shape[:-1], bins), dtype=torch.float64, device=device)
+        return counts.scatter_add_(-1, where, torch.ones_like(values, dtype=torch.float64))
+    where = t.to(torch.int32).clamp_(0, bins - 1)  # int32: half the bytes of int64, and counted faster
+    if values.dim() == 1:
+        return torch.bincount(where, minlength=bins).to(torch.float64)
+    rows = values.shape[0]
+    where += torch.arange(0, rows * bins, bins, dtype=torch.int32).unsqueeze(1)  # row j's buckets from j·bins
+    return torch.bincount(where.reshape(-1), minlength=rows * bins).reshape(rows, bins).to(torch.float64)
 
 
 def histogram_stats(values: Tensor, bins: int = HISTOGRAM_BINS) -> dict | None:
@@ -47,9 +98,9 @@ def histograms_stats(tensors: list[Tensor], bins: int = HISTOGRAM_BINS) -> list[
         if r is not None:
             v, smallest, largest = r
             lo, hi = (smallest - 0.5, largest + 0.5) if smallest == largest else (smallest, largest)  # as np.histogram
-            counts = torch.histc(v, bins=bins, min=lo, max=hi)
+            counts = equal_width_counts(v, lo, hi, bins)
             parts += [v.sum(dtype=torch.float64).reshape(1), torch.dot(v, v).to(torch.float64).reshape(1)]
-            parts += [counts.to(torch.float64), torch.linspace(lo, hi, bins + 1, dtype=torch.float64, device=v.device)]
+            parts += [counts, torch.linspace(lo, hi, bins + 1, dtype=torch.float64, device=v.device)]
     numbers = torch.cat(parts).tolist() if parts else []
     out: list[dict | None] = []
     i, width = 0, 2 + bins + bins + 1
