@@ -517,7 +517,8 @@ def stability_bound(cfg: DictConfig) -> tuple[float, str] | None:
 
 class _CopyWriter:
     """Copy k's part of a :class:`CopiesLogger` as the writer a TensorBoard logger writes summaries through
-    (``experiment.file_writer.add_summary``, as ``SummaryWriter``'s): each summary one event at its step."""
+    (``experiment.file_writer.add_summary`` and ``add_event``, as ``SummaryWriter``'s): each summary one event at its
+    step."""
 
     def __init__(self, copies: CopiesLogger, k: int):
         self.copies, self.k = copies, k
@@ -528,6 +529,10 @@ class _CopyWriter:
 
     def add_summary(self, summary, global_step: int | None = None) -> None:
         self.copies.log_copy_summaries(self.k, [summary], 0 if global_step is None else int(global_step))
+
+    def add_event(self, event, step: int | None = None, walltime: float | None = None) -> None:
+        """An ``Event`` holding a summary (what the package's logger writes a step as): its summary at ``step``."""
+        self.add_summary(event.summary, step)
 
     def flush(self) -> None:
         """Written with the copies' events (:meth:`CopiesLogger.flush`)."""

@@ -74,6 +74,7 @@ class DeadReLUMonitor(Callback):
         self.dead_since: dict[str, int | None] = {}
         self.last_dead_fraction: dict[str, float] = {}
         self._drives = True  # whether this monitor's hooks drive the recorder's step
+        self._tags: dict[str, tuple[str, str]] = {}  # per layer: its two batch tags, formatted once
 
     def state_dict(self) -> dict:
         """What the statistics of later steps and the end of the run depend on, for a resumed run."""
@@ -131,13 +132,16 @@ class DeadReLUMonitor(Callback):
     def _log_batch(self, trainer: Trainer, record: StepRecord) -> bool:
         """Log the step's batch statistics; whether a layer died or revived at this step."""
         metrics, changed = {}, False
+        tags = self._tags
         for name in self._layers():
             stats = record.layers.get(name)
             if stats is None:
                 continue
             dead = stats.dead_fraction
-            metrics[f"relu/dead_fraction/{name}"] = dead
-            metrics[f"relu/zero_fraction/{name}"] = stats.zero_fraction
+            dead_tag, zero_tag = tags.get(name) or tags.setdefault(
+                name, (f"relu/dead_fraction/{name}", f"relu/zero_fraction/{name}")
+            )
+            metrics[dead_tag], metrics[zero_tag] = dead, stats.zero_fraction
             self.last_dead_fraction[name] = dead
             before = self.dead_since.setdefault(name, None)
             if dead < 1.0:
