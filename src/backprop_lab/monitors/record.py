@@ -111,22 +111,16 @@ def local_derivative(
     if kind == "relu":
         if grad_at_zero and z is not None:
             return (z >= 0).to(h.dtype)  # ReLU′(0) = 1
-        return _positive(h)  # ReLU′(0) = 0, as torch's: h > 0 ⇔ z > 0 (and right after an in-place ReLU)
+        return (h > 0).to(h.dtype)  # ReLU′(0) = 0, as torch's: h > 0 ⇔ z > 0 (and right after an in-place ReLU)
     if kind == "leaky_relu":
         if slope == 0:
-            return _positive(h)
+            return (h > 0).to(h.dtype)
         return torch.where(h > 0, 1.0, slope).to(h.dtype)
     if kind == "sigmoid":
         return h * (1 - h)  # σ′(z) = σ(z)·(1 − σ(z))
     if kind == "tanh":
         return 1 - h * h  # tanh′(z) = 1 − tanh²(z)
     return None
-
-
-def _positive(h: Tensor) -> Tensor:
-    """``(h > 0)`` as 0/1 in ``h``'s dtype (NaN: 0), as a new tensor: three in-place passes cost a CPU a third of the
-    comparison and its conversion from bool."""
-    return torch.sign(h).nan_to_num_(nan=0.0).clamp_(min=0)
 
 
 def max_derivative(
@@ -796,9 +790,12 @@ class StepRecorder(Callback):
                 if z is not None and z.requires_grad and z is not output:
                     z.register_hook(lambda g, c=c: c.add("dL_dz", g.double().sum(), c.grads))
 
-    def _scratch_for(self, h: Tensor) -> Tensor:
+    def _scratch_for(self, h: Tensor) -> Tensor | None:
         """A contiguous tensor shaped like ``h`` to write an elementwise result into, reused across calls and steps
-        (each use is reduced before the next one writes it: on a GPU, in stream order)."""
+        (each use is reduced before the next one writes it: on a GPU, in stream order); None for a small ``h``,
+        whose fresh temporary costs less than the slice."""
+        if h.numel() < SCRATCH_FROM:
+            return None
         key = (h.dtype, h.device)
         buf = self._scratch.get(key)
         if buf is None or buf.numel() < h.numel():
@@ -1096,9 +1093,9 @@ class StepRecorder(Callback):
             )
 
 
-def _nonzero(h: Tensor, out: Tensor) -> Tensor:
-    """The number of non-zero entries of ``h``, as a 0-d float tensor (no sync): |sign(h)| (written into ``out``)
-    summed, about a thirtieth of ``count_nonzero``'s time on a CPU; in float32 (exact below 2²⁴ entries) where it
+def _nonzero(h: Tensor, out: Tensor | None) -> Tensor:
+    """The number of non-zero entries of ``h``, as a 0-d float tensor (no sync): |sign(h)| (written into ``out``
+    where given) summed, about a thirtieth of ``count_nonzero``'s time on a CPU; in float32 (exact below 2²⁴ entries) where it
     fits."""
     return torch.sign(h, out=out).abs_().sum(dtype=torch.float32 if h.numel() < 2**24 else torch.float64)
 
@@ -1130,7 +1127,10 @@ def _number(t: Tensor | None, like: Tensor | None = None) -> Tensor:
 
 
 _vector_norm = torch.linalg.vector_norm
-ACTIVE_FOLD = 64  # steps of per-unit activity kept before they are folded into each unit's last active step
+ACTIVE_FOLD = 64
+SCRATCH_FROM = (
+    2**15
+)  # elements (128 kB of float32): where a CPU allocator starts mapping fresh pages a temporary  # steps of per-unit activity kept before they are folded into each unit's last active step
 
 
 class _FunctionalActivations(TorchFunctionMode):
