@@ -316,7 +316,8 @@ def bench_threads(cfg: dict, quick: bool) -> tuple[list[dict], list[dict]]:
     logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
     default = torch.get_num_threads()
     counts = sorted({1, default})
-    rounds = 1 if quick else max(4, cfg["train_rounds"] // 2)  # an even number: each order as often
+    # 8 rounds (an even number: each order as often): the medians of 4 moved by ±2 points between runs on a quiet VM
+    rounds = 1 if quick else 8
     rows, ratios = [], []
     with tempfile.TemporaryDirectory(prefix="bench-threads-") as tmp:
         try:
