@@ -414,8 +414,9 @@ class StepRecorder(Callback):
         self._discovery: _FunctionalActivations | None = None
         self._discovered = False
         self._last_batch = None
-        # per (dtype, device): one flat buffer the size of the largest activation, which each per-element reduction
-        # writes into: a fresh activation-sized temporary per call costs the CPU its page faults (~2x the reduction)
+        # per dtype: one flat buffer the size of the largest activation (on the CPU, up to SCRATCH_UP_TO elements),
+        # which each per-element reduction writes into: a fresh activation-sized temporary per call costs the CPU its
+        # page faults (~2x the reduction)
         self._scratch: dict[tuple[torch.dtype, torch.device], Tensor] = {}
         self.finished: StepRecord | None = None  # what the latest batch_end returned: the step's record or None
 
@@ -792,9 +793,10 @@ class StepRecorder(Callback):
 
     def _scratch_for(self, h: Tensor) -> Tensor | None:
         """A contiguous tensor shaped like ``h`` to write an elementwise result into, reused across calls and steps
-        (each use is reduced before the next one writes it: on a GPU, in stream order); None for a small ``h``,
-        whose fresh temporary costs less than the slice."""
-        if h.numel() < SCRATCH_FROM:
+        (each use is reduced before the next one writes it); None where a fresh temporary is better: a small ``h``
+        (it costs less than the slice), a large one (a buffer kept between steps would hold that memory through the
+        backward pass) and one off the CPU (a GPU's caching allocator hands temporaries out without new pages)."""
+        if not SCRATCH_FROM <= h.numel() <= SCRATCH_UP_TO or h.device.type != "cpu":
             return None
         key = (h.dtype, h.device)
         buf = self._scratch.get(key)
@@ -1127,10 +1129,9 @@ def _number(t: Tensor | None, like: Tensor | None = None) -> Tensor:
 
 
 _vector_norm = torch.linalg.vector_norm
-ACTIVE_FOLD = 64
-SCRATCH_FROM = (
-    2**15
-)  # elements (128 kB of float32): where a CPU allocator starts mapping fresh pages a temporary  # steps of per-unit activity kept before they are folded into each unit's last active step
+ACTIVE_FOLD = 64  # steps of per-unit activity kept before they are folded into each unit's last active step
+SCRATCH_FROM = 2**15  # elements (128 kB of float32): where a CPU allocator starts mapping fresh pages a temporary
+SCRATCH_UP_TO = 2**22  # elements (16 MB of float32): the most memory the reused buffer holds
 
 
 class _FunctionalActivations(TorchFunctionMode):
