@@ -475,35 +475,38 @@ def test_records_of_earlier_steps_join_the_history_and_its_checkpoint():
 # --- large activations: the recorder's reused buffer (monitors/record.py, SCRATCH_FROM … SCRATCH_UP_TO) -----------
 
 
-def wide_relu_mlp(widths: tuple[int, ...], killed: int) -> nn.Module:
-    """2 → widths … → 1 with ReLUs, the first ``killed`` units of each hidden layer dead by construction."""
+def wide_mlp(widths: tuple[int, ...], killed: int, activation=nn.ReLU) -> nn.Module:
+    """2 → widths … → 1, the first ``killed`` units of each hidden layer at z = −50 on every sample (a ReLU unit
+    dead, a tanh unit saturated), the next ``killed`` at z = 0 exactly (h = 0 for both kinds)."""
     layers, n_in = [], 2
     for width in widths:
         linear = nn.Linear(n_in, width)
         with torch.no_grad():
-            linear.weight[:killed] = 0.0
+            linear.weight[: 2 * killed] = 0.0
             linear.bias[:killed] = -50.0
-        layers += [linear, nn.ReLU()]
+            linear.bias[killed : 2 * killed] = 0.0
+        layers += [linear, activation()]
         n_in = width
     return nn.Sequential(*layers, nn.Linear(n_in, 1))
 
 
 @pytest.mark.parametrize(
-    "batch, widths",
+    "batch, widths, activation",
     [
-        (512, (64, 128)),  # 32,768 then 65,536 elements: the buffer made, then grown
-        (512, (128, 64, 8)),  # a large call, a smaller one (a view of the buffer), a small one (its own temporary)
-        (4100, (1024,)),  # 4,198,400 elements: above the most the buffer holds
+        (512, (64, 128), nn.ReLU),  # 32,768 then 65,536 elements: the buffer made, then grown
+        (512, (128, 64, 8), nn.ReLU),  # a large call, a smaller one (a view of the buffer), a small one (its own)
+        (4100, (1024,), nn.ReLU),  # 4,198,400 elements: above the most the buffer holds
+        (512, (128, 64), nn.Tanh),  # the zero count of a kind with a derivative of its own, into the same buffer
     ],
-    ids=["grows", "shrinks", "above the cap"],
+    ids=["grows", "shrinks", "above the cap", "tanh"],
 )
-def test_large_activations_are_counted_as_the_truth_says_step_after_step(batch, widths):
+def test_large_activations_are_counted_as_the_truth_says_step_after_step(batch, widths, activation):
     from backprop_lab.monitors.record import SCRATCH_FROM, SCRATCH_UP_TO
 
     sizes = [batch * w for w in widths]
     assert any(SCRATCH_FROM <= n <= SCRATCH_UP_TO for n in sizes) or any(n > SCRATCH_UP_TO for n in sizes)
     torch.manual_seed(0)
-    net = wide_relu_mlp(widths, killed=3)
+    net = wide_mlp(widths, killed=3, activation=activation)
     start = copy.deepcopy(net)
     batches = data((batch, 2), (batch, 1), n=2)
     recorder = fit(net, batches, steps=2, lr=0.0)  # η = 0: step 1 has the same weights, a new batch
@@ -511,4 +514,8 @@ def test_large_activations_are_counted_as_the_truth_says_step_after_step(batch, 
         expected = truth(start, batches[step][0], {})
         check_entries(recorder.history[step], expected)
         for e in expected:
-            assert e.dead >= 3 / e.units and 0 < e.zero < 1
+            assert e.zero >= 3 / e.units  # the units at z = 0
+            if activation is nn.ReLU:
+                assert e.dead >= 6 / e.units and e.zero < 1
+            else:
+                assert e.saturation >= 3 / e.units  # (and dead: tanh′(−50) rounds to 0 in float64)
