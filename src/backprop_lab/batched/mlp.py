@@ -169,9 +169,9 @@ def _numbers(params: Sequence[Tensor]) -> Tensor:
 
 def stacked_histograms(values: Tensor, bins: int = HISTOGRAM_BINS) -> list[dict | None]:
     """:func:`~backprop_lab.monitors.gradients.histogram_stats` of each row of ``values`` (copies × numbers), for all
-    rows at once: the same extremes, equal-width buckets (``equal_width_counts``, histc's: bucket ⌊(v − lo)·bins/(hi − lo)⌋ in the
-    values' dtype, the last edge in the last bucket), edges (``linspace``, per row) and sum, bit for bit; the sum of squares is ``torch.dot``'s in the values' dtype, here summed in another order (equal to
-    its rounding). Rows with a non-finite value go through the monitor's own function."""
+    rows at once: the same extremes, equal-width buckets (``equal_width_counts``: histc's), edges (``linspace``, per
+    row) and sum, bit for bit; the sum of squares is ``torch.dot``'s in the values' dtype, here summed in another
+    order (equal to its rounding). Rows with a non-finite value go through the monitor's own function."""
     from backprop_lab.monitors.gradients import equal_width_counts, histograms_stats
 
     v = values if values.dtype == torch.float64 else values.float()
