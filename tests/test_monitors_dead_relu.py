@@ -16,6 +16,7 @@ from backprop_lab import models
 from backprop_lab.module import BackpropModule
 from backprop_lab.monitors import DeadReLUMonitor
 from backprop_lab.monitors.dead_relu import statistics
+from backprop_lab.monitors.record import local_derivative
 
 from conftest import PlainData, PlainModule, fit, read_scalars, train_run
 
@@ -173,3 +174,16 @@ def test_post_relu_run_dead_forever_from_the_step_it_died(tmp_path):
     # step 0, right after the update of the step the unit died at (an event: the probe then sees the
     # parameters before step 5) and the end
     assert s["relu/probe_dead_fraction/h"] == {0: 0.0, 5: 1.0, 8: 1.0}
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
+@pytest.mark.parametrize("n", [1, 5, 40_000])  # one value, a loop's tail, vectorised chunks
+def test_relu_prime_is_one_exactly_where_the_output_is_positive(dtype, n):
+    # ReLU′ = 1[h > 0] by its definition, whatever h holds: −0, NaN, ±inf, denormals and negatives count as 0.
+    special = [0.0, -0.0, float("nan"), float("inf"), -float("inf"), 1e-45, -1e-45, 2.5, -2.5]
+    h = torch.tensor(special * n, dtype=dtype)
+    truth = [1.0 if v > 0 else 0.0 for v in h.tolist()]  # Python's own comparison, value by value
+    prime = local_derivative("relu", None, h)
+    assert prime.dtype == dtype and prime.tolist() == truth
+    assert not torch.signbit(prime).any()  # +0, never −0: sums and fractions of it print as 0
+    assert local_derivative("leaky_relu", None, h, slope=0.0).tolist() == truth

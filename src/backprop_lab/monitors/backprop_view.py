@@ -31,7 +31,6 @@ from array import array
 
 import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
-from lightning.pytorch.loggers import TensorBoardLogger
 from tensorboard.compat.proto.summary_pb2 import DATA_CLASS_TENSOR, Summary, SummaryMetadata
 from tensorboard.compat.proto.tensor_pb2 import TensorProto
 from tensorboard.compat.proto.tensor_shape_pb2 import TensorShapeProto
@@ -40,7 +39,7 @@ from torch import nn
 
 from backprop_lab import models
 from backprop_lab.diagnoses import History
-from backprop_lab.monitors.common import is_log_step
+from backprop_lab.monitors.common import is_log_step, tensorboard_targets
 from backprop_lab.monitors.record import ACTIVATION_KINDS, SATURATING, StepRecord, StepRecorder
 
 PLUGIN_NAME = "backprop"
@@ -113,13 +112,7 @@ class BackpropViewMonitor(Callback):
         self._drives = not self.recorder.leads(trainer, self)  # else the recorder's own hooks ran first
 
     def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        self._writers = []
-        if trainer.is_global_zero:  # (writer, the logger where it gathers a step's values into one event, else None)
-            self._writers = [
-                (lg.experiment, lg if callable(getattr(lg, "add_summary", None)) else None)
-                for lg in trainer.loggers
-                if isinstance(lg, TensorBoardLogger)
-            ]
+        self._writers = tensorboard_targets(trainer)  # (writer, the logger gathering a step's values, else None)
         self._layout = None
 
     # --- a step ----------------------------------------------------------------------------------------

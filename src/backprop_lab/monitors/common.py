@@ -30,6 +30,29 @@ def tensorboard_writers(trainer: Trainer) -> list:
     return [logger.experiment for logger in trainer.loggers if isinstance(logger, TensorBoardLogger)]
 
 
+def tensorboard_targets(trainer: Trainer) -> list[tuple]:
+    """Per TensorBoard logger of ``trainer``: (its ``SummaryWriter``, the logger where it gathers a step's values into
+    one event, else None); empty off rank 0. :func:`write_summary` writes to them."""
+    if not trainer.is_global_zero:
+        return []
+    return [
+        (lg.experiment, lg if callable(getattr(lg, "add_summary", None)) else None)
+        for lg in trainer.loggers
+        if isinstance(lg, TensorBoardLogger)
+    ]
+
+
+def write_summary(targets: list[tuple], summary, step: int) -> None:
+    """``summary`` (a ``Summary``) at ``step`` to each of :func:`tensorboard_targets`: into the step's one event where
+    the logger gathers them (backprop_lab's ``TensorBoardLogger``), else as an event of its own; nothing to a writer
+    that is closed."""
+    for writer, gathers in targets:
+        if gathers is not None:
+            gathers.add_summary(summary, step)
+        elif writer.file_writer is not None:
+            writer.file_writer.add_summary(summary, global_step=step)
+
+
 def is_log_step(trainer: Trainer, every: int | None = None, step: int | None = None) -> bool:
     """Whether ``step`` (default: the trainer's global step) is logged, as Lightning decides for
     ``self.log``: every ``every`` steps (default: the trainer's ``log_every_n_steps``) counted from 1

@@ -7,9 +7,10 @@ import math
 import numpy as np
 import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
+from tensorboard.compat.proto.summary_pb2 import HistogramProto, Summary
 from torch import Tensor
 
-from backprop_lab.monitors.common import is_log_step, log_metrics, tensorboard_writers
+from backprop_lab.monitors.common import is_log_step, log_metrics, tensorboard_targets, write_summary
 from backprop_lab.monitors.record import StepRecorder
 
 HISTOGRAM_BINS = 64  # equal-width bins between the smallest and the largest value
@@ -71,6 +72,19 @@ def histogram_stats(values: Tensor, bins: int = HISTOGRAM_BINS) -> dict | None:
     equal-width bins as ``add_histogram(..., bins=64)``, with the empty bucket in front that marks the
     left edge for TensorBoard. Non-finite values are left out; None where none is finite."""
     return histograms_stats([values], bins)[0]
+
+
+def histogram_proto(stats: dict) -> HistogramProto:
+    """:func:`histogram_stats`' numbers as the ``HistogramProto`` that ``SummaryWriter.add_histogram_raw`` writes."""
+    return HistogramProto(
+        min=stats["min"],
+        max=stats["max"],
+        num=stats["num"],
+        sum=stats["sum"],
+        sum_squares=stats["sum_squares"],
+        bucket_limit=stats["bucket_limits"],
+        bucket=stats["bucket_counts"],
+    )
 
 
 def histograms_stats(tensors: list[Tensor], bins: int = HISTOGRAM_BINS) -> list[dict | None]:
@@ -216,12 +230,18 @@ class GradientMonitor(Callback):
         return [(n, t) for n, t in named if t is not None]
 
     def _histograms(self, trainer: Trainer, prefix: str, tensors: list[tuple[str, Tensor]], step: int) -> None:
-        writers = tensorboard_writers(trainer)
-        if not writers or not tensors:
+        """``<prefix>/<name>`` histograms at ``step``, as ``SummaryWriter.add_histogram_raw`` writes them, all in one
+        summary (the step's one event, where the logger gathers them)."""
+        targets = tensorboard_targets(trainer)
+        if not targets or not tensors:
             return
-        for (n, _), stats in zip(tensors, histograms_stats([t for _, t in tensors])):
-            for writer in writers if stats is not None else ():
-                writer.add_histogram_raw(f"{prefix}/{n}", global_step=step, **stats)
+        values = [
+            Summary.Value(tag=f"{prefix}/{n}", histo=histogram_proto(stats))
+            for (n, _), stats in zip(tensors, histograms_stats([t for _, t in tensors]))
+            if stats is not None
+        ]
+        if values:
+            write_summary(targets, Summary(value=values), step)
 
     def on_train_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         self.recorder.train_end(trainer, pl_module)
