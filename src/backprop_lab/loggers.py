@@ -87,31 +87,39 @@ class TensorBoardLogger(LightningTensorBoardLogger):
 
     @rank_zero_only
     def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
-        writer = self.experiment.file_writer  # None once closed: Lightning's own path reopens it
-        if writer is None or self.metric_prefix or any(isinstance(v, dict) for v in metrics.values()):
+        try:  # a float, or a one-element tensor's value (Tensor.__float__)
+            values = [(k, float(v)) for k, v in metrics.items()] if not self.metric_prefix else None
+        except TypeError:  # a dict of values (add_scalars)
+            values = None
+        pending = self._pending
+        if values is not None and (
+            pending is None or step != self._pending_step or not self._pending_tags.isdisjoint(metrics)
+        ):
+            self._write_pending()  # another step, or a tag logged twice at one step: an event of its own
+            # A writer that is closed (None) is looked at once per event: Lightning's own path reopens it.
+            pending = self._pending = Event() if self.experiment.file_writer is not None else None
+            self._pending_step = step
+        if values is None or pending is None:  # Lightning's own path: a prefix, a dict of values, a closed writer
             self._write_pending()
             return super().log_metrics(metrics, step)
-        if self._pending is not None and (step != self._pending_step or not self._pending_tags.isdisjoint(metrics)):
-            self._write_pending()  # another step, or a tag logged twice at one step: an event of its own
-        if self._pending is None:
-            self._pending, self._pending_step = Event(), step
-        add = self._pending.summary.value.add
-        for k, v in metrics.items():
-            add(tag=k, simple_value=float(v))  # a float, or a one-element tensor's value (Tensor.__float__)
+        add = pending.summary.value.add
+        for k, v in values:
+            add(tag=k, simple_value=v)
         self._pending_tags.update(metrics)
 
     @rank_zero_only
     def add_summary(self, summary: Summary, step: int) -> None:
         """``summary``'s values (a plugin's tensor, say) at ``step``, in that step's one event with its scalars, by
         the rule of :meth:`log_metrics`: one event less a step, and its bytes, for the writer to checksum."""
-        if self.experiment.file_writer is None:
-            return  # closed: nothing written, as SummaryWriter.file_writer.add_summary would not either
         tags = [v.tag for v in summary.value]
-        if self._pending is not None and (step != self._pending_step or not self._pending_tags.isdisjoint(tags)):
+        pending = self._pending
+        if pending is None or step != self._pending_step or not self._pending_tags.isdisjoint(tags):
             self._write_pending()
-        if self._pending is None:
-            self._pending, self._pending_step = Event(), step
-        self._pending.summary.value.extend(summary.value)  # copies: the caller may reuse its summary
+            if self.experiment.file_writer is None:
+                return  # closed: nothing written, as SummaryWriter.file_writer.add_summary would not either
+            pending = self._pending = Event()
+            self._pending_step = step
+        pending.summary.value.extend(summary.value)  # copies: the caller may reuse its summary
         self._pending_tags.update(tags)
 
     def _write_pending(self) -> None:

@@ -25,9 +25,11 @@ Cost: nothing of its own beyond writing the row; the record makes one host copy 
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 from array import array
+from collections.abc import Callable
 
 import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
@@ -149,7 +151,7 @@ class BackpropViewMonitor(Callback):
                 return
         if len(self.history) and self.history.steps[-1] >= record.step:
             return
-        row = view_row(self._layout, record)
+        row = self._row(record)
         self.history.add(record.step, row)
         self._write(record.step, row)
 
@@ -160,6 +162,7 @@ class BackpropViewMonitor(Callback):
         if kind is None:
             return
         self._kind, self._layout = kind, layout
+        self._row = row_maker(layout)
         self.history = History(layout)
         if self._resumed is not None and self._resumed.get("layout") == layout:  # a resumed run: its history so far
             for kept, saved in (
@@ -243,30 +246,71 @@ def describe(net: nn.Module, record: StepRecord, trainer: Trainer | None = None)
 
 def view_row(layout: dict, record: StepRecord) -> list[float]:
     """The tag's vector of one step, field by field (NaN where the record has no value)."""
-    values: dict[str, float] = {"loss": record.loss, "batch": float(record.batch), "backward": float(record.backward)}
+    return row_maker(layout)(record)
+
+
+def row_maker(layout: dict) -> Callable[[StepRecord], list[float]]:
+    """:func:`view_row` for ``layout``, with the place of every field worked out once: what a monitor calls at each
+    step (a net of layers reads its record through a short table rather than building a dict of every field)."""
+    fields = layout["fields"]
     if layout["kind"] == "graph":
-        values.update(x=record.x, y=record.y, y_hat=record.y_hat, dL_dy_hat=record.dL_dy_hat)
-        unit = record.layers.get("h")
-        if unit is not None:
-            values.update(z1=unit.z, h=unit.h, dh_dz1=unit.prime, dL_dh=unit.dL_dh, dL_dz1=unit.dL_dz)
-        for name, p in record.params.items():
-            values[name], values[f"lr_{name}"] = p.value, p.lr
-            if record.backward:
-                values[f"dL_d{name}"], values[f"{name}_new"] = p.grad, p.value_new
-    else:
-        for layer in layout["layers"]:
-            name = layer["name"]
-            if layer["type"] == "linear":
-                p = record.params.get(f"{name}.weight")
-                if p is None:
-                    continue
-                values[f"{name}/weight_norm"], values[f"{name}/lr"] = p.value, p.lr
-                if record.backward:
-                    values[f"{name}/grad_norm"] = p.grad
-                    values[f"{name}/update_ratio"] = p.update_ratio
-            elif name in record.layers:
-                values[f"{name}/dead_fraction"] = record.layers[name].dead_fraction
-    return [values.get(f, math.nan) for f in layout["fields"]]
+        return functools.partial(_graph_row, fields)
+    width = len(fields)
+    index = {f: i for i, f in enumerate(fields)}
+
+    def at(field: str) -> int:
+        return index.get(field, width)  # a field the layout lacks goes to a spare place, dropped
+
+    head = (at("loss"), at("batch"), at("backward"))
+    # (a weight's name, and the places of its layer's weight norm, lr, gradient norm and update ratio)
+    linear = [
+        (
+            f"{layer['name']}.weight",
+            *(at(f"{layer['name']}/{k}") for k in ("weight_norm", "lr", "grad_norm", "update_ratio")),
+        )
+        for layer in layout["layers"]
+        if layer["type"] == "linear"
+    ]
+    relus = [  # (an activation's entry, the place of its dead fraction)
+        (layer["name"], index[f"{layer['name']}/dead_fraction"])
+        for layer in layout["layers"]
+        if layer["type"] != "linear" and f"{layer['name']}/dead_fraction" in index
+    ]
+    nan = math.nan
+
+    def row(record: StepRecord) -> list[float]:
+        out = [nan] * (width + 1)
+        out[head[0]], out[head[1]], out[head[2]] = record.loss, float(record.batch), float(record.backward)
+        params, backward = record.params, record.backward
+        for weight, i_norm, i_lr, i_grad, i_ratio in linear:
+            p = params.get(weight)
+            if p is None:
+                continue
+            out[i_norm], out[i_lr] = p.value, p.lr
+            if backward:
+                out[i_grad], out[i_ratio] = p.grad, p.update_ratio
+        layers = record.layers
+        for name, i in relus:
+            stats = layers.get(name)
+            if stats is not None:
+                out[i] = stats.dead_fraction
+        out.pop()  # the spare place
+        return out
+
+    return row
+
+
+def _graph_row(fields: list[str], record: StepRecord) -> list[float]:
+    values: dict[str, float] = {"loss": record.loss, "batch": float(record.batch), "backward": float(record.backward)}
+    values.update(x=record.x, y=record.y, y_hat=record.y_hat, dL_dy_hat=record.dL_dy_hat)
+    unit = record.layers.get("h")
+    if unit is not None:
+        values.update(z1=unit.z, h=unit.h, dh_dz1=unit.prime, dL_dh=unit.dL_dh, dL_dz1=unit.dL_dz)
+    for name, p in record.params.items():
+        values[name], values[f"lr_{name}"] = p.value, p.lr
+        if record.backward:
+            values[f"dL_d{name}"], values[f"{name}_new"] = p.grad, p.value_new
+    return [values.get(f, math.nan) for f in fields]
 
 
 def history_of(recorder: StepRecorder, trainer: Trainer | None = None, extra: bool = True) -> History | None:
@@ -283,8 +327,9 @@ def history_of(recorder: StepRecorder, trainer: Trainer | None = None, extra: bo
     if saturating:
         layout = {**layout, "fields": layout["fields"] + [f"{n}/saturation" for n in saturating]}
     rows = []
+    make_row = row_maker(layout)
     for record in recorder.history:
-        row = view_row(layout, record)
+        row = make_row(record)
         for n in saturating:
             stats = record.layers.get(n)
             row[layout["fields"].index(f"{n}/saturation")] = stats.saturation if stats is not None else math.nan

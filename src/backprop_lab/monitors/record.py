@@ -423,8 +423,8 @@ class StepRecorder(Callback):
         self._discovered = False
         self._last_batch = None
         # CPU only, per dtype: one flat buffer the size of the largest activation (up to SCRATCH_UP_TO elements), which
-        # each per-element reduction writes into (see _scratch_for)
-        self._scratch: dict[tuple[torch.dtype, torch.device], Tensor] = {}
+        # each per-element reduction writes into (see _scratch_for), and its view per activation shape
+        self._scratch: dict[tuple, Tensor] = {}
         self.finished: StepRecord | None = None  # what the latest batch_end returned: the step's record or None
 
     # --- the shared recorder --------------------------------------------------------------------------
@@ -805,11 +805,16 @@ class StepRecorder(Callback):
         backward pass) and one off the CPU (a GPU's caching allocator hands temporaries out without new pages)."""
         if not SCRATCH_FROM <= h.numel() <= SCRATCH_UP_TO or h.device.type != "cpu":
             return None
+        views = self._scratch.get((h.dtype, h.device, h.shape))
+        if views is not None:
+            return views
         key = (h.dtype, h.device)
         buf = self._scratch.get(key)
         if buf is None or buf.numel() < h.numel():
+            self._scratch = {}  # the views of a smaller buffer go with it
             buf = self._scratch[key] = torch.empty(h.numel(), dtype=h.dtype, device=h.device)
-        return buf[: h.numel()].view(h.shape)
+        view = self._scratch[(h.dtype, h.device, h.shape)] = buf[: h.numel()].view(h.shape)  # made once per shape
+        return view
 
     def _on_output(self, module: nn.Module, inputs, output) -> None:
         if self._mode not in ("train", "final") or not isinstance(output, Tensor):
