@@ -12,16 +12,20 @@ import subprocess
 import sys
 from functools import partial
 
+import lightning as L
 import pytest
 import torch
+from lightning.pytorch import Callback
+from lightning.pytorch.loggers import TensorBoardLogger as LightningTensorBoardLogger
 from torch import nn
 
 from backprop_lab import models
+from backprop_lab.loggers import TensorBoardLogger
 from backprop_lab.module import BackpropModule
 from backprop_lab.monitors import GradientMonitor
 from backprop_lab.monitors.common import find_callback
 
-from conftest import PlainData, built_run, fit, read_scalars, train_run
+from conftest import PlainData, PlainModule, built_run, event_accumulator, fit, read_scalars, train_run
 
 NO_PICTURES = "monitor.pictures=[]"
 X, Y, LR = 1.0, 0.5, 0.1  # the post's §4 example and learning rate
@@ -177,3 +181,54 @@ def test_the_layer_order_is_the_same_under_any_string_hash_seed(tmp_path):
         )
         assert proc.returncode == 0, proc.stderr[-2000:]
         assert proc.stdout.strip().splitlines()[-1].split(",") == DEEP_ORDER, seed
+
+
+# --- histograms: the tensors themselves, bucket for bucket, through either TensorBoard logger ------------------
+
+
+@pytest.mark.parametrize("gathering", [False, True], ids=["lightning-logger", "backprop-lab-logger"])
+def test_histograms_in_the_event_files_are_the_tensors_before_and_after_the_update(tmp_path, gathering):
+    # Lightning's TensorBoardLogger gets each set of histograms as an event of its own; backprop-lab's puts it in
+    # the step's one event with the scalars. Either way TensorBoard's reader must find, at every histogram step,
+    # the parameters before that step's update and the gradients it applied, as torch.histc buckets them.
+    torch.manual_seed(0)
+    seq = nn.Sequential(nn.Linear(3, 16), nn.ReLU(), nn.Linear(16, 2))
+    x, y = torch.randn(24, 3), torch.randn(24, 2)
+    seen: dict[int, dict[str, torch.Tensor]] = {}
+
+    class Truth(Callback):  # runs before the monitor: copies of what it must have binned
+        def on_before_optimizer_step(self, trainer, pl_module, optimizer):
+            seen[trainer.global_step] = {f"params/{n}": p.detach().clone() for n, p in seq.named_parameters()}
+
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+            seen[trainer.global_step - 1].update({f"grads/{n}": p.grad.clone() for n, p in seq.named_parameters()})
+
+    logger = (TensorBoardLogger if gathering else LightningTensorBoardLogger)(
+        str(tmp_path), name="", version="", default_hp_metric=False
+    )
+    trainer = L.Trainer(
+        max_steps=5,
+        logger=logger,
+        callbacks=[Truth(), GradientMonitor(histogram_every_n_steps=2)],
+        log_every_n_steps=1,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        enable_checkpointing=False,
+        accelerator="cpu",
+    )
+    trainer.fit(PlainModule(seq, lr=0.5), datamodule=PlainData(x, y))
+    acc = event_accumulator(tmp_path)
+    got = {tag: {e.step: e.histogram_value for e in acc.Histograms(tag)} for tag in acc.Tags()["histograms"]}
+    assert set(got) == {f"{kind}/{n}" for kind in ("params", "grads") for n, _ in seq.named_parameters()}
+    for tag, by_step in got.items():
+        assert sorted(by_step) == [0, 2, 4], tag
+        for step, h in by_step.items():
+            v = seen[step][tag].reshape(-1)
+            lo, hi = v.min().item(), v.max().item()
+            assert (h.min, h.max, h.num) == (lo, hi, v.numel()), (tag, step)
+            assert h.sum == pytest.approx(v.double().sum().item(), rel=1e-12, abs=1e-12)
+            assert h.sum_squares == pytest.approx((v.double() ** 2).sum().item(), rel=1e-6)
+            assert list(h.bucket_limit) == pytest.approx(torch.linspace(lo, hi, 65, dtype=torch.float64).tolist())
+            assert list(h.bucket) == [0.0, *torch.histc(v, bins=64, min=lo, max=hi).tolist()], (tag, step)
+    # the run moved: the histograms of step 4 are not those of step 0
+    assert got["params/0.weight"][4].sum != got["params/0.weight"][0].sum
