@@ -582,7 +582,7 @@ class StepRecorder(Callback):
         if key == self._batch_key:
             return
         self._batch_key = key
-        step = trainer.global_step
+        step = key[2]
         if step != self._step:
             self._reset_step(step)
             self._armed = self.wants(trainer, step)
@@ -899,7 +899,9 @@ class StepRecorder(Callback):
         with torch.no_grad():
             has_loss = isinstance(loss, Tensor)
             if has_loss:
-                loss = loss.detach().float()
+                loss = loss.detach()
+                if loss.dtype is not torch.float32:
+                    loss = loss.float()
                 parts.append((loss if loss.dim() == 0 else loss.mean()).reshape(1))
             if params:
                 if self._before is not None:
@@ -923,13 +925,16 @@ class StepRecorder(Callback):
                 entries.append((key, c))
                 for t in (c.nonzero, c.passing, c.max_prime):  # per unit: counted on the host, no more device ops
                     if t is not None:
-                        parts.append(t.reshape(-1))
-                parts.extend(t.reshape(1) for t in c.sums.values())
-                parts.extend(t.reshape(1) for t in c.grads.values())
+                        parts.append(t if t.dim() == 1 else t.reshape(-1))
+                if c.sums:
+                    parts.extend(t.reshape(1) for t in c.sums.values())
+                if c.grads:
+                    parts.extend(t.reshape(1) for t in c.grads.values())
             outs = [(what, t) for what, t in self._out.items() if isinstance(t, Tensor)]
             parts.extend(t.reshape(1) for _, t in outs)
             # The one host copy of the step (on a GPU, its one device sync).
-            host = torch.cat(parts).cpu().numpy() if parts else np.empty(0)
+            flat = torch.cat(parts) if parts else torch.empty(0)
+            host = (flat if flat.device.type == "cpu" else flat.cpu()).numpy()
         numbers_host = host.tolist()  # float32 or float64 values: each one's Python float is exact
         i = 0
         loss_value = math.nan
