@@ -60,3 +60,25 @@ def test_cuda_precisions(tmp_path, cuda, precision):
         "trainer.accelerator=gpu", "model=mlp", f"trainer.precision={precision}", "trainer.max_steps=3"
     )
     assert train(cfg, run_dir=tmp_path).status == "finished"
+
+
+def test_a_float64_runs_record_keeps_the_loss_to_the_last_bit(tmp_path):
+    # The record (what the Backprop tab, the diagnoses and the pictures read) holds L as the run computed it: in a
+    # 64-true run, L = (y − w2·σ(w1·x))² from the recorded float64 weights, not L rounded to float32.
+    import math
+
+    from backprop_lab.monitors import StepRecorder
+    from backprop_lab.monitors.common import find_callback
+
+    module, data, trainer = built_run(
+        tmp_path, "model=sigmoid", "trainer.precision=64-true", "trainer.max_steps=3", "monitor.pictures=[]"
+    )
+    trainer.fit(module, datamodule=data)
+    history = find_callback(trainer, StepRecorder).history
+    assert [r.step for r in history] == [0, 1, 2, 3]  # three updates, then the final forward pass
+    x, y = 1.0, 0.5  # the example's one sample
+    for r in history:
+        w1, w2 = r.params["w1"].value, r.params["w2"].value
+        expected = (y - w2 / (1 + math.exp(-w1 * x))) ** 2
+        assert r.loss == pytest.approx(expected, rel=1e-14, abs=0), r.step
+        assert r.loss != float(torch.tensor(r.loss, dtype=torch.float32)), r.step  # more bits than a float32 holds

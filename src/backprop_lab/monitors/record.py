@@ -900,8 +900,8 @@ class StepRecorder(Callback):
             has_loss = isinstance(loss, Tensor)
             if has_loss:
                 loss = loss.detach()
-                if loss.dtype is not torch.float32:
-                    loss = loss.float()
+                if loss.dtype is not torch.float32 and loss.dtype is not torch.float64:
+                    loss = loss.float()  # a bf16/fp16 loss in float32; a float64 one stays exact
                 parts.append((loss if loss.dim() == 0 else loss.mean()).reshape(1))
             if params:
                 if self._before is not None:
