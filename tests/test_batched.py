@@ -898,6 +898,18 @@ def test_a_signal_stops_a_batched_program_as_it_stops_each_separate_run(tmp_path
         _compare_runs(tmp_path / "batched" / lr, tmp_path / "ref" / lr, lr)  # every tag, the Backprop tab's too
 
 
+def _training(sweep: Path) -> bool:
+    """Whether a copy's event file holds a ``train/loss``: the program has taken a step (its event file appears
+    earlier, at start-up, with the config's text)."""
+    from tensorboard.backend.event_processing.event_file_loader import EventFileLoader
+
+    for path in sweep.glob("*/events.out.tfevents.*.batched"):
+        with contextlib.suppress(Exception):  # a record half written: read again on the next look
+            if any(v.tag == "train/loss" for e in EventFileLoader(str(path)).Load() for v in e.summary.value):
+                return True
+    return False
+
+
 @pytest.mark.slow
 def test_an_interrupted_copys_closing_lines_say_how_to_continue_it_as_a_separate_runs_do(tmp_path):
     """Ctrl-C during a batched sweep: each copy's train.log ends with the line a separate run prints last when
@@ -911,7 +923,7 @@ def test_an_interrupted_copys_closing_lines_say_how_to_continue_it_as_a_separate
     args = ["model=sigmoid", "optim.lr=0.001,0.002", "trainer.max_steps=1000000", QUIET]
     proc = start_cli("-m", "hydra/sweeper=batched", *args, "hydra.sweep.dir=sweep", cwd=tmp_path)
     deadline = time.monotonic() + 120
-    while not list((tmp_path / "sweep").glob("*/events.out.tfevents.*.batched")):  # the program is training
+    while not _training(tmp_path / "sweep"):  # past the start-up: a copy's event file holds a step's loss
         assert proc.poll() is None, proc.communicate()[0]
         assert time.monotonic() < deadline, "the program did not start"
         time.sleep(0.2)
