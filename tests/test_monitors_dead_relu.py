@@ -187,3 +187,18 @@ def test_relu_prime_is_one_exactly_where_the_output_is_positive(dtype, n):
     assert prime.dtype == dtype and prime.tolist() == truth
     assert not torch.signbit(prime).any()  # +0, never −0: sums and fractions of it print as 0
     assert local_derivative("leaky_relu", None, h, slope=0.0).tolist() == truth
+
+
+@pytest.mark.parametrize("kind, slope", [("sigmoid", 0.0), ("tanh", 0.0), ("leaky_relu", 0.01), ("relu", 0.0)])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_the_probes_passing_fraction_counts_every_nonzero_derivative(kind, slope, dtype):
+    # Per unit, the fraction of samples whose local derivative is not 0, NaN and ±inf counting as not 0 (a
+    # diverged unit passes something): checked against Python's own comparison, value by value.
+    from backprop_lab.monitors.record import passing_fraction
+
+    special = [0.0, -0.0, 1.0, -1.0, 0.5, float("nan"), float("inf"), -float("inf"), 1e-30, 3.0]
+    h = torch.tensor(special, dtype=dtype).reshape(5, 2)
+    prime = local_derivative(kind, None, h, slope=slope)
+    per_sample = [[0.0 if v == 0 else 1.0 for v in row] for row in prime.tolist()]  # NaN == 0 is False
+    truth = [sum(col) / len(col) for col in zip(*per_sample)]
+    assert passing_fraction(kind, None, h, 0, slope, [0]).tolist() == pytest.approx(truth, rel=1e-6)  # a float32 mean

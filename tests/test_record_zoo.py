@@ -519,3 +519,21 @@ def test_large_activations_are_counted_as_the_truth_says_step_after_step(batch, 
                 assert e.dead >= 6 / e.units and e.zero < 1
             else:
                 assert e.saturation >= 3 / e.units  # (and dead: tanh′(−50) rounds to 0 in float64)
+
+
+def test_the_reused_buffer_keeps_few_views_whatever_the_shapes():
+    # A sequence model sees a new activation shape at every length: the buffer's views stay few, each one the shape
+    # asked for and written through to the one buffer, which is as big as the largest activation.
+    from backprop_lab.monitors.record import SCRATCH_FROM, SCRATCH_VIEWS
+
+    recorder = StepRecorder()
+    width, longest = SCRATCH_FROM // 64, 3 * SCRATCH_VIEWS + 64
+    recorder._scratch_for(torch.empty(longest, width))
+    for tokens in [*range(64, longest), *range(longest - 1, 63, -7)]:  # each shape ≥ 2¹⁵ elements, some twice
+        h = torch.empty(tokens, width)
+        view = recorder._scratch_for(h)
+        assert view.shape == h.shape
+        view.fill_(float(tokens))
+        (buffer,) = [t for key, t in recorder._scratch.items() if len(key) == 2]
+        assert buffer.numel() == longest * width and buffer[: h.numel()].eq(tokens).all()
+        assert len(recorder._scratch) <= SCRATCH_VIEWS + 2

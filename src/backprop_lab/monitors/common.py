@@ -25,9 +25,7 @@ def log_metrics(trainer: Trainer, metrics: Mapping[str, float], step: int) -> No
 
 def tensorboard_writers(trainer: Trainer) -> list:
     """The ``SummaryWriter`` of each TensorBoard logger of ``trainer``; empty off rank 0."""
-    if not trainer.is_global_zero:
-        return []
-    return [logger.experiment for logger in trainer.loggers if isinstance(logger, TensorBoardLogger)]
+    return [writer for writer, _ in tensorboard_targets(trainer)]
 
 
 def tensorboard_targets(trainer: Trainer) -> list[tuple]:

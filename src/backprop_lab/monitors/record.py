@@ -165,9 +165,9 @@ def passing_fraction(kind: str, z: Tensor | None, h: Tensor, grad_at_zero: int, 
         return None
     already_0_or_1 = kind == "relu" or (kind == "leaky_relu" and slope == 0)
     if not already_0_or_1:
-        # prime != 0 as 0/1 (NaN counts as ≠ 0), in place on the fresh ``prime``: a fifth of the time of the
-        # comparison and its conversion from bool on a CPU
-        prime = prime.abs_().sign_().nan_to_num_(nan=1.0)
+        # prime != 0 as 0/1 (NaN counts as ≠ 0, so it is made 1 before torch's sign, which takes NaN to 0), in place
+        # on the fresh ``prime``: a fifth of the time of the comparison and its conversion from bool on a CPU
+        prime = prime.nan_to_num_(nan=1.0).abs_().sign_()
     passing = prime.to(torch.float32)
     return passing.mean(dim=over) if over else passing
 
@@ -810,9 +810,12 @@ class StepRecorder(Callback):
             return views
         key = (h.dtype, h.device)
         buf = self._scratch.get(key)
-        if buf is None or buf.numel() < h.numel():
-            self._scratch = {}  # the views of a smaller buffer go with it
-            buf = self._scratch[key] = torch.empty(h.numel(), dtype=h.dtype, device=h.device)
+        if buf is None or buf.numel() < h.numel() or len(self._scratch) > SCRATCH_VIEWS:
+            # the views of a smaller buffer go with it; so do views kept for many shapes (varying sequence lengths)
+            self._scratch = {k: v for k, v in self._scratch.items() if len(k) == 2 and k != key}
+            if buf is None or buf.numel() < h.numel():
+                buf = torch.empty(h.numel(), dtype=h.dtype, device=h.device)
+            self._scratch[key] = buf
         view = self._scratch[(h.dtype, h.device, h.shape)] = buf[: h.numel()].view(h.shape)  # made once per shape
         return view
 
@@ -1149,6 +1152,7 @@ _vector_norm = torch.linalg.vector_norm
 ACTIVE_FOLD = 64  # steps of per-unit activity kept before they are folded into each unit's last active step
 SCRATCH_FROM = 2**15  # elements (128 kB of float32): where a CPU allocator starts mapping fresh pages a temporary
 SCRATCH_UP_TO = 2**22  # elements (16 MB of float32): the most memory the reused buffer holds
+SCRATCH_VIEWS = 64  # views of it kept, one per activation shape, before they are dropped and made again
 
 
 class _FunctionalActivations(TorchFunctionMode):
