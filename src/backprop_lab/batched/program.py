@@ -292,17 +292,17 @@ class BatchedModule(L.LightningModule):
         self.copies.log_copy_metrics(rows, step)
 
     def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
-        """After the update: the step record of the copies that took part in the step."""
-        if self.recorder is None or self._step is None:
-            return
-        step, live, losses_t = self._step
+        """After the update: the step record of the copies that took part in the step; after a signal, their
+        checkpoints (with the monitors off too: a separate run's checkpoint does not depend on them)."""
+        if self.recorder is not None and self._step is not None:
+            step, live, losses_t = self._step
+            params = list(self.net.parameters())
+            self.recorder.step_rows(step, live, self.stepping & live, losses_t, params, [p.grad for p in params])
+            self.recorder.after_update(self.net, step)
+            diverged = live & ~self.stepping
+            if diverged.any():  # a separate run ends after its diverged step: Lightning counts the skipped update
+                self.recorder.end(self.net, diverged, step + 1)
         self._step = None
-        params = list(self.net.parameters())
-        self.recorder.step_rows(step, live, self.stepping & live, losses_t, params, [p.grad for p in params])
-        self.recorder.after_update(self.net, step)
-        diverged = live & ~self.stepping
-        if diverged.any():  # a separate run ends after its diverged step: Lightning counts the skipped update
-            self.recorder.end(self.net, diverged, step + 1)
         if self.interrupted_by is not None and self.jobs is not None:  # GracefulStop stops the program here
             self.save_copies(self.running & ~self.ending)
 
@@ -376,12 +376,14 @@ class BatchedModule(L.LightningModule):
             torch.save(checkpoint, path)
 
     def on_train_end(self) -> None:
-        """The final pass of every copy still running, at the step training ended."""
-        if not self.running.any() or self._batch is None:
+        """The final pass of every copy still running, at the step training ended; after a signal, none."""
+        if not self.running.any():
             return
         if self.interrupted_by is not None:  # as a separate run: no final pass, its parameters at this step
             which = self.running.copy()
-            if self.recorder is not None:  # the record's forward pass under the weights it stops with
+            # the record's forward pass under the weights it stops with; before the first update there is none,
+            # and as a separate run's monitors, which have seen no pass, the record writes nothing (no probe)
+            if self.recorder is not None and self._batch is not None:
                 x, y = self._batch
                 with torch.no_grad():
                     losses_t = self.loss_fn(self.net(x), y)
@@ -394,6 +396,10 @@ class BatchedModule(L.LightningModule):
                 params = self._params(which)
                 ok = {k: p for k, p in params.items() if all(math.isfinite(v) for v in p.values())}
                 self.copies.log_copy_metrics(ok, self.global_step)
+            if self._batch is None and self.jobs is not None:  # stopped before its first update (a signal at
+                self.save_copies(which)  # start-up): saved here, as a separate run's RunCheckpoint saves it
+            return
+        if self._batch is None:
             return
         x, y = self._batch
         with torch.no_grad():
@@ -576,10 +582,27 @@ def train_group(
     """Train the jobs ``cfgs`` (equal but for the batchable keys) as one program; each logs to its run dir.
 
     Returns each job's result and diagnoses (what its closing lines say) and the signal (SIGINT, SIGTERM) that
-    stopped the program, if one did: as a separate run, the program then stops after the update in which it
-    came (:class:`GracefulStop`), and the copies still running end ``interrupted``. ``callbacks``: Lightning
-    callbacks of the caller's own. ``config_texts``: each job's ``OmegaConf.to_yaml`` text where the caller has
-    it already (the launcher writes it to ``.hydra/config.yaml``); the Text tab's ``config`` is made from it."""
+    came while it ran, if one did. As :func:`backprop_lab.train.train` holds them for a separate run, the
+    program holds :class:`SignalNotes` from its first line to its last: a signal during start-up stops it
+    before its first update, one during training after the update in which it came (:class:`GracefulStop`),
+    and the copies still running end ``interrupted`` at that step, each with its checkpoint; one after training
+    lets the copies' record complete first. ``callbacks``: Lightning callbacks of the caller's own.
+    ``config_texts``: each job's ``OmegaConf.to_yaml`` text where the caller has it already (the launcher writes
+    it to ``.hydra/config.yaml``); the Text tab's ``config`` is made from it."""
+    with SignalNotes() as notes:  # before the copies' first write, as train() before its run's
+        results, found = _train_copies(cfgs, run_dirs, overrides, callbacks, config_texts, notes)
+    return GroupRun(results, notes.signum, found)
+
+
+def _train_copies(
+    cfgs: Sequence[DictConfig],
+    run_dirs: Sequence[Path],
+    overrides: Sequence[Sequence[str]],
+    callbacks: Sequence[Callback],
+    config_texts: Sequence[str | None] | None,
+    notes: SignalNotes,
+) -> tuple[list[TrainResult], list[list[Diagnosis] | None]]:
+    """:func:`train_group`'s work, with the signals of ``notes``: each job's result and diagnoses."""
     from torch.utils.tensorboard.summary import custom_scalars, text
 
     from backprop_lab.monitors import custom_scalars_layout
@@ -691,7 +714,6 @@ def train_group(
                     replays[key] = [text("replay", to_markdown(replay(c, start_nets[start], copy_optim(c.optim))))]
             summaries += replays[key]
         copies.log_copy_summaries(k, summaries)
-    notes = SignalNotes().__enter__()  # from here a signal is noted; the program stops after that update
     trainer = L.Trainer(
         accelerator=cfg.trainer.accelerator,
         devices=1,
@@ -713,8 +735,6 @@ def train_group(
     except BaseException:  # failed: what the copies logged so far stays readable
         copies.finalize("failed")
         raise
-    finally:
-        notes.__exit__(None, None, None)
     wall = time.perf_counter() - started
     recorder = module.recorder
     found = recorder.diagnoses() if recorder is not None else [None] * len(cfgs)
@@ -751,4 +771,4 @@ def train_group(
         logger.finalize("success")
         results.append(result)
     copies.finalize("success")
-    return GroupRun(results, notes.signum, found)
+    return results, found
