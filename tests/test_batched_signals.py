@@ -187,3 +187,37 @@ def test_a_signal_during_training_with_every_monitor_off_still_leaves_each_copy_
     assert all((d / CHECKPOINT).is_file() for d in dirs)
     _same_as_separate_runs(dirs, refs, step=4)
     _resumes_as_uninterrupted(tmp_path, dirs[0], model, JOBS[0])
+
+
+@pytest.mark.slow
+def test_a_signal_while_a_batched_sweep_writes_its_copies_records_lets_them_complete_then_exits_for_it(tmp_path):
+    """SIGTERM from a Hydra callback's ``on_job_end`` of the first copy (after training, while the launcher writes
+    the copies' summaries and closing lines): as a separate run signalled after training, every copy's record is
+    completed (``finished``, its summary, its closing lines), the command says which signal came and exits 143."""
+    from conftest import run_cli
+
+    (tmp_path / "signal_at_job_end.py").write_text(
+        "import os, signal\n"
+        "from hydra.experimental.callback import Callback\n\n\n"
+        "class SignalAtJobEnd(Callback):\n"
+        "    sent = False\n\n"
+        "    def on_job_end(self, config, job_return, **kwargs):\n"
+        "        if not self.sent:\n"
+        "            self.sent = True\n"
+        "            os.kill(os.getpid(), signal.SIGTERM)\n"
+    )
+    proc = run_cli(
+        "-m", "hydra/sweeper=batched", "model=relu", "optim.lr=0.1,0.03", "trainer.max_steps=5",
+        "trainer.enable_progress_bar=false", "hydra.sweep.dir=sweep",
+        "+hydra.callbacks.signal._target_=signal_at_job_end.SignalAtJobEnd",
+        cwd=tmp_path, env={"PYTHONPATH": str(tmp_path)},
+    )  # fmt: skip
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 128 + signal.SIGTERM, out
+    assert "SIGTERM came after training ended: the copies' records were completed first" in out
+    summaries = sorted((tmp_path / "sweep").glob("*/summary.json"))
+    assert len(summaries) == 2, out
+    for path in summaries:
+        summary = json.loads(path.read_text())
+        assert (summary["status"], summary["steps"]) == ("finished", 5), path
+        assert "to continue" not in (path.parent / "train.log").read_text()  # finished: nothing to continue

@@ -14,6 +14,7 @@ import functools
 import logging
 import math
 import os
+import signal
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -150,6 +151,7 @@ class BatchedLauncher(Launcher):
         from backprop_lab.batched.groups import GroupConfig
         from backprop_lab.batched.program import story_net, train_group
         from backprop_lab.batched.records import FILES, JobLogging, RecordTemplate, job_yaml
+        from backprop_lab.signal_notes import SignalNotes
         from backprop_lab.summary import write_summary
         from backprop_lab.sweep import no_collection
         from backprop_lab.train import closing_lines
@@ -196,33 +198,40 @@ class BatchedLauncher(Launcher):
                         config = self._whole_config(first, overrides, idx, str(run_dir))
                         callbacks.on_job_start(config=config, task_function=self.task_function)
             configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose)
-            run = train_group(
-                [c[0] for c in copies], [c[3] for c in copies], [c[1] for c in copies], config_texts=texts
-            )
-            results, signum = run[0], run[1]
-            diagnoses = run[2] if len(run) > 2 else [None] * len(results)
-            with no_collection():  # the copies' returns
-                returns = []
-                for (task_cfg, overrides, idx, run_dir, _, _), result, found in zip(copies, results, diagnoses):
-                    write_summary(run_dir, {"overrides": list(overrides), **result.to_dict()})
-                    # its train.log (made here: nothing is logged to one copy alone before) and its closing lines
-                    if not logging_.fast:
-                        group.set_job(overrides, idx)
-                        group.set_output_dir(str(run_dir))
-                    logging_.configure(str(run_dir))
-                    for line in closing_lines(task_cfg, result, story_net(task_cfg), True, found, overrides):
-                        logging.getLogger("backprop_lab").info(line)
-                    ret = CopyReturn(overrides=list(overrides), cfg=task_cfg, working_dir=os.getcwd())
-                    ret.make_hydra_cfg = functools.partial(self._hydra_cfg, first, overrides, idx, str(run_dir))
-                    ret.return_value = result.final_loss if math.isfinite(result.final_loss) else math.inf
-                    ret.status = JobStatus.COMPLETED
-                    ret.task_name = str(first.hydra.job.name)
-                    if hooks:
-                        config = self._whole_config(first, overrides, idx, str(run_dir))
-                        callbacks.on_job_end(config=config, job_return=ret)
-                    self._edge_jobs.append((task_cfg, str(run_dir), ret.overrides))
-                    returns.append(ret)
+            # As a separate run holds its notes through its summary: a signal while the copies' summaries, closing
+            # lines and job hooks are written is noted, they are completed, and then the command exits for it.
+            with SignalNotes() as after:
+                run = train_group(
+                    [c[0] for c in copies], [c[3] for c in copies], [c[1] for c in copies], config_texts=texts
+                )
+                results, signum = run[0], run[1]
+                diagnoses = run[2] if len(run) > 2 else [None] * len(results)
+                with no_collection():  # the copies' returns
+                    returns = []
+                    for (task_cfg, overrides, idx, run_dir, _, _), result, found in zip(copies, results, diagnoses):
+                        write_summary(run_dir, {"overrides": list(overrides), **result.to_dict()})
+                        # its train.log (made here: nothing is logged to one copy alone before) and its closing lines
+                        if not logging_.fast:
+                            group.set_job(overrides, idx)
+                            group.set_output_dir(str(run_dir))
+                        logging_.configure(str(run_dir))
+                        for line in closing_lines(task_cfg, result, story_net(task_cfg), True, found, overrides):
+                            logging.getLogger("backprop_lab").info(line)
+                        ret = CopyReturn(overrides=list(overrides), cfg=task_cfg, working_dir=os.getcwd())
+                        ret.make_hydra_cfg = functools.partial(self._hydra_cfg, first, overrides, idx, str(run_dir))
+                        ret.return_value = result.final_loss if math.isfinite(result.final_loss) else math.inf
+                        ret.status = JobStatus.COMPLETED
+                        ret.task_name = str(first.hydra.job.name)
+                        if hooks:
+                            config = self._whole_config(first, overrides, idx, str(run_dir))
+                            callbacks.on_job_end(config=config, job_return=ret)
+                        self._edge_jobs.append((task_cfg, str(run_dir), ret.overrides))
+                        returns.append(ret)
+            signum = signum or after.signum
             if signum is not None:  # as a separate run: the record complete, then the shell's status for it
+                if not any(r.status == "interrupted" for r in results):  # no copy stopped for it: after training
+                    name = signal.Signals(signum).name
+                    log.info(f"{name} came after training ended: the copies' records were completed first")
                 raise SystemExit(128 + signum)
             return returns
 
