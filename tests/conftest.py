@@ -61,9 +61,23 @@ def event_accumulator(log_dir: Path) -> EventAccumulator:
 
 
 def read_scalars(log_dir: Path) -> dict[str, dict[int, float]]:
-    """{tag: {step: value}} from the event files in log_dir (tensorboard's own reader)."""
-    acc = event_accumulator(log_dir)
-    return {tag: {e.step: e.value for e in acc.Scalars(tag)} for tag in acc.Tags()["scalars"]}
+    """{tag: {step: value}} of the scalars in log_dir as a TensorBoard server serves them: its reader
+    (``plugin_event_accumulator``, which keeps a resumed run's ``purge_step`` only after a first session start)
+    with its default of purging orphaned data. A step a tag holds twice fails: a user would see both points."""
+    from tensorboard.backend.event_processing import plugin_event_accumulator
+    from tensorboard.util import tensor_util
+
+    acc = plugin_event_accumulator.EventAccumulator(str(log_dir), size_guidance={"tensors": 0})
+    acc.Reload()
+    out: dict[str, dict[int, float]] = {}
+    for tag in acc.Tags()["tensors"]:
+        if acc.SummaryMetadata(tag).plugin_data.plugin_name != "scalars":
+            continue
+        values = out[tag] = {}
+        for e in acc.Tensors(tag):
+            assert e.step not in values, f"{log_dir}: {tag} holds step {e.step} twice, as TensorBoard serves it"
+            values[e.step] = tensor_util.make_ndarray(e.tensor_proto).item()
+    return out
 
 
 def read_images(log_dir: Path) -> dict[str, list]:

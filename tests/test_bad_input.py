@@ -278,6 +278,10 @@ CASES = [
     hydras("trainer.log_every_n_steps=abc", "trainer.log_every_n_steps"),
     ours("trainer.accumulate_grad_batches=0", "trainer.accumulate_grad_batches=0 is not accepted"),
     hydras("trainer.accumulate_grad_batches=abc", "trainer.accumulate_grad_batches"),
+    # more batches to an update than an epoch has: Lightning ends the window with the epoch, each loss still / k
+    ours("model=linear trainer.accumulate_grad_batches=2", "trainer.accumulate_grad_batches=2 is not accepted: an epoch here is 1 batch (the post's one example)"),
+    ours(f"{MLP} data=moons data.n_samples=64 data.batch_size=32 trainer.accumulate_grad_batches=3", "trainer.accumulate_grad_batches=3 is not accepted: an epoch here is 2 batches (data.n_samples=64 in batches of data.batch_size=32)"),
+    ours(f"{MLP} trainer.accumulate_grad_batches=9", "so every update would apply 8/9 of the epoch's mean gradient; use an integer from 1 to 8"),
     ours("trainer.gradient_clip_val=-1", "trainer.gradient_clip_val=-1.0 is not accepted: use a number >= 0, or null"),
     ours("trainer.gradient_clip_val=inf", "trainer.gradient_clip_val=inf is not accepted: use a finite number (or null"),
     ours("trainer.gradient_clip_val=nan", "trainer.gradient_clip_val=nan is not accepted"),
@@ -881,6 +885,18 @@ def test_a_good_command_line_still_trains(tmp_path):
     (run,) = (tmp_path / "outputs" / "runs").iterdir()
     assert (run / "summary.json").is_file()
     assert [p.name for p in tmp_path.iterdir()] == ["outputs"]  # the directory check's probe is gone
+
+
+@pytest.mark.slow
+def test_accumulating_an_epochs_batches_is_accepted_and_trains(tmp_path):
+    # the refusals' edge: k equal to the batches of an epoch (2 here) is one update per epoch, the mean of both
+    proc = run_cli(
+        "model=mlp", "data=moons", "data.n_samples=64", "data.batch_size=32", "trainer.accumulate_grad_batches=2",
+        "trainer.max_steps=3", "monitor.pictures=[]", "trainer.enable_progress_bar=false", cwd=tmp_path,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    (run,) = (tmp_path / "outputs" / "runs").iterdir()
+    assert json.loads((run / "summary.json").read_text())["steps"] == 3
 
 
 ISSUE_17_CASES = 150  # the rows after "issue 17" in CASES: refusals that were tracebacks, late or missing

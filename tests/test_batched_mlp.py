@@ -253,12 +253,13 @@ def test_an_mlp_copy_stopped_by_sigterm_resumes_alone_as_its_uninterrupted_run(t
         resumed.resume = str(run)
         validate(resumed)
         assert check_resumable(resumed, run) == 13
+        before = read_scalars(run)
         result = train(resumed, run_dir=run)
         ref = tmp_path / "ref" / name
         want = train(cfg, run_dir=ref)
         assert (result.status, result.steps, result.dead_since) == (want.status, want.steps, want.dead_since)
         assert result.final_loss == want.final_loss
-        _same_scalars(run, ref, name)
+        _same_scalars(run, ref, name, resumed=(before, 13))
         _same_tab_rows(run, ref, name, "backprop/layers")
 
 

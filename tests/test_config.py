@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import re
+from types import SimpleNamespace
 
+import lightning as L
 import pytest
+import torch
 from hydra import compose, initialize_config_dir
 from hydra.core.hydra_config import HydraConfig
 
 from backprop_lab.config import ConfigError, check_devices, validate
+from backprop_lab.data import SineDataModule
 
-from conftest import CONFIGS, compose_config
+from conftest import CONFIGS, built_run, compose_config
 
 # --- the composed configs ----------------------------------------------------------------------------
 
@@ -124,6 +128,90 @@ def test_a_global_batch_that_does_not_split_over_the_processes_is_refused():
     with pytest.raises(ConfigError, match=r"data.batch_size=33 is not accepted with trainer.devices=2"):
         validate(compose_config("trainer=ddp", "model=mlp", "data.batch_size=33"))
     validate(compose_config("trainer=ddp", "model=mlp", "data.batch_size=32"))  # splits: accepted
+
+
+# --- trainer.accumulate_grad_batches: an update is the mean of its batches, and ends with its epoch --------------
+
+
+@pytest.mark.parametrize("n_samples, batch_size", [(97, 32), (100, 32), (64, 32), (40, 40)])
+@pytest.mark.parametrize("devices", [1, 2])
+def test_more_batches_to_an_update_than_an_epoch_has_is_refused(n_samples, batch_size, devices):
+    # the batches of an epoch on a process: the length of that process's real data loader (97 samples over 2
+    # processes: 48 each, 3 batches of 16; in one process 4 batches)
+    data = SineDataModule(n_samples, 8, 0.1, batch_size)
+    data.trainer = SimpleNamespace(world_size=devices, global_rank=0)
+    batches = len(data.train_dataloader())
+    trainer = "trainer=ddp" if devices > 1 else "trainer=default"
+    run = (trainer, "model=mlp", f"data.n_samples={n_samples}", f"data.batch_size={batch_size}")
+    validate(compose_config(*run, f"trainer.accumulate_grad_batches={batches}"))
+    with pytest.raises(ConfigError) as error:
+        validate(compose_config(*run, f"trainer.accumulate_grad_batches={batches + 1}"))
+    message = str(error.value)
+    assert message.startswith(f"trainer.accumulate_grad_batches={batches + 1} is not accepted: an epoch here is ")
+    assert f"{batches}/{batches + 1} of the epoch's mean gradient" in message and "\n" not in message
+
+
+def test_accumulation_is_checked_against_one_process_under_auto_and_not_on_data_it_cannot_count():
+    from omegaconf import OmegaConf
+
+    from backprop_lab.config import batches_per_epoch
+
+    # auto may be several processes, each with fewer batches: the count of one process is the most there is
+    run = ("model=mlp", "data.n_samples=97", "data.batch_size=32", "trainer.accumulate_grad_batches=4")
+    validate(compose_config("trainer.devices=auto", *run))
+    assert batches_per_epoch(compose_config("model=sigmoid", "trainer=ddp"))[0] == 1  # every rank: the example
+    foreign = OmegaConf.create(
+        {"data": {"_target_": "my.Data", "n_samples": 8, "batch_size": 8}, "trainer": {"devices": 1}}
+    )
+    assert batches_per_epoch(foreign) is None
+
+
+class SeenBatches(L.Callback):
+    """Each batch the training step gets, with the step it belongs to."""
+
+    def __init__(self):
+        self.seen: list[tuple[int, torch.Tensor, torch.Tensor]] = []
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        self.seen.append((trainer.global_step, batch[0].clone(), batch[1].clone()))
+
+
+def _mlp_loss(params: dict[str, torch.Tensor], x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """model=mlp with hidden=[8] in stock torch: fc1, ReLU, out, binary cross-entropy on the logit (mean)."""
+    h = torch.relu(x @ params["fc1.weight"].T + params["fc1.bias"])
+    return torch.nn.functional.binary_cross_entropy_with_logits(h @ params["out.weight"].T + params["out.bias"], y)
+
+
+def _sgd_step(params: dict[str, torch.Tensor], lr: float, batches: list, k: int) -> dict[str, torch.Tensor]:
+    """One plain SGD step on the sum of the batches' gradients divided by k (a float64 reference)."""
+    leaves = {n: p.detach().clone().requires_grad_(True) for n, p in params.items()}
+    total = {n: torch.zeros_like(p) for n, p in params.items()}
+    for x, y in batches:
+        grads = torch.autograd.grad(_mlp_loss(leaves, x, y), list(leaves.values()))
+        for n, g in zip(leaves, grads):
+            total[n] += g
+    return {n: params[n] - lr * total[n] / k for n in params}
+
+
+def test_an_accumulated_update_is_the_mean_of_its_batches_and_the_epoch_ends_it(tmp_path):
+    # 80 moons in batches of 32, 32 and 16, k = 2: update 0 is one SGD step on the mean of the first two
+    # batches' gradients; update 1 is the epoch's third batch alone, its gradient still divided by 2
+    lr, seen = 0.5, SeenBatches()
+    module, data, trainer = built_run(
+        tmp_path, "model=mlp", "model.hidden=[8]", "data=moons", "data.n_samples=80", "data.batch_size=32",
+        "trainer.accumulate_grad_batches=2", "trainer.max_steps=2", "trainer.precision=64-true", f"optim.lr={lr}",
+        "optim.momentum=0", "optim.weight_decay=0", "tol=0", "monitor.pictures=[]",
+    )  # fmt: skip
+    start = {n: p.detach().double().clone() for n, p in module.net.named_parameters()}
+    trainer.callbacks.append(seen)
+    trainer.fit(module, datamodule=data)
+    assert [(step, len(x)) for step, x, _ in seen.seen] == [(0, 32), (0, 32), (1, 16)]
+    batches = [(x.double(), y.double()) for _, x, y in seen.seen]
+    after_0 = _sgd_step(start, lr, batches[:2], k=2)
+    after_1 = _sgd_step(after_0, lr, batches[2:], k=2)
+    trained = dict(module.net.named_parameters())
+    for name, expected in after_1.items():
+        torch.testing.assert_close(trained[name].detach(), expected, rtol=1e-12, atol=1e-12)
 
 
 # --- what only torch and Lightning decide, once per run ---------------------------------------------------------

@@ -8,6 +8,7 @@ import subprocess
 import sys
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from contextlib import contextmanager
 from pathlib import Path
@@ -162,3 +163,40 @@ def test_tensorboard_serves_the_runs_scalars_histograms_images_hparams_and_layou
         assert group["name"] == "relu"  # the Trial ID: the run's name less the time a CLI run's name starts with
         assert {m["name"]["tag"]: m["value"] for m in group["metricValues"]}["hparams/steps"] == 6.0
         assert group["sessions"][0]["status"] == "STATUS_SUCCESS"
+
+
+@pytest.mark.slow
+def test_a_resumed_run_is_served_with_each_step_once_as_the_uninterrupted_run(tmp_path):
+    """A run stopped after 5 of 12 steps (its final pass, pictures and end-of-run scalars written at step 5) and
+    resumed: the TensorBoard server drops what the first run wrote from step 5 on (a fresh run's file begins with a
+    session start, the resumed run's is the second), so the loss, a weight and the Backprop tab's series hold each
+    step once, with the uninterrupted run's values; the pictures are the resumed run's only."""
+    from backprop_lab.config import validate
+    from backprop_lab.train import train
+
+    from conftest import compose_config
+
+    common = ("model=sigmoid", "monitor.picture_every_n_steps=100")
+    train_run(tmp_path / "whole", *common, "trainer.max_steps=12")
+    train_run(tmp_path / "resumed", *common, "trainer.max_steps=5")
+    cfg = compose_config("trainer.accelerator=cpu", *common, "trainer.max_steps=12", f"resume={tmp_path / 'resumed'}")
+    validate(cfg)
+    train(cfg, run_dir=tmp_path / "resumed")
+    with tensorboard_server(tmp_path) as url:
+        wait_for(lambda: len(get(url + "/data/plugin/scalars/tags")) == 2, 60)
+        for tag in ("train/loss", "params/w1"):
+            served = {
+                run: get(url + f"/data/plugin/scalars/scalars?run={run}&tag={urllib.parse.quote(tag)}")
+                for run in ("whole", "resumed")
+            }
+            steps = [step for _, step, _ in served["resumed"]]
+            assert steps == sorted(set(steps)) == list(range(13)), tag  # each step once: the first run's 5 dropped
+            assert [v for *_, v in served["resumed"]] == [v for *_, v in served["whole"]], tag
+        series = {run: get(url + f"/data/plugin/backprop/series?run={run}") for run in ("whole", "resumed")}
+        assert series["resumed"]["steps"] == series["whole"]["steps"] == list(range(13))
+        assert series["resumed"]["series"] == series["whole"]["series"]
+        image_tags = get(url + "/data/plugin/images/tags")["resumed"]
+        assert image_tags  # the pictures drawn at each run's end
+        for tag in image_tags:  # the first run's pictures at step 5 dropped
+            images = get(url + f"/data/plugin/images/images?run=resumed&tag={urllib.parse.quote(tag)}")
+            assert [e["step"] for e in images] == [12], tag

@@ -303,6 +303,8 @@ def validate(cfg: DictConfig) -> None:
       the moons with the mlp only; resume null or a directory;
     * trainer.devices a positive integer or auto, data.batch_size a multiple of it; seed within numpy's
       range [0, 2**32 − 1];
+    * trainer.accumulate_grad_batches at most the batches of an epoch on each process
+      (:func:`batches_per_epoch`; 1 for the post's example), as an update never spans two epochs;
     * memory and time: the run's rough size (:func:`memory_estimate`) within half this machine's memory, and
       its longest pause (:func:`pause_estimate`: one batch, or one epoch's shuffle) within MAX_PAUSE_SECONDS.
 
@@ -390,6 +392,7 @@ def _validate(cfg: DictConfig) -> None:
     )
     _validate_logger(cfg.logger)
     check_batch_split(cfg)
+    _check_accumulation(cfg)
     _check_memory(cfg)
     _check_pause(cfg)
 
@@ -816,6 +819,45 @@ def check_batch_split(cfg: DictConfig) -> None:
             f"data.batch_size={cfg.data.batch_size} is not accepted with trainer.devices={devices}: the global "
             f"batch is split evenly over the processes, so use a multiple of {devices}."
         )
+
+
+def batches_per_epoch(cfg: DictConfig) -> tuple[int, str] | None:
+    """The batches of one epoch on each process, as Lightning counts them (the length of a process's data
+    loader, see :mod:`backprop_lab.data`), and how they come about; None where the data config does not
+    tell (a data set not the package's). No batch is dropped: the last one is smaller where the batch size
+    does not divide the data. Under DDP (``trainer.devices`` > 1) each process takes its share of every
+    global batch, so it runs about as many batches as one process would; ``auto`` is counted as one
+    process, which runs the most batches, so what is refused here is refused for any number of processes."""
+    target = cfg.data.get("_target_")
+    if target == ExampleDataConfig._target_:
+        return 1, "the post's one example"
+    if target not in (SineDataConfig._target_, MoonsDataConfig._target_):
+        return None
+    n, batch, devices = cfg.data.n_samples, cfg.data.batch_size, cfg.trainer.devices
+    if isinstance(devices, int) and devices > 1:  # RankShare: n // devices indices, in batches of batch // devices
+        return (
+            math.ceil((n // devices) / (batch // devices)),
+            f"per process: data.n_samples={n} over trainer.devices={devices}, in batches of {batch // devices}",
+        )
+    return math.ceil(n / batch), f"data.n_samples={n} in batches of data.batch_size={batch}"
+
+
+def _check_accumulation(cfg: DictConfig) -> None:
+    # Lightning divides each micro-batch's loss by k and ends a window with its epoch: with fewer than k
+    # batches in an epoch, every update is (batches / k) times the mean gradient, a learning rate cut short.
+    counted = batches_per_epoch(cfg)
+    if counted is None:
+        return
+    batches, how = counted
+    k = cfg.trainer.accumulate_grad_batches
+    _require(
+        k <= batches,
+        "trainer.accumulate_grad_batches",
+        k,
+        f"an epoch here is {batches} batch{'es' if batches > 1 else ''} ({how}); an update ends with its epoch "
+        f"and Lightning divides each batch's loss by {k} all the same, so every update would apply {batches}/{k} "
+        f"of the epoch's mean gradient; use {'1' if batches == 1 else f'an integer from 1 to {batches}'}",
+    )
 
 
 def check_devices(accelerator: str, devices: Any) -> None:

@@ -231,6 +231,11 @@ def make_logger(logger_cfg: DictConfig, run_dir: Path, resume_step: int | None) 
     if resume_step is not None and issubclass(target, (TensorBoardLogger, CSVLogger)):
         # what the run logged from that step on before it stopped is dropped; what came before is kept
         extra["purge_step"] = resume_step
+    elif issubclass(target, TensorBoardLogger):
+        # A fresh run's first event is a session start at step 0: a TensorBoard server takes a run's first start
+        # as its beginning and every later one (a resumed run's purge_step) as a restart that drops the steps from
+        # there on; without this one, the resumed run's start would be the first, and nothing would be dropped.
+        extra["purge_step"] = 0
     if resume_step is not None and issubclass(target, TensorBoardLogger):
         after_last_event_file(run_dir)
     save_dir = run_dir

@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 from lightning.pytorch.loggers import Logger
-from tensorboard.compat.proto.event_pb2 import Event
+from tensorboard.compat.proto.event_pb2 import Event, SessionLog
 from tensorboard.compat.proto.summary_pb2 import Summary
 
 
@@ -168,9 +168,14 @@ class CopiesLogger(Logger):
         self._pending: list[list[bytes]] = [[] for _ in self.paths]
         self._last_flush = 0
         self._columns: dict[tuple[str, ...], ScalarColumns] = {}
-        version = Event(wall_time=time.time(), file_version="brain.Event:2").SerializeToString()
+        # As a separate run's file begins (train.make_logger): its version, then a session start at step 0, so that a
+        # copy resumed as a separate run (whose start comes second) has TensorBoard drop what the copy logged from
+        # the resume step on.
+        now = time.time()
+        version = Event(wall_time=now, file_version="brain.Event:2").SerializeToString()
+        start = Event(wall_time=now, step=0, session_log=SessionLog(status=SessionLog.START)).SerializeToString()
         for pending in self._pending:
-            pending.append(version)
+            pending += (version, start)
 
     @property
     def name(self) -> str:

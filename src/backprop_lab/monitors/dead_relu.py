@@ -48,7 +48,9 @@ class DeadReLUMonitor(Callback):
     At the end of training (or when it stops on an exception), for every logged step s:
 
     - ``relu/dead_forever_fraction/<layer>``: the fraction of units dead on every training batch from
-      step s to the last step (dead since s or earlier and never revived).
+      step s to the last step (dead since s or earlier and never revived). A resumed run writes it for the steps
+      it logs itself: the steps before keep what the run it resumes wrote at its end (judged to the step that run
+      stopped at), so that no step holds two values.
 
     :attr:`dead_since` holds, per layer, the step from which every unit has stayed dead on the batch
     (None while any unit is alive); :attr:`last_dead_fraction` the last logged dead fraction.
@@ -69,6 +71,7 @@ class DeadReLUMonitor(Callback):
         self.recorder = recorder
         self._given = recorder
         self._logged_steps: list[int] = []
+        self._written_before = 0  # logged steps whose dead_forever_fraction/* an earlier run (resumed from) wrote
         self._step: int | None = None
         self._finished = False
         self.dead_since: dict[str, int | None] = {}
@@ -89,7 +92,10 @@ class DeadReLUMonitor(Callback):
         self._logged_steps = steps.tolist() if isinstance(steps, Tensor) else list(steps)  # a list: older checkpoints
         self.dead_since = dict(state_dict["dead_since"])
         self.last_dead_fraction = dict(state_dict["last_dead_fraction"])
-        self._finished = False  # the end of the resumed run writes dead_forever_fraction/* again, over the whole run
+        self._finished = False  # the end of the resumed run writes dead_forever_fraction/* for the steps it logs
+        # The earlier run wrote the steps before at its end; written again here they would be a second value at each
+        # (TensorBoard drops only a resumed run's steps from its purge_step on; a CSV keeps the rows before).
+        self._written_before = len(self._logged_steps)
 
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
         self.recorder = StepRecorder.attach(trainer, pl_module, self.root, self._given)
@@ -201,5 +207,6 @@ class DeadReLUMonitor(Callback):
             return
         self._finished = True
         fractions = self.dead_forever_fractions()
-        for i, step in enumerate(self._logged_steps):
-            log_metrics(trainer, {f"relu/dead_forever_fraction/{n}": float(f[i]) for n, f in fractions.items()}, step)
+        for i in range(self._written_before, len(self._logged_steps)):
+            metrics = {f"relu/dead_forever_fraction/{n}": float(f[i]) for n, f in fractions.items()}
+            log_metrics(trainer, metrics, self._logged_steps[i])

@@ -5,7 +5,8 @@ the forward pass calls them:
 
 - per parameter ``<name>``: its value before the update (the number itself for a one-element parameter,
   else its L2 norm), the gradient **as backprop computed it** (``grad_backprop``: read in
-  ``on_before_optimizer_step``, summed over every micro-batch of ``accumulate_grad_batches``, before
+  ``on_before_optimizer_step``: over the micro-batches of ``accumulate_grad_batches`` the sum of the gradients of
+  each loss divided by k (Lightning's), so their mean; before
   Lightning's ``gradient_clip_val``) and **as the optimizer applied it** (``grad``: read after the
   update, so after clipping), the value after the update, the learning rate η of its param group and
   the update ratio ‖η·g‖/‖w‖ (g the applied gradient);

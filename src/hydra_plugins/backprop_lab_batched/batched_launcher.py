@@ -49,14 +49,18 @@ class BatchedLauncher(Launcher):
         self.config, self.hydra_context, self.task_function = config, hydra_context, task_function
 
     def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
-        from backprop_lab.batched.groups import group_overrides
+        from backprop_lab.batched.groups import JobConfigs, group_overrides, why_not_batched
         from backprop_lab.sweep import spared_heap
 
         setup_globals()
         configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose)
         Path(str(self.config.hydra.sweep.dir)).mkdir(parents=True, exist_ok=True)
-        groups = group_overrides(self.hydra_context.config_loader, job_overrides)
-        batched = [g for g in groups if len(g) > 1]
+        job_config = JobConfigs(self.config, self.hydra_context.config_loader)
+        plan = []  # (group, its first job's config, why its jobs cannot be copies or None): decided before the count
+        for group in group_overrides(self.hydra_context.config_loader, job_overrides):
+            first = job_config(job_overrides[group[0]], initial_job_idx + group[0])
+            plan.append((group, first, why_not_batched(first) if len(group) > 1 else None))
+        batched = [group for group, _, why in plan if len(group) > 1 and why is None]
         n_batched = sum(map(len, batched))
         log.info(
             f"Launching {len(job_overrides)} jobs locally: {n_batched} as {len(batched)} batched program(s), "
@@ -64,18 +68,13 @@ class BatchedLauncher(Launcher):
         )
         returns: list[JobReturn | None] = [None] * len(job_overrides)
         with spared_heap():  # the copies' configs, records and program: thousands of objects a copy
-            self._launch_groups(groups, job_overrides, initial_job_idx, returns)
+            self._launch_groups(plan, job_config, job_overrides, initial_job_idx, returns)
             self._stability_edge()
         return returns
 
-    def _launch_groups(self, groups, job_overrides, initial_job_idx: int, returns: list) -> None:
+    def _launch_groups(self, plan, job_config, job_overrides, initial_job_idx: int, returns: list) -> None:
         """Each group's jobs: a batched program, or one at a time (a group of one, or jobs that cannot be copies)."""
-        from backprop_lab.batched.groups import JobConfigs, why_not_batched
-
-        job_config = JobConfigs(self.config, self.hydra_context.config_loader)
-        for group in groups:
-            first = job_config(job_overrides[group[0]], initial_job_idx + group[0])
-            why = why_not_batched(first) if len(group) > 1 else None
+        for group, first, why in plan:
             if why is not None:
                 log.info(
                     f"batched launcher: jobs #{', #'.join(str(initial_job_idx + i) for i in group)} run one at a time: {why} is not batched"
