@@ -407,6 +407,7 @@ CASES = [
     ours("hydra.run.dir=/proc/x", "hydra.run.dir='/proc/x' is not accepted: nothing can be created in /proc"),
     ours("hydra.run.dir=/sys/x", "hydra.run.dir='/sys/x' is not accepted: nothing can be created in /sys"),
     ours("hydra.run.dir={tmp}/previous", "previous' is not accepted: it already holds another run"),
+    ours("resume={tmp}/previous hydra.run.dir={tmp}/other", "other' is not accepted with resume='{tmp}/previous': a resumed run continues in the directory it resumes"),
     ours(
         "hydra.run.dir={tmp}/readonly/run",
         "readonly is not writable",

@@ -104,6 +104,11 @@ def check_run_dir(key: str, value: Any, resume: str | None) -> None:
     holds another run (unless that run is being resumed)."""
     if resume is not None:
         run_dir = Path(str(value))
+        if run_dir.resolve() != Path(str(resume)).resolve():
+            raise ConfigError(
+                f"{key}={str(value)!r} is not accepted with resume={str(resume)!r}: a resumed run continues in the "
+                f"directory it resumes; leave {key} out (or give it as {str(resume)!r})"
+            )
         if not (run_dir / CHECKPOINT).is_file():
             raise ConfigError(
                 f"resume={resume!r} is not accepted: {run_dir / CHECKPOINT} does not exist (no checkpoint to resume from)"
