@@ -133,11 +133,11 @@ def test_a_global_batch_that_does_not_split_over_the_processes_is_refused():
 # --- trainer.accumulate_grad_batches: an update is the mean of its batches, and ends with its epoch --------------
 
 
-@pytest.mark.parametrize("n_samples, batch_size", [(97, 32), (100, 32), (64, 32), (40, 40)])
+@pytest.mark.parametrize("n_samples, batch_size", [(98, 32), (100, 32), (64, 32), (40, 40)])
 @pytest.mark.parametrize("devices", [1, 2])
 def test_more_batches_to_an_update_than_an_epoch_has_is_refused(n_samples, batch_size, devices):
-    # the batches of an epoch on a process: the length of that process's real data loader (97 samples over 2
-    # processes: 48 each, 3 batches of 16; in one process 4 batches)
+    # the batches of an epoch on a process: the length of that process's real data loader (98 samples over 2
+    # processes: 49 each, batches of 16, 16, 16 and 1, as one process's 32, 32, 32 and 2)
     data = SineDataModule(n_samples, 8, 0.1, batch_size)
     data.trainer = SimpleNamespace(world_size=devices, global_rank=0)
     batches = len(data.train_dataloader())
@@ -149,6 +149,22 @@ def test_more_batches_to_an_update_than_an_epoch_has_is_refused(n_samples, batch
     message = str(error.value)
     assert message.startswith(f"trainer.accumulate_grad_batches={batches + 1} is not accepted: an epoch here is ")
     assert f"{batches}/{batches + 1} of the epoch's mean gradient" in message and "\n" not in message
+
+
+@pytest.mark.parametrize("n_samples, batch_size, devices", [(97, 32, 2), (99, 32, 2), (51, 10, 2)])
+def test_a_last_batch_that_does_not_split_over_the_processes_is_refused(n_samples, batch_size, devices):
+    # every process must run the same batches (DDP pairs them one by one), so the epoch's last one splits evenly too
+    run = ("trainer=ddp", f"trainer.devices={devices}", "model=mlp", f"data.n_samples={n_samples}")
+    with pytest.raises(ConfigError) as error:
+        validate(compose_config(*run, f"data.batch_size={batch_size}"))
+    last = n_samples % batch_size
+    assert str(error.value).startswith(
+        f"data.n_samples={n_samples} is not accepted with data.batch_size={batch_size} and trainer.devices={devices}: "
+        f"an epoch's last batch holds {last} samples"
+    )
+    fixed = n_samples - last % devices  # the suggestion in the message is accepted
+    assert f"e.g. {fixed}." in str(error.value)
+    validate(compose_config(*run[:3], f"data.n_samples={fixed}", f"data.batch_size={batch_size}"))
 
 
 def test_accumulation_is_checked_against_one_process_under_auto_and_not_on_data_it_cannot_count():

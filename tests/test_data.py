@@ -154,3 +154,33 @@ def test_under_ddp_a_rank_loads_half_of_each_global_batch_and_the_post_example_s
     example = instantiate(compose_config("model=sigmoid").data, seed=0)
     example.trainer = SimpleNamespace(world_size=2, global_rank=1)
     assert [x.tolist() for x, _ in example.train_dataloader()] == [[[1.0]]]  # an epoch: the one example
+
+
+@pytest.mark.parametrize("n, batch, world", [(8, 4, 2), (100, 32, 2), (52, 8, 4), (90, 24, 2), (96, 32, 4), (10, 4, 2)])
+def test_every_rank_runs_the_same_batches_and_together_they_are_the_global_ones(n, batch, world):
+    """The epoch's last, smaller batch split too: rank k's i-th batch is its 1/world of the i-th global batch (in
+    order), every rank runs as many batches as one process, each of one size across the ranks, and the loader's
+    length says so (DDP pairs the ranks' batches one by one: a rank with a batch more would wait, or pair across
+    epochs)."""
+    from torch.utils.data import BatchSampler
+
+    order = list(EpochSampler(n, seed=3))
+    globals_ = [order[i : i + batch] for i in range(0, n, batch)]
+    per_rank = [
+        list(BatchSampler(RankShare(EpochSampler(n, seed=3), batch, rank, world), batch // world, drop_last=False))
+        for rank in range(world)
+    ]
+    for rank, batches in enumerate(per_rank):
+        assert (
+            len(batches)
+            == len(globals_)
+            == math.ceil(len(RankShare(EpochSampler(n, 3), batch, rank, world)) / (batch // world))
+        )
+        for mine, whole in zip(batches, globals_):
+            k = len(whole) // world
+            assert mine == whole[rank * k : (rank + 1) * k]
+
+
+def test_a_last_batch_that_does_not_split_over_the_ranks_is_refused():
+    with pytest.raises(ValueError, match="do not split evenly over 2 processes"):
+        RankShare(EpochSampler(97, seed=0), 32, 0, 2)

@@ -814,10 +814,21 @@ def check_accelerator(accelerator: str) -> None:
 def check_batch_split(cfg: DictConfig) -> None:
     """Under DDP, ``data.batch_size`` is the global batch, split evenly over ``trainer.devices`` processes."""
     devices = cfg.trainer.devices
-    if "batch_size" in cfg.data and isinstance(devices, int) and devices > 1 and cfg.data.batch_size % devices:
+    if "batch_size" not in cfg.data or not isinstance(devices, int) or devices < 2:
+        return
+    if cfg.data.batch_size % devices:
         raise ConfigError(
             f"data.batch_size={cfg.data.batch_size} is not accepted with trainer.devices={devices}: the global "
             f"batch is split evenly over the processes, so use a multiple of {devices}."
+        )
+    n = cfg.data.get("n_samples")
+    last = n % cfg.data.batch_size if isinstance(n, int) else 0
+    if last % devices:  # each process runs the same batches, so the epoch's last, smaller one splits evenly too
+        raise ConfigError(
+            f"data.n_samples={n} is not accepted with data.batch_size={cfg.data.batch_size} and trainer.devices="
+            f"{devices}: an epoch's last batch holds {last} samples, which do not split evenly over the processes "
+            f"(each must run the same batches); use an n_samples whose remainder by {cfg.data.batch_size} is a "
+            f"multiple of {devices}, e.g. {n - last % devices}."
         )
 
 
@@ -834,7 +845,7 @@ def batches_per_epoch(cfg: DictConfig) -> tuple[int, str] | None:
     if target not in (SineDataConfig._target_, MoonsDataConfig._target_):
         return None
     n, batch, devices = cfg.data.n_samples, cfg.data.batch_size, cfg.trainer.devices
-    if isinstance(devices, int) and devices > 1:  # RankShare: n // devices indices, in batches of batch // devices
+    if isinstance(devices, int) and devices > 1:  # RankShare: n / devices indices, in batches of batch / devices
         return (
             math.ceil((n // devices) / (batch // devices)),
             f"per process: data.n_samples={n} over trainer.devices={devices}, in batches of {batch // devices}",

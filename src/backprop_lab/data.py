@@ -90,10 +90,18 @@ class ResumableLoader(DataLoader):
 
 class RankShare(Sampler[int]):
     """Rank ``rank``'s share of each global batch of ``sampler``: every rank draws the same global order
-    (same seed) and takes its ``batch_size / world`` consecutive indices of each batch of ``batch_size``,
-    so DDP's averaged gradient is the gradient of the global batch, as in one process."""
+    (same seed) and takes its ``batch_size / world`` consecutive indices of each batch of ``batch_size``, and
+    its ``1 / world`` of the epoch's last, smaller batch, so every rank runs the same batches, each of one size
+    across the ranks, and DDP's averaged gradient is the gradient of the global batch, as in one process.
+    Both sizes must split evenly (``backprop_lab.config.check_batch_split`` refuses the others)."""
 
     def __init__(self, sampler: EpochSampler, batch_size: int, rank: int, world: int):
+        n = len(sampler)
+        if batch_size % world or (n % batch_size) % world:
+            raise ValueError(
+                f"batches of {batch_size} of {n} samples (the last of {n % batch_size or batch_size}) do not split "
+                f"evenly over {world} processes"
+            )
         self.sampler, self.batch_size, self.rank, self.world = sampler, batch_size, rank, world
 
     def set_epoch(self, epoch: int) -> None:
@@ -103,10 +111,13 @@ class RankShare(Sampler[int]):
         return len(self.sampler) // self.world
 
     def __iter__(self) -> Iterator[int]:
-        share = self.batch_size // self.world
+        n = len(self.sampler)
+        whole = n - n % self.batch_size  # the positions in full global batches; the last, smaller batch after
+        share, last_share = self.batch_size // self.world, (n - whole) // self.world
         lo, hi = self.rank * share, (self.rank + 1) * share
+        last_lo, last_hi = whole + self.rank * last_share, whole + (self.rank + 1) * last_share
         for i, index in enumerate(self.sampler):
-            if lo <= i % self.batch_size < hi:
+            if (lo <= i % self.batch_size < hi) if i < whole else (last_lo <= i < last_hi):
                 yield index
 
 
@@ -162,9 +173,7 @@ class TensorDataModule(L.LightningDataModule):
             return ResumableLoader(
                 self.train_set, batch_size=self.batch_size, sampler=sampler, collate_fn=_keep_batch, **resumable
             )
-        if self.batch_size % world:
-            raise ValueError(f"data.batch_size={self.batch_size} does not split evenly over {world} processes")
-        share = RankShare(sampler, self.batch_size, rank, world)
+        share = RankShare(sampler, self.batch_size, rank, world)  # refuses batches that do not split evenly
         return ResumableLoader(
             self.train_set, batch_size=self.batch_size // world, sampler=share, collate_fn=_keep_batch, **resumable
         )
