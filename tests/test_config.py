@@ -167,14 +167,16 @@ def test_a_last_batch_that_does_not_split_over_the_processes_is_refused(n_sample
     validate(compose_config(*run[:3], f"data.n_samples={fixed}", f"data.batch_size={batch_size}"))
 
 
-def test_accumulation_is_checked_against_one_process_under_auto_and_not_on_data_it_cannot_count():
+def test_accumulation_is_checked_for_any_number_of_processes_and_not_on_data_it_cannot_count():
     from omegaconf import OmegaConf
 
     from backprop_lab.config import batches_per_epoch
 
-    # auto may be several processes, each with fewer batches: the count of one process is the most there is
+    # every process runs the global batches' count (its share of each), so auto is checked as one process
     run = ("model=mlp", "data.n_samples=97", "data.batch_size=32", "trainer.accumulate_grad_batches=4")
     validate(compose_config("trainer.devices=auto", *run))
+    with pytest.raises(ConfigError, match="accumulate_grad_batches=5 is not accepted: an epoch here is 4 batches"):
+        validate(compose_config("trainer.devices=auto", *run[:3], "trainer.accumulate_grad_batches=5"))
     assert batches_per_epoch(compose_config("model=sigmoid", "trainer=ddp"))[0] == 1  # every rank: the example
     foreign = OmegaConf.create(
         {"data": {"_target_": "my.Data", "n_samples": 8, "batch_size": 8}, "trainer": {"devices": 1}}

@@ -301,9 +301,9 @@ def validate(cfg: DictConfig) -> None:
       data.n_samples, data.n_probe >= 1 (>= 2 for the moons' two classes), data.noise >= 0,
       1 <= data.batch_size <= data.n_samples;
       the moons with the mlp only; resume null or a directory;
-    * trainer.devices a positive integer or auto, data.batch_size a multiple of it; seed within numpy's
-      range [0, 2**32 − 1];
-    * trainer.accumulate_grad_batches at most the batches of an epoch on each process
+    * trainer.devices a positive integer or auto, data.batch_size and an epoch's last, smaller batch
+      multiples of it; seed within numpy's range [0, 2**32 − 1];
+    * trainer.accumulate_grad_batches at most the batches of an epoch
       (:func:`batches_per_epoch`; 1 for the post's example), as an update never spans two epochs;
     * memory and time: the run's rough size (:func:`memory_estimate`) within half this machine's memory, and
       its longest pause (:func:`pause_estimate`: one batch, or one epoch's shuffle) within MAX_PAUSE_SECONDS.
@@ -833,23 +833,17 @@ def check_batch_split(cfg: DictConfig) -> None:
 
 
 def batches_per_epoch(cfg: DictConfig) -> tuple[int, str] | None:
-    """The batches of one epoch on each process, as Lightning counts them (the length of a process's data
-    loader, see :mod:`backprop_lab.data`), and how they come about; None where the data config does not
-    tell (a data set not the package's). No batch is dropped: the last one is smaller where the batch size
-    does not divide the data. Under DDP (``trainer.devices`` > 1) each process takes its share of every
-    global batch, so it runs about as many batches as one process would; ``auto`` is counted as one
-    process, which runs the most batches, so what is refused here is refused for any number of processes."""
+    """The batches of one epoch, as Lightning counts them (the length of the data loader, see
+    :mod:`backprop_lab.data`), and how they come about; None where the data config does not tell (a data set
+    not the package's). No batch is dropped: the last one is smaller where the batch size does not divide the
+    data. Under DDP every process runs the same count, its share of each global batch (:func:`check_batch_split`
+    refuses the splits that would not be even)."""
     target = cfg.data.get("_target_")
     if target == ExampleDataConfig._target_:
         return 1, "the post's one example"
     if target not in (SineDataConfig._target_, MoonsDataConfig._target_):
         return None
-    n, batch, devices = cfg.data.n_samples, cfg.data.batch_size, cfg.trainer.devices
-    if isinstance(devices, int) and devices > 1:  # RankShare: n / devices indices, in batches of batch / devices
-        return (
-            math.ceil((n // devices) / (batch // devices)),
-            f"per process: data.n_samples={n} over trainer.devices={devices}, in batches of {batch // devices}",
-        )
+    n, batch = cfg.data.n_samples, cfg.data.batch_size
     return math.ceil(n / batch), f"data.n_samples={n} in batches of data.batch_size={batch}"
 
 
