@@ -80,6 +80,19 @@ def read_scalars(log_dir: Path) -> dict[str, dict[int, float]]:
     return out
 
 
+def as_resumed(expected: dict, before: dict, resumed_at: int) -> dict:
+    """The scalars a run resumed at ``resumed_at`` should hold, from the uninterrupted run's (``expected``) and its own
+    before the resume (``before``): every tag as the uninterrupted run, but ``relu/dead_forever_fraction/*`` (an
+    end-of-run judgement, written by a resumed run for its own steps only) before ``resumed_at`` as the earlier run
+    wrote it at its end."""
+    out = dict(expected)
+    for tag, values in expected.items():
+        if tag.startswith("relu/dead_forever_fraction/"):
+            earlier = before.get(tag, {})
+            out[tag] = {s: (earlier[s] if s < resumed_at and s in earlier else v) for s, v in values.items()}
+    return out
+
+
 def read_images(log_dir: Path) -> dict[str, list]:
     """{tag: [image events]} from the event files in log_dir."""
     acc = event_accumulator(log_dir)

@@ -32,7 +32,7 @@ from backprop_lab.batched.functions import stacked_linear, stacked_mse_loss
 from backprop_lab.batched.program import StackedSGD
 from backprop_lab.config import validate
 
-from conftest import compose_config, event_accumulator, read_scalars, run_cli
+from conftest import as_resumed, compose_config, event_accumulator, read_scalars, run_cli
 
 QUIET = "trainer.enable_progress_bar=false"
 
@@ -432,15 +432,11 @@ def _same_scalars(
     run: Path, ref: Path, name: str, values: bool = True, resumed: tuple[dict, int] | None = None
 ) -> None:
     """Every scalar tag of ``run`` against ``ref`` (read as TensorBoard reads them): the same tags at the same
-    steps and, with ``values``, the same values to rtol 1e-5. ``resumed``: ``run`` was resumed at a step, and its
-    scalars before were these: ``relu/dead_forever_fraction/*`` (an end-of-run judgement) holds before that step
-    what the earlier run wrote at its end."""
+    steps and, with ``values``, the same values to rtol 1e-5. ``resumed``: (``run``'s scalars before its resume,
+    the step it resumed at), for :func:`as_resumed`."""
     got, want = read_scalars(run), read_scalars(ref)
     if resumed is not None:
-        before, at = resumed
-        for tag in want:
-            if tag.startswith("relu/dead_forever_fraction/"):
-                want[tag] = {s: (before[tag][s] if s < at else v) for s, v in want[tag].items()}
+        want = as_resumed(want, *resumed)
     assert sorted(got) == sorted(want), name
     for tag in want:
         assert sorted(got[tag]) == sorted(want[tag]), (name, tag)  # the same steps

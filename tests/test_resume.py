@@ -26,7 +26,7 @@ from backprop_lab.config import ConfigError, validate
 from backprop_lab.resume import REQUIRED, check_resumable, hydra_quoted, resume_command
 from backprop_lab.run_lock import LOCK_FILE
 
-from conftest import compose_config, read_csv_metrics, read_scalars, run_cli, start_cli, train_run
+from conftest import as_resumed, compose_config, read_csv_metrics, read_scalars, run_cli, start_cli, train_run
 
 # A batched network whose data set is 8 batches an epoch: 28 steps stop in the middle of epoch 3.
 MLP = ("model=mlp", "optim.momentum=0.9", "monitor.pictures=[]", "monitor.backprop_view=false")
@@ -199,21 +199,14 @@ def test_a_resumed_run_logs_exactly_what_the_uninterrupted_run_logs(tmp_path_fac
     _as_the_whole_run(read_scalars(part_dir), read_scalars(whole_dir), before, resumed_at=done)
 
 
-FOREVER = "relu/dead_forever_fraction/"
-
-
 def _as_the_whole_run(got: dict, expected: dict, before: dict, resumed_at: int) -> None:
-    """A resumed run's scalars (``got``) against the uninterrupted run's: every tag at every step, bit for bit; but
-    ``relu/dead_forever_fraction/*``, an end-of-run judgement, holds from ``resumed_at`` on the uninterrupted run's
-    values and before it what the first run (``before``: its scalars) wrote at its end, judged to where it stopped."""
-    assert sorted(got) == sorted(expected)
-    for tag in expected:
-        want = expected[tag]
-        if tag.startswith(FOREVER):
-            earlier = {s: v for s, v in before.get(tag, {}).items() if s < resumed_at}
-            want = {**{s: v for s, v in want.items() if s >= resumed_at}, **earlier}
-            assert set(want) == set(expected[tag]), tag  # the same steps, each once
-        assert got[tag] == want, tag
+    """A resumed run's scalars (``got``) against the uninterrupted run's, bit for bit, as :func:`as_resumed` says
+    (``before``: its scalars before the resume)."""
+    want = as_resumed(expected, before, resumed_at)
+    assert sorted(got) == sorted(want)
+    for tag in want:
+        assert set(want[tag]) == set(expected[tag]), tag  # the same steps, each once
+        assert got[tag] == want[tag], tag
 
 
 def _valid(*overrides: str):
